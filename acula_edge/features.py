@@ -1,0 +1,115 @@
+"""Numpy log-mel front-end: the device reference, offline and streaming.
+
+``LogMel(cfg)(samples)`` computes the whole signal; ``LogMelStream`` accepts chunks of any size and returns exactly
+the frames the offline computation would (same framing, same float arithmetic per frame). The torch twin used in
+training lives in ``acula_edge.torch_frontend`` and is built from the same window and filterbank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from acula_edge.frontend import FrontendConfig, analysis_window, mel_filterbank
+
+
+class LogMel:
+    """Log-mel spectrogram of float audio at ``cfg.sample_rate``. Output shape (frames, n_mels), float32.
+
+    Normalisation "global" is applied per frame here; "per_window" depends on the model window and is applied by
+    :func:`normalise_window` when windows are cut.
+    """
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        self.cfg = cfg
+        self.window = analysis_window(cfg).astype(np.float32)
+        self.filterbank = mel_filterbank(cfg).astype(np.float32)  # (n_freqs, n_mels)
+        self._pad_left = (cfg.n_fft - cfg.win_length) // 2
+
+    def frames_to_logmel(self, frames: np.ndarray) -> np.ndarray:
+        """Log-mel of framed audio, shape (n, win_length) -> (n, n_mels)."""
+        cfg = self.cfg
+        padded = np.zeros((frames.shape[0], cfg.n_fft), dtype=np.float32)
+        padded[:, self._pad_left:self._pad_left + cfg.win_length] = frames
+        padded *= self.window
+        spec = np.fft.rfft(padded, axis=1)
+        power = spec.real * spec.real + spec.imag * spec.imag
+        if cfg.power == 1.0:
+            power = np.sqrt(power)
+        mel = power.astype(np.float32) @ self.filterbank
+        if cfg.log_offset:
+            mel += np.float32(cfg.log_offset)
+        np.maximum(mel, np.float32(cfg.log_floor), out=mel)
+        out = np.log(mel)
+        if cfg.normalisation == "global":
+            out -= np.float32(cfg.norm_mean)
+            out /= np.float32(cfg.norm_std)
+        return out.astype(np.float32, copy=False)
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            raise ValueError(f"expected mono samples of shape (n,), got {x.shape}")
+        n = self.cfg.num_frames(x.shape[0])
+        if n == 0:
+            return np.zeros((0, self.cfg.n_mels), dtype=np.float32)
+        frames = np.lib.stride_tricks.as_strided(
+            x, shape=(n, self.cfg.win_length), strides=(x.strides[0] * self.cfg.hop_length, x.strides[0]),
+            writeable=False)
+        return self.frames_to_logmel(frames)
+
+
+def normalise_window(window: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
+    """Apply window-level normalisation (cfg.normalisation == "per_window"); identity otherwise.
+
+    ``window`` has shape (..., frames, n_mels); each window is scaled to zero mean, unit std over both axes.
+    """
+    if cfg.normalisation != "per_window":
+        return window
+    mean = window.mean(axis=(-2, -1), keepdims=True)
+    std = window.std(axis=(-2, -1), keepdims=True)
+    return ((window - mean) / np.maximum(std, 1e-5)).astype(np.float32)
+
+
+class LogMelStream:
+    """Incremental log-mel: push chunks of samples, get the newly completed frames.
+
+    Holds only the samples not yet consumed by a frame (< win_length + chunk), so the cost per push is proportional
+    to the number of new frames. Frames are bit-identical to :class:`LogMel` on the concatenated signal.
+    """
+
+    def __init__(self, cfg: FrontendConfig, logmel: LogMel | None = None) -> None:
+        self.cfg = cfg
+        self.logmel = logmel or LogMel(cfg)
+        self._buf = np.zeros(max(4 * cfg.win_length, 4096), dtype=np.float32)
+        self._len = 0  # valid samples in _buf
+        self.frames_emitted = 0
+
+    def reset(self) -> None:
+        self._len = 0
+        self.frames_emitted = 0
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Append float samples (at cfg.sample_rate); return the new frames, shape (k, n_mels), k >= 0."""
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        need = self._len + x.shape[0]
+        if need > self._buf.shape[0]:
+            grown = np.zeros(max(need, 2 * self._buf.shape[0]), dtype=np.float32)
+            grown[:self._len] = self._buf[:self._len]
+            self._buf = grown
+        self._buf[self._len:need] = x
+        self._len = need
+        cfg = self.cfg
+        n = cfg.num_frames(self._len)
+        if n == 0:
+            return np.zeros((0, cfg.n_mels), dtype=np.float32)
+        buf = self._buf
+        frames = np.lib.stride_tricks.as_strided(
+            buf, shape=(n, cfg.win_length), strides=(buf.strides[0] * cfg.hop_length, buf.strides[0]),
+            writeable=False)
+        out = self.logmel.frames_to_logmel(frames)
+        consumed = n * cfg.hop_length
+        remaining = self._len - consumed
+        buf[:remaining] = buf[consumed:self._len].copy()
+        self._len = remaining
+        self.frames_emitted += n
+        return out

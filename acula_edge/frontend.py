@@ -1,0 +1,205 @@
+"""The one definition of the log-mel front-end: its parameters, presets, window and mel filterbank.
+
+Training (torch), export (manifest), the device runtime (numpy) and the C front-end (firmware header) all read a
+:class:`FrontendConfig`; nothing else declares a sample rate, an FFT size or a number of mel bins.
+
+Framing convention (chosen so streaming equals offline exactly): no centre padding. Frame ``i`` covers samples
+``[i * hop_length, i * hop_length + win_length)``; the ``win_length``-sample window is zero-padded on both sides to
+``n_fft`` before the real FFT. A signal of N samples has ``1 + (N - win_length) // hop_length`` frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from acula_edge.errors import ConfigError
+
+WINDOWS = ("hann", "hamming")
+NORMALISATIONS = ("global", "per_window")
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Parameters of the log-mel front-end. Units: Hz for rates and frequencies, samples for lengths."""
+
+    sample_rate: int = 2000  # audio is resampled to this rate before analysis
+    n_fft: int = 256  # real-FFT size; win_length samples are zero-padded to it
+    win_length: int = 200  # analysis window length in samples
+    hop_length: int = 40  # samples between frame starts
+    window: str = "hann"  # periodic window shape, one of WINDOWS
+    n_mels: int = 32  # mel bands (the model's frequency axis)
+    fmin: float = 25.0  # lowest mel band edge, Hz
+    fmax: float = 800.0  # highest mel band edge, Hz (<= sample_rate / 2)
+    power: float = 2.0  # 2 = power spectrum, 1 = magnitude
+    log_floor: float = 1e-10  # mel energies are clamped to at least this before log
+    log_offset: float = 0.0  # added to mel energies before log (0 = pure log)
+    normalisation: str = "global"  # "global": (x - norm_mean) / norm_std; "per_window": each window to zero mean, unit std
+    norm_mean: float = 0.0  # subtracted from log-mel (global normalisation)
+    norm_std: float = 1.0  # log-mel is divided by it (global normalisation)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.sample_rate <= 0:
+            problems.append(f"sample_rate must be positive, got {self.sample_rate}")
+        if not 0 < self.win_length <= self.n_fft:
+            problems.append(f"win_length must be in 1..n_fft ({self.n_fft}), got {self.win_length}")
+        if self.hop_length <= 0:
+            problems.append(f"hop_length must be positive, got {self.hop_length}")
+        if self.window not in WINDOWS:
+            problems.append(f"window must be one of {WINDOWS}, got {self.window!r}")
+        if self.normalisation not in NORMALISATIONS:
+            problems.append(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            problems.append(f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, fmax={self.fmax}, "
+                            f"sample_rate={self.sample_rate}")
+        if self.n_mels <= 0:
+            problems.append(f"n_mels must be positive, got {self.n_mels}")
+        if self.power not in (1.0, 2.0):
+            problems.append(f"power must be 1.0 or 2.0, got {self.power}")
+        if self.log_floor <= 0 or self.norm_std <= 0:
+            problems.append("log_floor and norm_std must be positive")
+        if problems:
+            raise ConfigError("invalid front-end config: " + "; ".join(problems))
+
+    @property
+    def n_freqs(self) -> int:
+        """Number of real-FFT bins."""
+        return self.n_fft // 2 + 1
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames in a signal of ``num_samples`` samples (0 if shorter than one analysis window)."""
+        if num_samples < self.win_length:
+            return 0
+        return 1 + (num_samples - self.win_length) // self.hop_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FrontendConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown front-end config keys {unknown}; allowed: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FrontendConfig":
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """How a recording is cut into model inputs. Units: seconds."""
+
+    window_s: float = 4.0  # length of one model input
+    hop_s: float = 1.0  # distance between consecutive window starts
+
+    def window_samples(self, frontend: FrontendConfig) -> int:
+        return int(round(self.window_s * frontend.sample_rate))
+
+    def hop_samples(self, frontend: FrontendConfig) -> int:
+        return int(round(self.hop_s * frontend.sample_rate))
+
+    def frames_per_window(self, frontend: FrontendConfig) -> int:
+        """Log-mel frames in one model input window."""
+        return frontend.num_frames(self.window_samples(frontend))
+
+    def frames_per_hop(self, frontend: FrontendConfig) -> int:
+        """Frames between window starts; windows start on frame boundaries (checked by :meth:`validate`)."""
+        return self.hop_samples(frontend) // frontend.hop_length
+
+    def validate(self, frontend: FrontendConfig) -> None:
+        """Raise ConfigError unless windows are whole numbers of samples that start on frame boundaries."""
+        win, hop = self.window_samples(frontend), self.hop_samples(frontend)
+        if abs(win - self.window_s * frontend.sample_rate) > 1e-6 or abs(hop - self.hop_s * frontend.sample_rate) > 1e-6:
+            raise ConfigError(f"window_s={self.window_s} and hop_s={self.hop_s} must be whole numbers of samples "
+                              f"at {frontend.sample_rate} Hz")
+        if hop <= 0 or hop % frontend.hop_length:
+            raise ConfigError(f"hop_s={self.hop_s} s = {hop} samples must be a positive multiple of the front-end "
+                              f"hop_length ({frontend.hop_length} samples) so windows share frames")
+        if frontend.num_frames(win) < 1:
+            raise ConfigError(f"window_s={self.window_s} s is shorter than one analysis window "
+                              f"({frontend.win_length} samples)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Windowing":
+        return cls(window_s=float(data["window_s"]), hop_s=float(data["hop_s"]))
+
+
+# Presets. "heart": PCG at 2 kHz (PhysioNet 2016 rate), 100 ms windows every 20 ms, 32 mel bands over 25-800 Hz
+# (heart sounds and most murmurs). "heart-4k": the same analysis at 4 kHz (digital stethoscopes often record
+# 4 kHz), wider band for high-pitched murmurs. "acula": AcuLa / OPERA-GT: 16 kHz, n_fft 1024, hop 512, 64 mel
+# bands over 50-8000 Hz, 8 s clips.
+PRESETS: dict[str, tuple[FrontendConfig, Windowing]] = {
+    "heart": (FrontendConfig(), Windowing(window_s=4.0, hop_s=1.0)),
+    "heart-4k": (FrontendConfig(sample_rate=4000, n_fft=512, win_length=400, hop_length=80, n_mels=40,
+                                fmin=25.0, fmax=1000.0), Windowing(window_s=4.0, hop_s=1.0)),
+    "lung": (FrontendConfig(sample_rate=4000, n_fft=512, win_length=400, hop_length=80, n_mels=40,
+                            fmin=50.0, fmax=2000.0), Windowing(window_s=4.0, hop_s=1.0)),
+    "acula": (FrontendConfig(sample_rate=16000, n_fft=1024, win_length=1024, hop_length=512, n_mels=64,
+                             fmin=50.0, fmax=8000.0), Windowing(window_s=8.0, hop_s=4.0)),
+}
+
+
+def preset(name: str) -> tuple[FrontendConfig, Windowing]:
+    """Return the (front-end, windowing) preset called ``name``."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown front-end preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale."""
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def analysis_window(cfg: FrontendConfig) -> np.ndarray:
+    """The periodic window of ``win_length`` samples, zero-padded (centred) to ``n_fft``; float64."""
+    n = np.arange(cfg.win_length, dtype=np.float64)
+    if cfg.window == "hann":
+        w = 0.5 - 0.5 * np.cos(2.0 * math.pi * n / cfg.win_length)
+    else:  # hamming
+        w = 0.54 - 0.46 * np.cos(2.0 * math.pi * n / cfg.win_length)
+    left = (cfg.n_fft - cfg.win_length) // 2
+    out = np.zeros(cfg.n_fft, dtype=np.float64)
+    out[left:left + cfg.win_length] = w
+    return out
+
+
+def mel_filterbank(cfg: FrontendConfig) -> np.ndarray:
+    """Triangular HTK-mel filterbank, shape (n_freqs, n_mels), float64, each band normalised to unit area
+    (Slaney-style) so band energies do not depend on band width.
+
+    A band narrower than one FFT bin would be empty; such configs are rejected with a hint to lower n_mels or
+    raise n_fft.
+    """
+    freqs = np.linspace(0.0, cfg.sample_rate / 2.0, cfg.n_freqs)
+    edges = mel_to_hz(np.linspace(hz_to_mel(cfg.fmin), hz_to_mel(cfg.fmax), cfg.n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs[None, :] - lower) / (centre - lower)
+    falling = (upper - freqs[None, :]) / (upper - centre)
+    bank = np.maximum(0.0, np.minimum(rising, falling))  # (n_mels, n_freqs)
+    empty = np.flatnonzero(bank.sum(axis=1) == 0)
+    if empty.size:
+        raise ConfigError(f"mel bands {empty.tolist()} contain no FFT bin (n_fft={cfg.n_fft}, n_mels={cfg.n_mels}, "
+                          f"{cfg.fmin}-{cfg.fmax} Hz): lower n_mels or raise n_fft")
+    bank *= (2.0 / (upper - lower))
+    return bank.T.copy()

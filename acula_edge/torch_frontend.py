@@ -1,0 +1,50 @@
+"""Torch twin of the numpy log-mel front-end (training side; imports torch).
+
+Built from the same window and filterbank arrays as :class:`acula_edge.features.LogMel`; tests prove the two agree.
+Runs batched on GPU inside training loops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from acula_edge.frontend import FrontendConfig, analysis_window, mel_filterbank
+
+
+class TorchLogMel(torch.nn.Module):
+    """(batch, samples) float audio -> (batch, frames, n_mels) log-mel, float32. See acula_edge.frontend."""
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("window", torch.from_numpy(analysis_window(cfg)).float(), persistent=False)
+        self.register_buffer("filterbank", torch.from_numpy(mel_filterbank(cfg)).float(), persistent=False)
+        self._pad_left = (cfg.n_fft - cfg.win_length) // 2
+
+    def forward(self, samples: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if samples.dim() == 1:
+            samples = samples[None]
+        frames = samples.float().unfold(-1, cfg.win_length, cfg.hop_length)  # (B, n, win)
+        right = cfg.n_fft - cfg.win_length - self._pad_left
+        frames = torch.nn.functional.pad(frames, (self._pad_left, right)) * self.window
+        spec = torch.fft.rfft(frames, dim=-1)
+        power = spec.real.square() + spec.imag.square()
+        if cfg.power == 1.0:
+            power = power.sqrt()
+        mel = power @ self.filterbank
+        if cfg.log_offset:
+            mel = mel + cfg.log_offset
+        out = torch.log(torch.clamp(mel, min=cfg.log_floor))
+        if cfg.normalisation == "global":
+            out = (out - cfg.norm_mean) / cfg.norm_std
+        return out
+
+
+def normalise_window(window: torch.Tensor, cfg: FrontendConfig) -> torch.Tensor:
+    """Torch twin of acula_edge.features.normalise_window: (..., frames, n_mels)."""
+    if cfg.normalisation != "per_window":
+        return window
+    mean = window.mean(dim=(-2, -1), keepdim=True)
+    std = window.std(dim=(-2, -1), keepdim=True, unbiased=False)
+    return (window - mean) / std.clamp_min(1e-5)

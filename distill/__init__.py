@@ -1,0 +1,1 @@
+"""Knowledge distillation of a teacher into a device-sized student. Imports torch."""

@@ -1,0 +1,1 @@
+"""Quantization and export of checkpoints to device bundles (ExecuTorch, ONNX, TFLite, TFLite Micro)."""
