@@ -21,14 +21,16 @@ class LogMel:
 
     def __init__(self, cfg: FrontendConfig) -> None:
         self.cfg = cfg
-        self.window = analysis_window(cfg).astype(np.float32)
+        self.window = analysis_window(cfg)  # float64, see frames_to_logmel
         self.filterbank = mel_filterbank(cfg).astype(np.float32)  # (n_freqs, n_mels)
         self._pad_left = (cfg.n_fft - cfg.win_length) // 2
 
     def frames_to_logmel(self, frames: np.ndarray) -> np.ndarray:
         """Log-mel of framed audio, shape (n, win_length) -> (n, n_mels)."""
         cfg = self.cfg
-        padded = np.zeros((frames.shape[0], cfg.n_fft), dtype=np.float32)
+        # The FFT runs in float64: float32 rounding noise (~1e-7 of a frame's energy) would otherwise dominate
+        # quiet bands near the log floor and make the numpy, torch and C front-ends disagree there.
+        padded = np.zeros((frames.shape[0], cfg.n_fft), dtype=np.float64)
         padded[:, self._pad_left:self._pad_left + cfg.win_length] = frames
         padded *= self.window
         spec = np.fft.rfft(padded, axis=1)

@@ -37,7 +37,7 @@ class FrontendConfig:
     fmin: float = 25.0  # lowest mel band edge, Hz
     fmax: float = 800.0  # highest mel band edge, Hz (<= sample_rate / 2)
     power: float = 2.0  # 2 = power spectrum, 1 = magnitude
-    log_floor: float = 1e-10  # mel energies are clamped to at least this before log
+    log_floor: float = 1e-8  # mel energies are clamped to at least this before log (~90 dB below full scale)
     log_offset: float = 0.0  # added to mel energies before log (0 = pure log)
     normalisation: str = "global"  # "global": (x - norm_mean) / norm_std; "per_window": each window to zero mean, unit std
     norm_mean: float = 0.0  # subtracted from log-mel (global normalisation)

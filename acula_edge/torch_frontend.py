@@ -17,7 +17,7 @@ class TorchLogMel(torch.nn.Module):
     def __init__(self, cfg: FrontendConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("window", torch.from_numpy(analysis_window(cfg)).float(), persistent=False)
+        self.register_buffer("window", torch.from_numpy(analysis_window(cfg)), persistent=False)  # float64
         self.register_buffer("filterbank", torch.from_numpy(mel_filterbank(cfg)).float(), persistent=False)
         self._pad_left = (cfg.n_fft - cfg.win_length) // 2
 
@@ -27,9 +27,10 @@ class TorchLogMel(torch.nn.Module):
             samples = samples[None]
         frames = samples.float().unfold(-1, cfg.win_length, cfg.hop_length)  # (B, n, win)
         right = cfg.n_fft - cfg.win_length - self._pad_left
-        frames = torch.nn.functional.pad(frames, (self._pad_left, right)) * self.window
+        # float64 FFT, as in the numpy front-end (quiet bands near the log floor need it to agree)
+        frames = torch.nn.functional.pad(frames.double(), (self._pad_left, right)) * self.window
         spec = torch.fft.rfft(frames, dim=-1)
-        power = spec.real.square() + spec.imag.square()
+        power = (spec.real.square() + spec.imag.square()).float()
         if cfg.power == 1.0:
             power = power.sqrt()
         mel = power @ self.filterbank

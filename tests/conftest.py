@@ -1,0 +1,33 @@
+"""Shared fixtures and markers: real data lives in ../shared/data beside the checkout and is optional."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PHYSIONET = SHARED_DATA / "physionet2016"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_data = pytest.mark.skip(reason=f"needs real data at {SHARED_DATA} (absent on this machine)")
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "shared_data" in item.keywords and not PHYSIONET.is_dir():
+            item.add_marker(skip_data)
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def physionet_dir() -> Path:
+    if not PHYSIONET.is_dir():
+        pytest.skip(f"needs {PHYSIONET}")
+    return PHYSIONET

@@ -1,0 +1,310 @@
+"""The C99 firmware front-end (export/firmware) against the numpy reference LogMel.
+
+Builds the C front-end with gcc -Werror for several configs (skipped without gcc) and checks: log-mel parity on
+synthetic audio and real PhysioNet recordings, streaming with arbitrary chunk sizes, reset, int16 input, the
+generated header (tables round-trip, memory budget, rejected configs) and that the example program builds and runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from acula_edge.errors import ConfigError, ExportError
+from acula_edge.features import LogMel
+from acula_edge.frontend import FrontendConfig, Windowing, analysis_window, mel_filterbank, preset
+
+try:
+    from acula_edge.export.firmware import cbuild, header
+except ModuleNotFoundError:  # a bare checkout run with PYTHONPATH=<repo>: the stage folder is not installed yet
+    from export.firmware import cbuild, header
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_MAIN = REPO / "examples" / "firmware" / "main.c"
+PHYSIONET = Path(__file__).parents[1].parent / "shared" / "data" / "physionet2016"
+
+# Tolerances, in log-mel units (natural log of mel energy, after global normalisation).
+SYNTH_ATOL = 1e-3  # every value, synthetic audio (its noise keeps all bands within ~50 dB of the frame peak)
+REAL_ATOL = 1e-3  # real recordings, bands within REAL_RANGE_DB of the frame's loudest band
+REAL_RANGE_DB = 40.0
+# Real recordings, every value: bands 60-110 dB below the frame peak carry float32 FFT rounding of the loud bands
+# (numpy's own float32 rfft differs from a float64 reference by the same order there).
+REAL_ALL_ATOL = 1e-2
+
+CONFIGS = {
+    "heart": preset("heart")[0],
+    "acula": preset("acula")[0],
+    # Non-default: magnitude, hamming, window shorter than n_fft with an odd padding, offset and global norm.
+    "custom": FrontendConfig(sample_rate=4000, n_fft=512, win_length=301, hop_length=75, window="hamming",
+                             n_mels=24, fmin=40.0, fmax=1800.0, power=1.0, log_offset=1e-3, norm_mean=-2.0,
+                             norm_std=3.0),
+    # Hop longer than the window (samples between frames are skipped), per-window normalisation (C emits raw).
+    "gap": FrontendConfig(sample_rate=2000, n_fft=128, win_length=100, hop_length=130, n_mels=16,
+                          normalisation="per_window"),
+}
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed; the C front-end cannot be built")
+    return tmp_path_factory.mktemp("c_frontend")
+
+
+@pytest.fixture(scope="module")
+def c_frontends(build_dir):
+    cache: dict[str, cbuild.CFrontend] = {}
+
+    def get(name: str) -> cbuild.CFrontend:
+        if name not in cache:
+            cache[name] = cbuild.CFrontend(CONFIGS[name], build_dir)
+        fe = cache[name]
+        fe.reset()
+        return fe
+
+    return get
+
+
+def synthetic(cfg: FrontendConfig, seconds: float = 3.0, seed: int = 0) -> np.ndarray:
+    """Sines, a chirp across the band, bursts and white noise at cfg.sample_rate, float32 in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    sr = cfg.sample_rate
+    t = np.arange(int(seconds * sr)) / sr
+    nyq = sr / 2
+    f0, f1 = 0.01 * nyq, 0.95 * nyq
+    chirp = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t * t / (2 * seconds)))
+    bursts = 0.2 + 0.8 * np.sin(2 * np.pi * 1.2 * t) ** 8  # heart-sound-like amplitude bursts
+    x = (0.4 * np.sin(2 * np.pi * 0.05 * nyq * t) * bursts + 0.15 * np.sin(2 * np.pi * 0.31 * nyq * t + 1.0)
+         + 0.2 * chirp + 0.02 * rng.standard_normal(t.size))
+    return (x / np.abs(x).max() * 0.9).astype(np.float32)
+
+
+def db_below_peak(logmel: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
+    """For each value of a log-mel (n, n_mels), how many dB its band is below the frame's loudest band."""
+    raw = logmel * cfg.norm_std + cfg.norm_mean if cfg.normalisation == "global" else logmel
+    per_neper = (10.0 if cfg.power == 2.0 else 20.0) / np.log(10.0)
+    return (raw.max(axis=1, keepdims=True) - raw) * per_neper
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_synthetic_matches_numpy(c_frontends, name):
+    cfg = CONFIGS[name]
+    x = synthetic(cfg)
+    got = c_frontends(name).push(x)
+    want = LogMel(cfg)(x)
+    assert got.shape == want.shape == (cfg.num_frames(x.size), cfg.n_mels)
+    err = float(np.abs(got - want).max())
+    assert err <= SYNTH_ATOL, f"{name}: max abs log-mel error {err:.2e} > {SYNTH_ATOL}"
+
+
+def _real_recordings(limit_per_subset: int = 2, max_seconds: float = 30.0) -> list[tuple[str, np.ndarray, int]]:
+    sf = pytest.importorskip("soundfile")
+    if not (PHYSIONET / "labels.csv").is_file():
+        pytest.skip(f"real recordings not found at {PHYSIONET}")
+    with open(PHYSIONET / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    picked: dict[str, list[dict]] = {}
+    for row in rows:
+        subset = row["path"].split("/")[0]
+        if len(picked.setdefault(subset, [])) < limit_per_subset:
+            picked[subset].append(row)
+    out = []
+    for row in (r for group in picked.values() for r in group):
+        data, rate = sf.read(str(PHYSIONET / row["path"]), dtype="float32", always_2d=True)
+        out.append((row["path"], data[:int(max_seconds * rate), 0], int(rate)))
+    return out
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", ["heart", "acula", "custom"])
+def test_real_recordings_match_numpy(c_frontends, name):
+    from acula_edge.audio import resample
+
+    cfg = CONFIGS[name]
+    fe, ref = c_frontends(name), LogMel(cfg)
+    worst_loud = worst_all = 0.0
+    for path, x, rate in _real_recordings():
+        x = resample(x, rate, cfg.sample_rate, path)
+        fe.reset()
+        got, want = fe.push(x), ref(x)
+        assert got.shape == want.shape, path
+        err = np.abs(got - want)
+        loud = db_below_peak(want, cfg) <= REAL_RANGE_DB
+        worst_loud = max(worst_loud, float(err[loud].max()))
+        worst_all = max(worst_all, float(err.max()))
+    assert worst_loud <= REAL_ATOL, f"{name}: bands within {REAL_RANGE_DB} dB of the peak differ by {worst_loud:.2e}"
+    assert worst_all <= REAL_ALL_ATOL, f"{name}: some log-mel value differs by {worst_all:.2e}"
+
+
+@pytest.mark.parametrize("name", ["heart", "custom", "gap"])
+def test_streaming_any_chunks_equals_offline(c_frontends, name):
+    cfg = CONFIGS[name]
+    x = synthetic(cfg, seconds=2.0, seed=1)
+    fe = c_frontends(name)
+    offline = fe.push(x)
+    rng = np.random.default_rng(7)
+    sizes = [1, 1, 3, 7, cfg.win_length + 13, 1, cfg.hop_length - 1, 2 * cfg.win_length + 5, 0, 17]
+    for trial in range(3):
+        fe.reset()
+        chunks, pos, i = [], 0, 0
+        while pos < x.size:
+            n = sizes[i] if trial == 0 and i < len(sizes) else int(rng.integers(1, 3 * cfg.win_length))
+            i += 1
+            chunk = x[pos:pos + n]
+            assert fe.frames_for(chunk.size) == cfg.num_frames(pos + chunk.size) - cfg.num_frames(pos)
+            chunks.append(fe.push(chunk))
+            pos += chunk.size
+        streamed = np.concatenate(chunks)
+        np.testing.assert_array_equal(streamed, offline)  # same samples per frame -> bit-identical frames
+
+
+def test_reset_starts_a_new_recording(c_frontends):
+    cfg = CONFIGS["heart"]
+    a, b = synthetic(cfg, 1.0, seed=2), synthetic(cfg, 1.5, seed=3)
+    fe = c_frontends("heart")
+    fresh = fe.push(b)
+    fe.reset()
+    fe.push(a[:333])  # leaves a partial frame buffered
+    fe.reset()
+    np.testing.assert_array_equal(fe.push(b), fresh)
+
+
+def test_int16_input_is_scaled_like_soundfile(c_frontends):
+    cfg = CONFIGS["heart"]
+    pcm = (synthetic(cfg, 1.0, seed=4) * 20000).astype(np.int16)
+    fe = c_frontends("heart")
+    from_int = fe.push_int16(pcm)
+    fe.reset()
+    np.testing.assert_array_equal(from_int, fe.push(pcm.astype(np.float32) / 32768.0))
+
+
+def test_push_refuses_too_small_output_and_consumes_nothing(c_frontends):
+    import ctypes
+
+    cfg = CONFIGS["heart"]
+    x = synthetic(cfg, 1.0, seed=5)
+    fe = c_frontends("heart")
+    want = fe.push(x)
+    fe.reset()
+    k = fe.frames_for(x.size)
+    assert k == want.shape[0]
+    out = np.empty((k, cfg.n_mels), dtype=np.float32)
+    f32p = ctypes.POINTER(ctypes.c_float)
+    rc = fe._lib.acula_frontend_push(fe._state, x.ctypes.data_as(f32p), x.size, out.ctypes.data_as(f32p), k - 1)
+    assert rc == -2  # ACULA_FRONTEND_ERR_SPACE
+    rc = fe._lib.acula_frontend_push(fe._state, x.ctypes.data_as(f32p), -1, out.ctypes.data_as(f32p), k)
+    assert rc == -1  # ACULA_FRONTEND_ERR_ARG
+    np.testing.assert_array_equal(fe.push(x), want)
+
+
+# --- generated header ---------------------------------------------------------------------------------------------
+
+def _c_array(text: str, name: str) -> list[str]:
+    m = re.search(rf"{name}\[[^\]]*\] = \{{(.*?)\}};", text, re.S)
+    assert m, f"{name} not in header"
+    return [v.strip() for v in m.group(1).split(",") if v.strip()]
+
+
+def test_header_tables_round_trip_exactly(tmp_path):
+    cfg = CONFIGS["custom"]
+    mem = header.write_frontend_header(cfg, tmp_path / "frontend_params.h")
+    text = (tmp_path / "frontend_params.h").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frontend_params.h"]  # no temp file left behind
+    assert f"#define ACULA_N_FFT {cfg.n_fft} " in text
+    assert f"#define ACULA_WIN_OFFSET {(cfg.n_fft - cfg.win_length) // 2} " in text
+    assert "#define ACULA_POWER 1 " in text
+    assert f'#define ACULA_CONFIG_SHA256 "{header.config_sha256(cfg)}"' in text
+    window = np.array([np.float32(v.rstrip("f")) for v in _c_array(text, "acula_window")])
+    left = (cfg.n_fft - cfg.win_length) // 2
+    np.testing.assert_array_equal(window, analysis_window(cfg).astype(np.float32)[left:left + cfg.win_length])
+    # Rebuild the dense filterbank from the sparse tables: identical to the float32 one LogMel uses.
+    starts = [int(v) for v in _c_array(text, "acula_mel_start")]
+    lens = [int(v) for v in _c_array(text, "acula_mel_len")]
+    weights = [np.float32(v.rstrip("f")) for v in _c_array(text, "acula_mel_weights")]
+    assert len(weights) == sum(lens) == mem["mel_weights"]
+    dense = np.zeros((cfg.n_freqs, cfg.n_mels), dtype=np.float32)
+    off = 0
+    for b, (s, n) in enumerate(zip(starts, lens)):
+        dense[s:s + n, b] = weights[off:off + n]
+        off += n
+    np.testing.assert_array_equal(dense, mel_filterbank(cfg).astype(np.float32))
+
+
+def test_memory_budget_formula_for_heart():
+    cfg, windowing = preset("heart")
+    mem = header.frontend_memory(cfg, windowing)
+    n_weights = int(np.count_nonzero(mel_filterbank(cfg).astype(np.float32)))
+    assert mem["mel_weights"] == n_weights
+    assert mem["flash_bytes"] == 4 * cfg.win_length + 4 * cfg.n_mels + 4 * n_weights + 4 * cfg.n_fft
+    assert mem["ram_bytes"] == 4 * (cfg.win_length + cfg.n_fft + cfg.n_fft // 2 + 1) + 8
+    assert mem["window_bytes"] == 4 * cfg.n_mels * windowing.frames_per_window(cfg)
+
+
+@pytest.mark.parametrize("name", ["heart", "acula"])
+def test_memory_budget_matches_compiled_sizes(c_frontends, build_dir, name):
+    cfg = CONFIGS[name]
+    mem = header.frontend_memory(cfg)
+    assert c_frontends(name).state_bytes == mem["ram_bytes"]
+    if shutil.which("nm") is None:
+        pytest.skip("nm (binutils) not installed; cannot measure the compiled tables")
+    obj_dir = build_dir / f"obj-{name}"
+    header.write_frontend_header(cfg, obj_dir / "frontend_params.h")
+    obj = obj_dir / "acula_frontend.o"
+    subprocess.run(["gcc", *cbuild.C_FLAGS, f"-I{obj_dir}", f"-I{cbuild.FIRMWARE_DIR}", "-c",
+                    str(cbuild.FIRMWARE_DIR / "acula_frontend.c"), "-o", str(obj)], check=True)
+    listing = subprocess.run(["nm", "-S", str(obj)], capture_output=True, text=True, check=True).stdout
+    tables = {parts[3]: int(parts[1], 16) for parts in (line.split() for line in listing.splitlines())
+              if len(parts) == 4 and parts[2] in "rR" and parts[3].startswith("acula_")}
+    assert sum(tables.values()) == mem["flash_bytes"], tables
+
+
+def test_non_power_of_two_n_fft_is_rejected(tmp_path):
+    cfg = FrontendConfig(n_fft=250, win_length=200)
+    target = tmp_path / "frontend_params.h"
+    with pytest.raises(ExportError, match=r"power of two.*n_fft=250.*n_fft=256"):
+        header.write_frontend_header(cfg, target)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(ExportError, match="power of two"):
+        header.frontend_memory(cfg)
+
+
+def test_header_needs_a_frontend_config(tmp_path):
+    with pytest.raises(ConfigError, match="expected a FrontendConfig, got dict"):
+        header.write_frontend_header(CONFIGS["heart"].to_dict(), tmp_path / "frontend_params.h")
+
+
+def test_missing_compiler_is_a_clear_error(tmp_path):
+    with pytest.raises(ExportError, match="not found on PATH"):
+        cbuild.compile_frontend(CONFIGS["heart"], tmp_path, cc="no-such-compiler-acula")
+
+
+# --- example program ----------------------------------------------------------------------------------------------
+
+def test_example_program_builds_and_matches_numpy(build_dir):
+    cfg = CONFIGS["heart"]
+    windowing = Windowing(window_s=2.0, hop_s=0.5)
+    exe = cbuild.compile_program(cfg, [EXAMPLE_MAIN], build_dir / "example" / "acula_frontend_demo",
+                                 windowing=windowing)
+    pcm = (synthetic(cfg, 4.1, seed=6) * 12000).astype("<i2")
+    frames = LogMel(cfg)(pcm.astype(np.float32) / 32768.0)
+    wf, hf = windowing.frames_per_window(cfg), windowing.frames_per_hop(cfg)
+    n_windows = 1 + (frames.shape[0] - wf) // hf
+    want = [float(frames[i * hf:i * hf + wf].astype(np.float64).mean()) for i in range(n_windows)]
+
+    for fmt, data in (("s16", pcm.tobytes()), ("f32", (pcm.astype("<f4") / np.float32(32768.0)).tobytes())):
+        res = subprocess.run([str(exe), fmt], input=data, capture_output=True, timeout=30, check=True)
+        lines = res.stdout.decode().splitlines()
+        assert lines[-1] == f"frames {frames.shape[0]} windows {n_windows}"
+        got = [re.fullmatch(r"window (\d+) start_frame (\d+) mean (\S+)", line) for line in lines[:-1]]
+        assert [(int(m.group(1)), int(m.group(2))) for m in got] == [(i, i * hf) for i in range(n_windows)]
+        np.testing.assert_allclose([float(m.group(3)) for m in got], want, atol=1e-4)
+
+    usage = subprocess.run([str(exe)], input=b"", capture_output=True, timeout=30)
+    assert usage.returncode == 2 and b"usage" in usage.stderr
