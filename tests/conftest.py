@@ -12,12 +12,7 @@ PHYSIONET = SHARED_DATA / "physionet2016"
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_data = pytest.mark.skip(reason=f"needs real data at {SHARED_DATA} (absent on this machine)")
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-    except ImportError:
-        has_gpu = False
+    has_gpu = any("gpu" in item.keywords for item in items) and _cuda_available()
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "shared_data" in item.keywords and not PHYSIONET.is_dir():
@@ -31,3 +26,11 @@ def physionet_dir() -> Path:
     if not PHYSIONET.is_dir():
         pytest.skip(f"needs {PHYSIONET}")
     return PHYSIONET
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
