@@ -5,6 +5,9 @@ Specs:
   or the original PhysioNet 2016 layout with ``REFERENCE.csv`` (``record,-1|1``; -1 normal, 1 abnormal) beside
   ``record.wav`` files; a path to the CSV itself works too. Labels, classes and metadata come from the file.
 - ``synthetic:heart`` / ``synthetic:lung`` with optional ``?n=120&seed=0&rate=2000`` — the embedded, seeded default.
+
+Any spec may end with a metadata filter in brackets: ``SPEC[subset=a,b]`` keeps those groups, ``SPEC[subset!=b]``
+drops them; this is how a held-out site is named on the command line (quote it in the shell).
 """
 
 from __future__ import annotations
@@ -101,6 +104,9 @@ def order_labels(labels: Iterable[str]) -> tuple[str, ...]:
 def load_dataset(spec: str | os.PathLike) -> Dataset:
     """Parse a dataset spec (see module docstring) and return the Dataset."""
     text = str(spec)
+    base, column, values, keep = split_filter(text)
+    if column is not None:
+        return load_dataset(base).where(column, values, keep=keep)
     if text.startswith("synthetic:"):
         return _synthetic(text)
     path = Path(text).expanduser()
@@ -114,6 +120,26 @@ def load_dataset(spec: str | os.PathLike) -> Dataset:
                            f"'path,label' (plus optional metadata columns)")
     raise DatasetError(f"{text!r} is not a dataset: give a folder with labels.csv, a labels CSV file, or "
                        f"synthetic:heart / synthetic:lung")
+
+
+def split_filter(spec: str) -> tuple[str, str | None, list[str], bool]:
+    """``"SPEC[col=a,b]"`` -> (SPEC, col, [a, b], True); ``"SPEC[col!=a]"`` -> (..., False); no filter -> column None."""
+    if not spec.endswith("]") or "[" not in spec:
+        return spec, None, [], True
+    base, _, inner = spec[:-1].rpartition("[")
+    column, op, rest = inner.partition("!=") if "!=" in inner else inner.partition("=")
+    values = [v.strip() for v in rest.split(",") if v.strip()]
+    if not op or not column.strip() or not values:
+        raise DatasetError(f"{spec!r}: a filter must look like SPEC[column=value,...] or SPEC[column!=value,...]")
+    return base, column.strip(), values, op == "="
+
+
+def with_filter(spec: str, column: str, values: Sequence[str], keep: bool) -> str:
+    """The spec string selecting (keep) or dropping recordings whose ``column`` is in ``values``."""
+    base, old, _, _ = split_filter(spec)
+    if old is not None:
+        raise DatasetError(f"{spec!r} already has a filter; combine filters by listing values in one")
+    return f"{base}[{column}{'=' if keep else '!='}{','.join(values)}]"
 
 
 def _synthetic(spec: str) -> Dataset:

@@ -108,3 +108,17 @@ def test_physionet_folder_loads_with_metadata(physionet_dir):
     assert sorted(set(ds.group_values("subset"))) == ["a", "b", "c", "d", "f"]
     x = ds.recordings[0].load(2000)
     assert x.dtype == np.float32 and x.shape[0] > 2000 * 5
+
+
+def test_spec_filters_select_and_drop_groups(tmp_path):
+    from acula_edge.data import split_filter, with_filter
+
+    write_folder(tmp_path / "d", [("x1.wav", "abnormal", "a"), ("x2.wav", "normal", "b"), ("x3.wav", "normal", "c")])
+    spec = str(tmp_path / "d")
+    assert [r.metadata["subset"] for r in load_dataset(spec + "[subset=a,c]")] == ["a", "c"]
+    assert [r.metadata["subset"] for r in load_dataset(with_filter(spec, "subset", ["b"], keep=False))] == ["a", "c"]
+    assert split_filter("synthetic:heart?n=4[subset!=D]") == ("synthetic:heart?n=4", "subset", ["D"], False)
+    with pytest.raises(DatasetError, match="filter must look like"):
+        load_dataset(spec + "[subset]")
+    with pytest.raises(DatasetError, match="not found|no metadata column"):
+        load_dataset(spec + "[site=a]")
