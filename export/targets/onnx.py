@@ -1,0 +1,94 @@
+"""ONNX: ``torch.onnx.export(dynamo=True)``; int8 as QDQ static quantization with onnxruntime.quantization.
+
+int8 keeps float32 input and output tensors (QuantizeLinear/DequantizeLinear pairs inside the graph); weights are
+per-channel symmetric int8, activations int8 with ranges from the calibration windows (method selectable).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from acula_edge.errors import ExportError
+from acula_edge.export.registry import INPUT_NAME, OUTPUT_NAMES, ExportJob, Target, TargetResult
+from acula_edge.export.runners import run_onnx
+from acula_edge.manifest import TensorSpec
+
+MODEL_FILE = "model.onnx"
+OPSET = 18
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _export_fp32(job: ExportJob, path: Path) -> None:
+    import torch
+
+    try:
+        program = torch.onnx.export(job.model, (torch.from_numpy(job.example),), dynamo=True, opset_version=OPSET,
+                                    input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), verbose=False)
+        program.save(str(path))
+    except Exception as e:  # the exporter raises many internal types; keep the cause
+        raise ExportError(f"torch.onnx.export failed for {type(job.model).__name__}: {e}") from e
+
+
+def _quantize(job: ExportJob, fp32: Path, out: Path, work: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
+        quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    windows = job.calibration
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._i = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self._i >= windows.shape[0]:
+                return None
+            self._i += 1
+            return {INPUT_NAME: windows[self._i - 1:self._i]}
+
+    pre = work / "preprocessed.onnx"
+    quant_pre_process(str(fp32), str(pre))
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=methods[job.calibration_method])
+
+
+def export(job: ExportJob, folder: Path) -> TargetResult:
+    """Write ``model.onnx`` (fp32 or int8 QDQ) into ``folder``."""
+    path = folder / MODEL_FILE
+    with tempfile.TemporaryDirectory(prefix="acula-onnx-") as tmp:
+        work = Path(tmp)
+        if job.precision == "fp32":
+            _export_fp32(job, path)
+        else:
+            _export_fp32(job, work / "fp32.onnx")
+            _quantize(job, work / "fp32.onnx", path, work)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out_shapes = {o.name: o.shape for o in sess.get_outputs()}
+    missing = [n for n in OUTPUT_NAMES if n not in out_shapes]
+    if missing:
+        raise ExportError(f"the exported ONNX model lacks outputs {missing}; it has {sorted(out_shapes)}")
+    inputs = (TensorSpec(INPUT_NAME, tuple(job.example.shape), "float32"),)
+    outputs = tuple(TensorSpec(n, tuple(int(s) for s in out_shapes[n]), "float32") for n in OUTPUT_NAMES)
+    extra = {"opset": OPSET}
+    if job.precision == "int8":
+        extra.update(quantization="QDQ static, per-channel symmetric int8 weights, int8 activations",
+                     calibration_method=job.calibration_method)
+    return TargetResult(MODEL_FILE, inputs, outputs, _versions(), extra)
+
+
+TARGET = Target(name="onnx", precisions=("fp32", "int8"), export=export, run=run_onnx, runtime="onnxruntime")

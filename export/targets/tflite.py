@@ -1,0 +1,128 @@
+"""TFLite (LiteRT): ``litert_torch.convert``; int8 as full-integer PT2E quantization with int8 input and output.
+
+int8: ``PT2EQuantizer`` (per-channel symmetric weights, static int8 activations calibrated on real windows) ->
+``convert_pt2e(fold_quantize=False)`` -> ``litert_torch.convert(..., quant_config=QuantConfig(pt2e_quantizer=...))``.
+The input and outputs are int8 tensors; their scale / zero point go into the manifest's TensorSpecs.
+
+At export time the written model is inspected (without delegates) and these are reported as findings: float
+tensors left in a full-int8 model, and TRANSPOSE ops (layout changes the converter inserted, e.g. NCHW -> NHWC for
+inputs with more than one channel; they cost time and usually mean the model is not written channels-last-friendly).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from acula_edge.errors import ExportError
+from acula_edge.export.registry import INPUT_NAME, OUTPUT_NAMES, ExportJob, Target, TargetResult
+from acula_edge.export.runners import run_tflite
+from acula_edge.manifest import TensorSpec
+
+MODEL_FILE = "model.tflite"
+FLOAT_DTYPES = ("float32", "float16", "float64")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import torch
+
+    return {"torch": torch.__version__, "litert-torch": version("litert-torch"),
+            "ai-edge-litert": version("ai-edge-litert"), "torchao": version("torchao")}
+
+
+def convert(job: ExportJob, path: Path) -> None:
+    """Write the TFLite flatbuffer of ``job`` (fp32, or full int8 when ``job.precision == 'int8'``) to ``path``."""
+    import litert_torch
+    import torch
+
+    example = torch.from_numpy(job.example)
+    try:
+        if job.precision == "fp32":
+            edge = litert_torch.convert(job.model.eval(), (example,))
+        else:
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+            from litert_torch.quantize.quant_config import QuantConfig
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                      is_dynamic=False))
+            prepared = prepare_pt2e(torch.export.export(job.model.eval(), (example,)).module(), quantizer)
+            with torch.no_grad():
+                for i in range(job.calibration.shape[0]):
+                    prepared(torch.from_numpy(job.calibration[i:i + 1]))
+            converted = convert_pt2e(prepared, fold_quantize=False)
+            edge = litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        edge.export(str(path))
+    except Exception as e:  # the converter raises many internal types; keep the cause
+        raise ExportError(f"litert_torch conversion ({job.precision}) failed for {type(job.model).__name__}: "
+                          f"{e}") from e
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """Inspect a .tflite file without delegates: ops, I/O specs (in the file's output order), float tensors."""
+    from ai_edge_litert import interpreter as litert
+
+    interp = litert.Interpreter(model_path=str(path),
+                                experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    signature = interp._get_full_signature_list()
+    by_index = {}
+    for sig in signature.values():
+        for key, index in sig["outputs"].items():
+            by_index[index] = key
+    names = []
+    for d in interp.get_output_details():
+        key = by_index.get(d["index"], "")
+        # litert_torch names a tuple's outputs output_0, output_1, ... in forward() order
+        if not key.startswith("output_") or not key[len("output_"):].isdigit():
+            raise ExportError(f"{path}: cannot tell which output tensor {d['name']!r} is (signature key {key!r})")
+        names.append(OUTPUT_NAMES[int(key[len("output_"):])])
+
+    def spec(name: str, d: dict[str, Any]) -> TensorSpec:
+        dtype = d["dtype"].__name__
+        scale, zp = d["quantization"]
+        quantized = dtype != "float32"
+        return TensorSpec(name, tuple(int(s) for s in d["shape"]), dtype,
+                          float(scale) if quantized else None, int(zp) if quantized else None)
+
+    ins = interp.get_input_details()
+    if len(ins) != 1:
+        raise ExportError(f"{path}: expected one input tensor, found {len(ins)}")
+    ops = [o["op_name"] for o in interp._get_ops_details()]
+    floats = sorted({t["name"] or f"#{t['index']}" for t in interp.get_tensor_details()
+                     if t["dtype"].__name__ in FLOAT_DTYPES})
+    return {"inputs": (spec(INPUT_NAME, ins[0]),),
+            "outputs": tuple(spec(n, d) for n, d in zip(names, interp.get_output_details())),
+            "ops": ops, "float_tensors": floats}
+
+
+def findings(desc: dict[str, Any], precision: str) -> list[str]:
+    """Problems to report at export time: float tensors in a full-int8 model, layout TRANSPOSEs."""
+    found = []
+    if precision == "int8" and desc["float_tensors"]:
+        shown = [n[-60:] for n in desc["float_tensors"][:5]]
+        found.append(f"{len(desc['float_tensors'])} float tensor(s) left in the full-int8 model (e.g. {shown}): "
+                     f"those ops run in float or need (de)quantize steps")
+    n_t = desc["ops"].count("TRANSPOSE")
+    if n_t:
+        found.append(f"{n_t} TRANSPOSE op(s) in the graph (layout conversion inserted by the converter)")
+    return found
+
+
+def export(job: ExportJob, folder: Path) -> TargetResult:
+    """Write ``model.tflite`` (fp32, or full int8 with int8 input/output) into ``folder``."""
+    path = folder / MODEL_FILE
+    convert(job, path)
+    desc = describe(path)
+    extra = {"ops": sorted(set(desc["ops"])), "op_count": len(desc["ops"]), "output_order": [o.name for o in
+                                                                                             desc["outputs"]]}
+    if job.precision == "int8":
+        extra["quantization"] = "full-integer PT2E, per-channel symmetric int8 weights, int8 input and outputs"
+    return TargetResult(MODEL_FILE, desc["inputs"], desc["outputs"], versions(), extra,
+                        tuple(findings(desc, job.precision)))
+
+
+TARGET = Target(name="tflite", precisions=("fp32", "int8"), export=export, run=run_tflite,
+                runtime="ai_edge_litert")
