@@ -5,7 +5,7 @@ Until ``acula_edge.export`` offers an API, a bundle is made here: a tiny seeded 
 ``torch.onnx.export(dynamo=True)``, ``litert_torch.convert`` (fp32, and full int8 via PT2E), ExecuTorch (XNNPACK)
 or TFLite Micro (the int8 .tflite file), plus a manifest from :func:`acula_edge.manifest.write_manifest`.
 
-Built bundles are cached under a folder keyed by this file's content and the torch version, so a second test run
+Built bundles are cached under a folder keyed by the builder functions' source and the torch version, so a second test run
 does not convert again (conversion takes seconds per bundle on two cores).
 """
 
@@ -32,7 +32,10 @@ PROMPT_TEXTS = ("a normal heart sound", "a heart murmur", "background noise")
 def _cache_root() -> Path:
     import torch
 
-    key = hashlib.sha256(Path(__file__).read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+    import inspect
+
+    src = "".join(inspect.getsource(f) for f in (tiny_model, calibration_windows, _export, _tflite_io, build_bundle))
+    key = hashlib.sha256((src + torch.__version__).encode()).hexdigest()[:12]
     root = Path(os.environ.get("ACULA_TEST_BUNDLE_CACHE", Path(tempfile.gettempdir()) / "acula-runtime-bundles"))
     return root / key
 
@@ -82,7 +85,7 @@ def _export(kind: str, model, example, calib: np.ndarray, path: Path) -> dict:
 
     if kind == "onnx-fp32":
         torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["x"],
-                          output_names=["embedding", "logits"], verbose=False)
+                          output_names=["embedding", "logits"], external_data=False, verbose=False)
         return {}
     if kind == "tflite-fp32":
         import litert_torch
@@ -193,3 +196,67 @@ def copy_bundle(src: Path, dst: Path) -> Path:
     """A writable copy of a cached bundle (for tests that corrupt it)."""
     shutil.copytree(src, dst)
     return dst
+
+
+# -- helpers for the test modules ---------------------------------------------------------------------------------
+
+# Module each kind's runtime needs (tests skip kinds whose runtime is not installed).
+RUNTIME_MODULE = {"onnx": "onnxruntime", "tflite": "ai_edge_litert", "executorch": "executorch.runtime",
+                  "tflm": "tflite_micro"}
+# Modules needed to build each kind here.
+CONVERTER_MODULES = {"onnx": ("torch", "onnxscript"), "tflite": ("torch", "litert_torch"),
+                     "executorch": ("torch", "executorch.exir"), "tflm": ("torch", "litert_torch")}
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def bundle_or_skip(kind: str) -> Path:
+    """A bundle of ``kind`` for a test, or pytest.skip when its runtime (or, if it must be built, a converter) is
+    missing. ``ACULA_TEST_BUNDLES=DIR`` uses prebuilt bundles DIR/heart-KIND (e.g. in a venv without torch; make
+    them with ``python tests/runtime_fixtures.py DIR``)."""
+    import pytest
+
+    target = kind.split("-")[0]
+    if not _has(RUNTIME_MODULE[target]):
+        pytest.skip(f"runtime {RUNTIME_MODULE[target]} not installed")
+    prebuilt = os.environ.get("ACULA_TEST_BUNDLES")
+    if prebuilt and (Path(prebuilt) / f"heart-{kind}" / "manifest.json").is_file():
+        return Path(prebuilt) / f"heart-{kind}"
+    missing = [m for m in CONVERTER_MODULES[target] if not _has(m)]
+    if missing:
+        pytest.skip(f"cannot build a {kind} bundle without {missing} (set ACULA_TEST_BUNDLES to prebuilt bundles)")
+    return get_bundle(kind)
+
+
+def heart_like(seconds: float, sample_rate: int = 2000, seed: int = 0, silence: tuple[float, float] | None = None,
+               clip: tuple[float, float] | None = None) -> np.ndarray:
+    """Seeded heart-like float32 audio: 50/120 Hz bursts at ~72 bpm over low noise; optional silent and
+    clipped stretches (start_s, end_s) so quality flags vary along the recording."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sample_rate)
+    t = np.arange(n) / sample_rate
+    beat = (t * 1.2) % 1.0
+    env = np.exp(-((beat - 0.05) / 0.03) ** 2) + 0.7 * np.exp(-((beat - 0.4) / 0.03) ** 2)
+    x = 0.2 * env * (np.sin(2 * np.pi * 50 * t) + 0.5 * np.sin(2 * np.pi * 120 * t + 1.0))
+    x += 0.005 * rng.standard_normal(n)
+    if silence:
+        x[int(silence[0] * sample_rate):int(silence[1] * sample_rate)] = 0.0
+    if clip:
+        a, b = int(clip[0] * sample_rate), int(clip[1] * sample_rate)
+        x[a:b] = np.clip(x[a:b] * 30.0, -1.0, 1.0)
+    return x.astype(np.float32)
+
+
+if __name__ == "__main__":  # python tests/runtime_fixtures.py OUT_DIR: build every kind as OUT_DIR/heart-KIND
+    import sys
+
+    out = Path(sys.argv[1])
+    for k in KINDS:
+        print(build_bundle(k, out / f"heart-{k}"))

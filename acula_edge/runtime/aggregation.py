@@ -1,0 +1,158 @@
+"""From window scores to a recording: mean or exponential-moving-average aggregation, and a debounced
+(hysteresis) decision for live displays.
+
+The same :class:`RecordingAccumulator` serves offline ``classify`` and the streaming session, fed the same windows
+in the same order, so both give the same recording result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from acula_edge.errors import ConfigError
+from acula_edge.runtime.results import ClassificationResult, RecordingUpdate, WindowEvent
+
+AGGREGATIONS = ("mean", "ema")
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    """Hysteresis and debounce of the live decision (on the probability of the last label)."""
+
+    margin: float = 0.05  # turn on at threshold + margin, off below threshold - margin
+    debounce: int = 2  # consecutive updates beyond a bound needed to change the decision
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.margin < 0.5 or self.debounce < 1:
+            raise ConfigError(f"DecisionConfig needs 0 <= margin < 0.5 and debounce >= 1, got margin={self.margin}, "
+                              f"debounce={self.debounce}")
+
+
+class Aggregator:
+    """Running aggregate of probability vectors."""
+
+    def __init__(self, name: str = "mean", ema_alpha: float = 0.3) -> None:
+        if name not in AGGREGATIONS:
+            raise ConfigError(f"unknown aggregation {name!r}; choose one of {AGGREGATIONS}")
+        if not 0.0 < ema_alpha <= 1.0:
+            raise ConfigError(f"ema_alpha must be in (0, 1], got {ema_alpha}")
+        self.name = name
+        self.ema_alpha = ema_alpha
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self._acc: np.ndarray | None = None
+
+    def update(self, p: np.ndarray) -> None:
+        p64 = np.asarray(p, dtype=np.float64)
+        if self._acc is None:
+            self._acc = p64.copy()
+        elif self.name == "mean":
+            self._acc += p64
+        else:
+            self._acc = self.ema_alpha * p64 + (1.0 - self.ema_alpha) * self._acc
+        self.count += 1
+
+    @property
+    def value(self) -> np.ndarray | None:
+        """The aggregate (float32), or None before the first update."""
+        if self._acc is None:
+            return None
+        out = self._acc / self.count if self.name == "mean" else self._acc
+        return out.astype(np.float32)
+
+
+class Hysteresis:
+    """A binary decision that changes only after ``debounce`` consecutive values beyond threshold +/- margin.
+
+    The first value decides directly (on the plain threshold), so a display shows a decision as soon as there is
+    one; later flips need the value to cross the outer bound ``debounce`` times in a row.
+    """
+
+    def __init__(self, threshold: float, cfg: DecisionConfig) -> None:
+        self.threshold = threshold
+        self.cfg = cfg
+        self.reset()
+
+    def reset(self) -> None:
+        self.state: bool | None = None
+        self._streak = 0
+
+    def update(self, p: float) -> bool | None:
+        if self.state is None:
+            self.state = p >= self.threshold
+            return self.state
+        beyond = p < self.threshold - self.cfg.margin if self.state else p >= self.threshold + self.cfg.margin
+        self._streak = self._streak + 1 if beyond else 0
+        if self._streak >= self.cfg.debounce:
+            self.state = not self.state
+            self._streak = 0
+        return self.state
+
+
+class RecordingAccumulator:
+    """Consumes :class:`WindowEvent` s in order; gives running updates and the final recording result.
+
+    Windows that fail the quality checks are counted and left out; if every window failed, probabilities and
+    embedding fall back to all windows and the decision is None.
+    """
+
+    def __init__(self, labels: tuple[str, ...], threshold: float, aggregation: str = "mean",
+                 ema_alpha: float = 0.3, decision: DecisionConfig | None = None) -> None:
+        self.labels = labels
+        self.threshold = threshold
+        self._included = Aggregator(aggregation, ema_alpha)
+        self._all = Aggregator(aggregation, ema_alpha)
+        self._hysteresis = Hysteresis(threshold, decision or DecisionConfig())
+        self.reset()
+
+    def reset(self) -> None:
+        self._included.reset()
+        self._all.reset()
+        self._hysteresis.reset()
+        self.windows: list[WindowEvent] = []
+        self._emb_included: np.ndarray | None = None
+        self._emb_all: np.ndarray | None = None
+
+    @property
+    def aggregation(self) -> str:
+        return self._included.name
+
+    @property
+    def n_excluded(self) -> int:
+        return len(self.windows) - self._included.count
+
+    def _current(self) -> tuple[np.ndarray, bool | None]:
+        if self._included.count:
+            p = self._included.value
+            return p, bool(p[-1] >= self.threshold)
+        return self._all.value, None
+
+    def add(self, event: WindowEvent) -> RecordingUpdate:
+        self.windows.append(event)
+        e64 = event.embedding.astype(np.float64)
+        self._all.update(event.probabilities)
+        self._emb_all = e64.copy() if self._emb_all is None else self._emb_all + e64
+        if event.included:
+            self._included.update(event.probabilities)
+            self._emb_included = e64.copy() if self._emb_included is None else self._emb_included + e64
+        p, raw = self._current()
+        stable = self._hysteresis.update(float(p[-1])) if event.included else self._hysteresis.state
+        return RecordingUpdate(time_s=event.end_s, labels=self.labels, probabilities=p, n_windows=len(self.windows),
+                               n_excluded=self.n_excluded, decision=stable, raw_decision=raw)
+
+    def result(self, duration_s: float, source: str = "<buffer>") -> ClassificationResult:
+        if not self.windows:
+            raise RuntimeError("no windows were accumulated")  # callers pad short input to one window
+        p, decision = self._current()
+        if self._included.count:
+            emb = self._emb_included / self._included.count
+        else:
+            emb = self._emb_all / len(self.windows)
+        return ClassificationResult(labels=self.labels, probabilities=p, decision=decision,
+                                    threshold=self.threshold, embedding=emb.astype(np.float32),
+                                    windows=tuple(self.windows), n_excluded=self.n_excluded,
+                                    duration_s=duration_s, aggregation=self.aggregation, source=source)

@@ -1,0 +1,193 @@
+"""Device commands: ``acula-edge info``, ``classify`` and ``stream`` (numpy + one runtime; never torch).
+
+``stream`` reads raw PCM from stdin with ``-``: little-endian int16 or float32, mono, at ``--sample-rate`` (which must
+be the bundle's rate: a live input is opened at the model's rate). A file at another rate is resampled whole before
+it is fed in chunks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+PCM_FORMATS = {"int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, sort_keys=True))
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as one JSON object.")
+def info(bundle: str, as_json: bool) -> None:
+    """Print BUNDLE's manifest readably: target, tensors, front-end, labels, parity, memory budget."""
+    from acula_edge.manifest import RUNTIME_EXTRA, read_manifest
+
+    m = read_manifest(bundle)
+    if as_json:
+        _echo_json(m.to_dict())
+        return
+    model_path = Path(bundle) / m.model_file
+    size = _size(model_path.stat().st_size) if model_path.is_file() else "MISSING"
+    fe, win = m.frontend, m.windowing
+    rows = [
+        ("bundle", str(bundle)),
+        ("target", f"{m.target} ({m.precision}); runtime: pip install 'acula-edge[{RUNTIME_EXTRA[m.target]}]'"),
+        ("model file", f"{m.model_file} ({size}), sha256 {m.model_sha256[:16]}..."),
+        ("schema", str(m.schema_version)),
+        ("labels", ", ".join(m.labels) + f"  (decision: p({m.labels[-1]}) >= {m.threshold})"),
+        ("front-end", f"{fe.sample_rate} Hz, n_fft {fe.n_fft}, win {fe.win_length}, hop {fe.hop_length}, "
+                      f"{fe.n_mels} mel {fe.fmin:g}-{fe.fmax:g} Hz, {fe.window}, normalisation {fe.normalisation}"),
+        ("windowing", f"{win.window_s:g} s windows every {win.hop_s:g} s "
+                      f"({win.frames_per_window(fe)} frames x {fe.n_mels} mel)"),
+    ]
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        for t in specs:
+            q = f", scale {t.scale:.6g}, zero_point {t.zero_point}" if t.scale is not None else ""
+            rows.append((kind, f"{t.name} {list(t.shape)} {t.dtype}{q}"))
+    if m.prompts.texts:
+        rows.append(("prompts", f"{len(m.prompts.texts)}: " + "; ".join(m.prompts.texts[:5])
+                     + (" ..." if len(m.prompts.texts) > 5 else "")))
+    if m.parity:
+        rows.append(("parity", json.dumps(m.parity, sort_keys=True)[:300]))
+    if m.versions:
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in sorted(m.versions.items()))))
+    for key, value in sorted(m.extra.items()):
+        if isinstance(value, int) and ("bytes" in key or "arena" in key):
+            value = f"{value} ({_size(value)})"
+        rows.append((f"extra.{key}", str(value)))
+    if m.source_checkpoint_sha256:
+        rows.append(("checkpoint", f"sha256 {m.source_checkpoint_sha256[:16]}..."))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:>{width}}: {value}")
+
+
+def _common(f):
+    f = click.option("--threads", type=int, default=None, help="Runtime threads (default: the runtime's).")(f)
+    f = click.option("--aggregation", type=click.Choice(["mean", "ema"]), default="mean", show_default=True,
+                     help="How window probabilities combine into the recording result.")(f)
+    return f
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--windows", is_flag=True, help="With --format json: include every window's scores and quality.")
+@_common
+def classify(bundle: str, files: tuple[str, ...], fmt: str, windows: bool, threads: int | None,
+             aggregation: str) -> None:
+    """Classify audio FILES with BUNDLE: recording-level probabilities and decision, one row per file."""
+    from acula_edge.runtime.model import load
+
+    model = load(bundle, num_threads=threads)
+    results = [model.classify_file(f, aggregation=aggregation) for f in files]
+    labels = list(model.labels)
+    if fmt == "json":
+        for r in results:
+            _echo_json(r.to_dict(windows=windows))
+        return
+    header = ["file", "duration_s", "windows", "excluded", *[f"p_{lb}" for lb in labels], "label", "decision"]
+    rows = [[r.source, f"{r.duration_s:.2f}", str(r.n_windows), str(r.n_excluded),
+             *[f"{p:.4f}" for p in r.probabilities], str(r.label or "-"),
+             "-" if r.decision is None else labels[-1] if r.decision else f"not {labels[-1]}"] for r in results]
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+        click.echo(buf.getvalue(), nl=False)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(wd) for h, wd in zip(header, widths)))
+    for r in rows:
+        click.echo("  ".join(c.ljust(wd) for c, wd in zip(r, widths)))
+
+
+def _describe(event: Any, labels: tuple[str, ...]) -> str:
+    from acula_edge.runtime.results import WindowEvent
+
+    pos = labels[-1]
+    if isinstance(event, WindowEvent):
+        status = "ok" if event.included else "excluded: " + ",".join(event.quality.flags)
+        return (f"[{event.start_s:8.2f} - {event.end_s:8.2f} s] window {event.index:<4d} "
+                f"p({pos})={event.probabilities[-1]:.3f}  {event.quality.rms_dbfs:6.1f} dBFS  {status}")
+    decision = "-" if event.decision is None else pos if event.decision else f"not {pos}"
+    return (f"{'':24}recording: p({pos})={event.probabilities[-1]:.3f} over {event.n_windows - event.n_excluded}"
+            f"/{event.n_windows} windows  decision: {decision}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("audio", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (windows, updates, summary).")
+@click.option("--chunk-ms", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Feed the audio in chunks of this many milliseconds, as a live device would.")
+@click.option("--sample-rate", type=int, default=None,
+              help="Rate of raw PCM on stdin (AUDIO '-'), Hz; must equal the bundle's rate. Default: the bundle's.")
+@click.option("--pcm-format", type=click.Choice(sorted(PCM_FORMATS)), default="int16", show_default=True,
+              help="Sample format of raw PCM on stdin (little-endian, mono).")
+@_common
+def stream(bundle: str, audio: str, as_json: bool, chunk_ms: int, sample_rate: int | None, pcm_format: str,
+           threads: int | None, aggregation: str) -> None:
+    """Stream AUDIO (a file, or '-' for raw PCM on stdin) through BUNDLE, printing events as they happen."""
+    from acula_edge.audio import read_audio, resample
+    from acula_edge.errors import AudioError
+
+    from acula_edge.runtime.model import load
+
+    model = load(bundle, num_threads=threads)
+    session = model.stream(aggregation=aggregation, source="<stdin>" if audio == "-" else audio)
+
+    def emit(events: list) -> None:
+        for ev in events:
+            click.echo(json.dumps(ev.to_dict(), sort_keys=True) if as_json else _describe(ev, model.labels))
+        sys.stdout.flush()
+
+    if audio == "-":
+        rate = sample_rate or model.sample_rate
+        if rate != model.sample_rate:
+            raise AudioError(f"<stdin>: --sample-rate {rate} Hz differs from the bundle's {model.sample_rate} Hz; "
+                             f"capture at {model.sample_rate} Hz (e.g. 'arecord -r {model.sample_rate}' or "
+                             f"'sox ... -r {model.sample_rate}')")
+        dtype = PCM_FORMATS[pcm_format]
+        chunk_bytes = max(1, rate * chunk_ms // 1000) * dtype.itemsize
+        stdin = sys.stdin.buffer
+        pending = b""
+        while True:
+            data = stdin.read(chunk_bytes)
+            if not data:
+                break
+            data = pending + data
+            usable = len(data) - len(data) % dtype.itemsize
+            pending = data[usable:]
+            emit(session.push(np.frombuffer(data[:usable], dtype=dtype), rate))
+    else:
+        x, rate = read_audio(audio)
+        if rate != model.sample_rate:
+            x, rate = resample(x, rate, model.sample_rate, audio), model.sample_rate
+        step = max(1, rate * chunk_ms // 1000)
+        for i in range(0, x.shape[0], step):
+            emit(session.push(x[i:i + step], rate))
+    result = session.finish()
+    if as_json:
+        _echo_json(result.to_dict(windows=False))
+    else:
+        pos = model.labels[-1]
+        decision = "-" if result.decision is None else pos if result.decision else f"not {pos}"
+        probs = ", ".join(f"{lb}={p:.3f}" for lb, p in zip(result.labels, result.probabilities))
+        click.echo(f"summary: {result.duration_s:.2f} s, {result.n_windows} windows ({result.n_excluded} excluded); "
+                   f"{probs}; decision: {decision}")

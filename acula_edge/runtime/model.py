@@ -1,0 +1,233 @@
+"""The loaded bundle: :func:`load` and :class:`EdgeModel` (classify, embed, zero-shot, stream).
+
+Windows are cut exactly as in :mod:`acula_edge.windows`: window ``k`` covers samples
+``[k * hop, k * hop + window)`` at the model's rate and the log-mel frames inside them; a window exists when all of
+its samples are there (the tail after the last whole window is not scored). A recording shorter than one window is
+zero-padded to one window (``pad=True``, the default) or rejected.
+
+Sample rates: offline calls resample the whole input to the model's rate (polyphase, exact). The streaming session
+runs at the model's rate only (a live input is opened at that rate; see :mod:`acula_edge.runtime.streaming`).
+``classify_file`` streams a file from disk in blocks when its rate equals the model's, so very long recordings
+never sit in memory; at another rate it loads and resamples the whole file, because resampling block by block
+with ``resample_poly`` would not equal resampling the whole signal.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from acula_edge.audio import check_sample_rate, prepare_samples, read_audio, to_mono_float
+from acula_edge.errors import AudioError, BundleError, ConfigError
+from acula_edge.features import LogMel
+from acula_edge.manifest import Manifest, read_manifest, verify_model_file
+from acula_edge.runtime.aggregation import DecisionConfig, RecordingAccumulator
+from acula_edge.runtime.backends import Backend, open_backend
+from acula_edge.runtime.quality import QualityConfig, window_quality
+from acula_edge.runtime.results import ClassificationResult, WindowEvent, ZeroShotResult
+from acula_edge.windows import frame_windows
+
+# Samples read per block when classify_file streams a file from disk (about 17 min at 2 kHz; 2 MB of float32).
+FILE_BLOCK_SAMPLES = 1 << 21
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - np.max(logits)
+    e = np.exp(z)
+    return (e / e.sum()).astype(np.float32)
+
+
+class EdgeModel:
+    """A bundle loaded on its runtime. Thread-safe: one model can serve many :class:`StreamSession` s."""
+
+    def __init__(self, manifest: Manifest, backend: Backend, bundle_dir: Path,
+                 quality: QualityConfig | None = None) -> None:
+        self.manifest = manifest
+        self.backend = backend
+        self.bundle_dir = bundle_dir
+        self.quality = quality or QualityConfig()
+        fe, win = manifest.frontend, manifest.windowing
+        try:
+            win.validate(fe)
+        except ConfigError as e:
+            raise BundleError(f"{bundle_dir}: the manifest's windowing does not fit its front-end: {e}") from e
+        self.frontend = fe
+        self.windowing = win
+        self.labels = manifest.labels
+        self.sample_rate = fe.sample_rate
+        self.window_samples = win.window_samples(fe)
+        self.hop_samples = win.hop_samples(fe)
+        self.frames_per_window = win.frames_per_window(fe)
+        self.frames_per_hop = win.frames_per_hop(fe)
+        want = (1, 1, self.frames_per_window, fe.n_mels)
+        if tuple(manifest.inputs[0].shape) != want:
+            raise BundleError(f"{bundle_dir}: the model input shape {manifest.inputs[0].shape} does not match the "
+                              f"front-end and windowing {want}; the manifest is inconsistent, re-export the bundle")
+        n_classes = int(np.prod(manifest.output("logits").shape))
+        if n_classes != len(self.labels):
+            raise BundleError(f"{bundle_dir}: {len(self.labels)} labels but the logits output has {n_classes} values")
+        self.logmel = LogMel(fe)  # read-only after construction: shared by every session
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"EdgeModel({self.bundle_dir}, target={m.target}, precision={m.precision}, "
+                f"runtime={self.backend.name!r}, labels={list(self.labels)})")
+
+    # -- one window -------------------------------------------------------------------------------------------
+
+    def count_windows(self, num_samples: int) -> int:
+        """Windows in a recording of ``num_samples`` samples at the model's rate."""
+        if num_samples < self.window_samples:
+            return 0
+        return 1 + (num_samples - self.window_samples) // self.hop_samples
+
+    def run_window(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A normalised log-mel window (frames, n_mels) -> (embedding (D,), probabilities (C,)), float32."""
+        x = np.ascontiguousarray(window, dtype=np.float32).reshape(1, 1, self.frames_per_window,
+                                                                    self.frontend.n_mels)
+        emb, logits = self.backend.run(x)
+        return emb, softmax(logits)
+
+    def score_window(self, index: int, window: np.ndarray, samples: np.ndarray) -> WindowEvent:
+        """Run and quality-check window ``index`` (normalised log-mel ``window`` and its ``samples``)."""
+        emb, probs = self.run_window(window)
+        start = index * self.windowing.hop_s
+        return WindowEvent(index=index, start_s=start, end_s=start + self.windowing.window_s, labels=self.labels,
+                           probabilities=probs, embedding=emb,
+                           quality=window_quality(samples, self.frontend, self.quality))
+
+    def accumulator(self, aggregation: str = "mean", ema_alpha: float = 0.3,
+                    decision: DecisionConfig | None = None) -> RecordingAccumulator:
+        return RecordingAccumulator(self.labels, self.manifest.threshold, aggregation, ema_alpha, decision)
+
+    # -- batch use --------------------------------------------------------------------------------------------
+
+    def classify(self, samples: np.ndarray, sample_rate: int, aggregation: str = "mean", ema_alpha: float = 0.3,
+                 pad: bool = True, source: str = "<buffer>") -> ClassificationResult:
+        """Classify a whole recording.
+
+        ``samples``: int or float PCM, shape (n,) or (n, channels), at ``sample_rate`` Hz (resampled to the
+        model's rate). Returns the recording-level probabilities (``aggregation`` of the usable windows), the
+        decision, the recording embedding and every window with its times and quality.
+        """
+        acc = self.accumulator(aggregation, ema_alpha)  # validates the options before any work
+        n_in = np.asarray(samples).shape[0]
+        x = prepare_samples(samples, sample_rate, self.sample_rate, min_samples=self.window_samples, pad=pad,
+                            source=source)
+        windows = frame_windows(self.logmel(x), self.frontend, self.windowing)
+        ws, hs = self.window_samples, self.hop_samples
+        for k in range(self.count_windows(x.shape[0])):
+            acc.add(self.score_window(k, windows[k], x[k * hs:k * hs + ws]))
+        return acc.result(duration_s=n_in / sample_rate, source=source)
+
+    def classify_file(self, path: str | os.PathLike, aggregation: str = "mean", ema_alpha: float = 0.3,
+                      pad: bool = True) -> ClassificationResult:
+        """Classify an audio file (WAV/FLAC/OGG). At the model's rate the file is streamed from disk in blocks
+        (memory independent of its length); at another rate it is loaded and resampled whole."""
+        import soundfile as sf
+
+        p = Path(path)
+        read_audio_checks(p)
+        try:
+            rate = sf.info(str(p)).samplerate
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioError(f"{p}: cannot decode as audio ({e}); supported: WAV, FLAC, OGG/Vorbis") from e
+        check_sample_rate(rate, str(p))
+        if rate != self.sample_rate:
+            x, rate = read_audio(p)
+            return self.classify(x, rate, aggregation, ema_alpha, pad, source=str(p))
+        session = self.stream(aggregation=aggregation, ema_alpha=ema_alpha, pad=pad, source=str(p))
+        for block in file_blocks(p, FILE_BLOCK_SAMPLES):
+            session.push(block, rate)
+        return session.finish()
+
+    def embed(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The recording embedding (D,), float32: mean of the usable windows' embeddings."""
+        return self.classify(samples, sample_rate).embedding
+
+    def zero_shot(self, samples: np.ndarray, sample_rate: int,
+                  prompts: Sequence[str] | None = None) -> ZeroShotResult:
+        """Cosine similarity of the recording embedding to the bundle's text-prompt embeddings.
+
+        ``prompts``: None scores every prompt in the bundle; a list of prompt texts selects among them. The device
+        has no text encoder, so only texts embedded at export time can be scored.
+        """
+        pr = self.manifest.prompts
+        if not pr.texts or not pr.embeddings:
+            raise BundleError(f"{self.bundle_dir}: the bundle has no text-prompt embeddings; export it with prompts "
+                              f"to use zero-shot scoring")
+        if prompts is None:
+            idx = list(range(len(pr.texts)))
+        else:
+            unknown = [t for t in prompts if t not in pr.texts]
+            if unknown:
+                raise ConfigError(f"prompts {unknown} are not in the bundle, and the device has no text encoder to "
+                                  f"embed new text; choose from {list(pr.texts)} or re-export with these prompts")
+            idx = [pr.texts.index(t) for t in prompts]
+        table = np.asarray([pr.embeddings[i] for i in idx], dtype=np.float64)
+        emb = self.embed(samples, sample_rate).astype(np.float64)
+        if table.shape[1] != emb.shape[0]:
+            raise BundleError(f"{self.bundle_dir}: prompt embeddings have dimension {table.shape[1]} but the model's "
+                              f"embedding has {emb.shape[0]}; re-export the bundle")
+        denom = np.maximum(np.linalg.norm(table, axis=1) * np.linalg.norm(emb), 1e-12)
+        scores = (table @ emb) / denom
+        labels = pr.labels if len(pr.labels) == len(pr.texts) else ("",) * len(pr.texts)
+        return ZeroShotResult(texts=tuple(pr.texts[i] for i in idx), labels=tuple(labels[i] for i in idx),
+                              scores=scores.astype(np.float32), embedding=emb.astype(np.float32))
+
+    # -- streaming --------------------------------------------------------------------------------------------
+
+    def stream(self, aggregation: str = "mean", ema_alpha: float = 0.3, decision: DecisionConfig | None = None,
+               pad: bool = True, source: str = "<stream>") -> "StreamSession":
+        """A new streaming session (one recording) on this model; see :class:`StreamSession`."""
+        from acula_edge.runtime.streaming import StreamSession
+
+        return StreamSession(self, aggregation=aggregation, ema_alpha=ema_alpha, decision=decision, pad=pad,
+                             source=source)
+
+
+def read_audio_checks(p: Path) -> None:
+    if not p.exists():
+        raise AudioError(f"{p}: no such file")
+    if p.is_dir():
+        raise AudioError(f"{p}: is a folder, expected an audio file")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{p}: the file is empty (0 bytes)")
+
+
+def file_blocks(path: Path, block_samples: int) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of an audio file, read with soundfile (same values as :func:`read_audio`)."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(path)) as f:
+            declared, got = f.frames, 0
+            while True:
+                data = f.read(block_samples, dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    break
+                got += data.shape[0]
+                yield to_mono_float(data, str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(f"{path}: cannot decode as audio ({e}); supported: WAV, FLAC, OGG/Vorbis") from e
+    if got < declared:
+        raise AudioError(f"{path}: truncated: the header promises {declared} samples but only {got} could be read")
+
+
+def load(bundle_dir: str | os.PathLike, num_threads: int | None = None,
+         quality: QualityConfig | None = None) -> EdgeModel:
+    """Open an exported bundle folder on the runtime its manifest names.
+
+    Reads and validates ``manifest.json`` (schema version), checks the model file's sha256 before the runtime
+    sees it, and loads it on onnxruntime / LiteRT / ExecuTorch / TFLite Micro. ``num_threads``: runtime threads
+    (None = the runtime's default). Raises BundleError (bad/corrupt/newer bundle) or MissingDependencyError
+    (runtime not installed; names the pip extra).
+    """
+    bundle = Path(bundle_dir)
+    manifest = read_manifest(bundle)
+    model_path = verify_model_file(manifest, bundle)
+    backend = open_backend(model_path, manifest, num_threads)
+    return EdgeModel(manifest, backend, bundle, quality)
