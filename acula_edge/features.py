@@ -76,7 +76,8 @@ class LogMelStream:
     """Incremental log-mel: push chunks of samples, get the newly completed frames.
 
     Holds only the samples not yet consumed by a frame (< win_length + chunk), so the cost per push is proportional
-    to the number of new frames. Frames are bit-identical to :class:`LogMel` on the concatenated signal.
+    to the number of new frames. Frames equal :class:`LogMel` on the concatenated signal to float rounding
+    (~1e-6: the mel matrix product rounds differently for different batch sizes).
     """
 
     def __init__(self, cfg: FrontendConfig, logmel: LogMel | None = None) -> None:

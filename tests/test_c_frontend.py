@@ -20,10 +20,7 @@ from acula_edge.errors import ConfigError, ExportError
 from acula_edge.features import LogMel
 from acula_edge.frontend import FrontendConfig, Windowing, analysis_window, mel_filterbank, preset
 
-try:
-    from acula_edge.export.firmware import cbuild, header
-except ModuleNotFoundError:  # a bare checkout run with PYTHONPATH=<repo>: the stage folder is not installed yet
-    from export.firmware import cbuild, header
+from acula_edge.export.firmware import cbuild, header
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_MAIN = REPO / "examples" / "firmware" / "main.c"
