@@ -78,7 +78,7 @@ def export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str,
         candidate = tgt.run(model_path, ev.x, result.inputs, result.outputs, result.extra)
         report = parity.parity_report(reference, candidate, ev.recording, ev.y, ev.source)
         report.update(runtime=tgt.runtime, held_out=data.held_out, note=data.note)
-        parity.gate(report, tolerance, what)
+        parity.gate(report, tolerance, f"{what} (nothing was written to {out})")
         k = min(bundle.REFERENCE_WINDOWS, len(ev))
         bundle.write_reference(tmp / bundle.REFERENCE_FILE, ev.x[:k], {n: v[:k] for n, v in reference.items()})
         extra = dict(result.extra)

@@ -139,5 +139,5 @@ def gate(report: dict[str, Any], tolerance: Tolerance, what: str) -> dict[str, A
     report["passed"] = not problems
     if problems:
         raise ParityError(f"{what}: the exported model does not match PyTorch within the declared tolerances "
-                          f"(acula_edge/export/tolerances.py); nothing was written", problems)
+                          f"(acula_edge/export/tolerances.py)", problems)
     return report

@@ -1,0 +1,79 @@
+"""``acula-edge export`` and ``acula-edge verify``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from acula_edge.export.calibration import DEFAULT_CALIB_WINDOWS, DEFAULT_EVAL_WINDOWS
+from acula_edge.export.registry import CALIBRATION_METHODS, targets
+
+TARGET_CHOICES = (*targets(), "all")
+
+
+def _summary(path: str, manifest) -> str:
+    p = manifest.parity
+    parts = [f"{manifest.target}-{manifest.precision}: {path}",
+             f"{manifest.extra.get('model_bytes', 0) / 1024:.1f} KiB", f"{manifest.extra.get('export_seconds')} s"]
+    for name, stats in p.get("outputs", {}).items():
+        if "cosine_mean" in stats:
+            parts.append(f"{name} cos {stats['cosine_mean']:.5f} maxabs {stats['max_abs_error']:.3g}")
+    if "auroc" in p:
+        parts.append(f"AUROC {p['auroc']['runtime']:.4f} (fp32 {p['auroc']['pytorch_fp32']:.4f})")
+    return ", ".join(parts)
+
+
+@click.command()
+@click.argument("checkpoint_dir", type=click.Path(file_okay=False))
+@click.option("--target", type=click.Choice(TARGET_CHOICES), required=True, help="Export target, or all of them.")
+@click.option("--quantize", type=click.Choice(("none", "int8")), default="none", show_default=True)
+@click.option("--calib-data", default=None, help="Dataset spec for int8 calibration (required for int8).")
+@click.option("--eval-data", default=None, help="Dataset spec for the parity gate (default: held-out part of "
+                                                "--calib-data, else synthetic:heart for fp32).")
+@click.option("--calibration", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True,
+              help="Activation-range method (ONNX; the PT2E targets use min/max observers).")
+@click.option("--calib-windows", type=int, default=DEFAULT_CALIB_WINDOWS, show_default=True)
+@click.option("--eval-windows", type=int, default=DEFAULT_EVAL_WINDOWS, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Bundle folder (with --target all: one sub-folder per target-precision).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifests' parity reports as JSON.")
+def export(checkpoint_dir: str, target: str, quantize: str, calib_data: str | None, eval_data: str | None,
+           calibration: str, calib_windows: int, eval_windows: int, out: str, as_json: bool) -> None:
+    """Quantize and export CHECKPOINT_DIR to a device bundle; the parity gate must pass or nothing is written."""
+    from acula_edge.export.api import export_checkpoint
+
+    written = export_checkpoint(checkpoint_dir, out, target, quantize, calib_data=calib_data, eval_data=eval_data,
+                                calibration_method=calibration, n_calib=calib_windows, n_eval=eval_windows)
+    if as_json:
+        click.echo(json.dumps({path: m.parity for path, m in written.items()}, sort_keys=True))
+        return
+    for path, manifest in written.items():
+        click.echo(_summary(path, manifest))
+        for finding in manifest.extra.get("findings", []):
+            click.echo(f"  finding: {finding}")
+
+
+@click.command()
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--data", default=None, help="Dataset spec to re-run parity on (needs the source checkpoint).")
+@click.option("--checkpoint", default=None, type=click.Path(file_okay=False),
+              help="Source checkpoint (default: the path recorded in the manifest, if it still matches).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(bundle_dir: str, data: str | None, checkpoint: str | None, as_json: bool) -> None:
+    """Re-check BUNDLE_DIR: schema, sha256 of its files, and the parity gate in the bundle's runtime."""
+    from acula_edge.export.verify import verify_bundle
+
+    report = verify_bundle(bundle_dir, data=data, checkpoint=checkpoint)
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+        return
+    click.echo(f"{Path(bundle_dir)}: ok ({report['integrity']}; parity vs {report['compared_with']} on "
+               f"{report['windows']} windows in {report['runtime']})")
+    for name, stats in report["outputs"].items():
+        click.echo(f"  {name}: cosine mean {stats['cosine_mean']:.6f} min {stats['cosine_min']:.6f}, "
+                   f"max abs error {stats['max_abs_error']:.4g}")
+    if "auroc" in report:
+        a = report["auroc"]
+        click.echo(f"  AUROC: runtime {a['runtime']:.4f}, PyTorch fp32 {a['pytorch_fp32']:.4f}")

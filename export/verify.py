@@ -1,0 +1,80 @@
+"""Re-check an exported bundle: integrity (schema, sha256 of every file) and the parity gate.
+
+Parity is measured against the source checkpoint when it is given or found at the path the manifest recorded
+(and its weights still hash to ``source_checkpoint_sha256``), on windows of ``data`` when given; otherwise against
+the PyTorch outputs stored in the bundle's ``reference.npz`` at export time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from acula_edge.checkpoint import WEIGHTS_NAME, load_checkpoint, weights_sha256
+from acula_edge.data import load_dataset
+from acula_edge.errors import BundleError
+from acula_edge.export import bundle, parity
+from acula_edge.export.calibration import DEFAULT_EVAL_WINDOWS, EVAL_WINDOWS_PER_RECORDING, select_windows
+from acula_edge.export.registry import OUTPUT_NAMES, get_target
+from acula_edge.export.tolerances import tolerance_for
+from acula_edge.manifest import read_manifest, verify_model_file
+
+
+def _source_model(manifest: Any, checkpoint: str | Path | None) -> tuple[Any, str]:
+    """(model or None, description) of the checkpoint to compare with."""
+    explicit = checkpoint is not None
+    if explicit:
+        path = Path(checkpoint)
+    else:
+        path = Path(str(manifest.extra.get("source_checkpoint") or ""))
+        if not str(path) or str(path) == "." or not (path / WEIGHTS_NAME).is_file():
+            return None, "reference outputs stored at export"
+    digest = weights_sha256(path)
+    if manifest.source_checkpoint_sha256 and digest != manifest.source_checkpoint_sha256:
+        if explicit:
+            raise BundleError(f"{path}: its weights (sha256 {digest[:12]}...) are not the ones this bundle was "
+                              f"exported from ({manifest.source_checkpoint_sha256[:12]}...); give the right "
+                              f"--checkpoint or none (to use the bundle's stored reference outputs)")
+        return None, f"reference outputs stored at export ({path} has changed since)"
+    model, info = load_checkpoint(path)
+    if info.frontend != manifest.frontend or info.windowing != manifest.windowing:
+        raise BundleError(f"{path}: its front-end or windowing differs from the bundle's manifest; this bundle was "
+                          f"not exported from it")
+    return model, f"checkpoint {path}"
+
+
+def verify_bundle(bundle_dir: str | Path, data: str | None = None, checkpoint: str | Path | None = None,
+                  n_windows: int = DEFAULT_EVAL_WINDOWS) -> dict[str, Any]:
+    """Check ``bundle_dir``; returns the parity report (with ``integrity`` and ``compared_with``).
+
+    Raises BundleError on a schema/checksum problem and ParityError (listing every mismatch) when parity fails.
+    """
+    folder = Path(bundle_dir)
+    manifest = read_manifest(folder)
+    model_path = verify_model_file(manifest, folder)
+    problems = bundle.check_file_hashes(folder, manifest.extra.get("files") or {})
+    if problems:
+        raise BundleError(f"{folder}: {len(problems)} bundle file(s) fail the integrity check:\n  "
+                          + "\n  ".join(problems))
+    target = get_target(manifest.target)
+    model, compared = _source_model(manifest, checkpoint)
+    recording = y = None
+    if data is not None:
+        if model is None:
+            raise BundleError(f"--data needs the source checkpoint to compare with: pass --checkpoint DIR (the "
+                              f"manifest's recorded source {manifest.extra.get('source_checkpoint')!r} is not "
+                              f"usable); without --data the bundle's reference set is checked")
+        windows = select_windows(load_dataset(data), manifest.frontend, manifest.windowing, manifest.labels,
+                                 n_windows, per_recording=EVAL_WINDOWS_PER_RECORDING)
+        x, recording, y = windows.x, windows.recording, windows.y
+        reference = parity.torch_outputs(model, x, OUTPUT_NAMES)
+    else:
+        x, stored = bundle.read_reference(folder / manifest.extra.get("reference_file", bundle.REFERENCE_FILE))
+        reference = parity.torch_outputs(model, x, OUTPUT_NAMES) if model is not None else stored
+    candidate = target.run(model_path, x, manifest.inputs, manifest.outputs, manifest.extra)
+    report = parity.parity_report(reference, candidate, recording, y, data or "reference.npz")
+    report.update(runtime=target.runtime, compared_with=compared,
+                  integrity=f"schema v{manifest.schema_version}, sha256 of {1 + len(manifest.extra.get('files') or {})}"
+                            f" file(s) ok")
+    parity.gate(report, tolerance_for(manifest.target, manifest.precision), f"verify {folder}")
+    return report

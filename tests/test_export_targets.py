@@ -1,0 +1,196 @@
+"""Round-trip parity of every registered export target x precision on a tiny DS-CNN-like model.
+
+Each export runs the written file in its real runtime and gates on parity (a failure raises); the tests then
+check the bundle's files and manifest, and re-verify the bundle from its stored reference set.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from acula_edge.checkpoint import CheckpointInfo  # noqa: E402
+from acula_edge.frontend import FrontendConfig, Windowing  # noqa: E402
+from acula_edge.manifest import read_manifest, verify_model_file  # noqa: E402
+
+LABELS = ("normal", "abnormal")
+# 1 s windows at 2 kHz: 46 frames x 32 mel bands (a tiny input keeps the exports fast)
+FRONTEND, WINDOWING = FrontendConfig(), Windowing(window_s=1.0, hop_s=0.5)
+DATA = "synthetic:heart?n=16&seed=1"
+
+
+class TinyDSCNN(nn.Module):
+    """conv -> depthwise conv -> pointwise conv (each BN + ReLU) -> global mean -> embedding -> logits."""
+
+    def __init__(self, channels: int = 8, embedding_dim: int = 16, num_classes: int = 2) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int, k: int, stride: int, groups: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups, bias=False),
+                    nn.BatchNorm2d(c_out), nn.ReLU()]
+
+        self.trunk = nn.Sequential(*block(1, channels, 3, 2, 1), *block(channels, channels, 3, 1, channels),
+                                   *block(channels, channels, 1, 1, 1))
+        self.embed = nn.Linear(channels, embedding_dim)
+        self.head = nn.Linear(embedding_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(x).mean(dim=(2, 3), keepdim=True).flatten(1)
+        e = self.embed(h)
+        return e, self.head(e)
+
+
+def tiny_info() -> CheckpointInfo:
+    return CheckpointInfo(kind="student", architecture="acula_edge.tests:TinyDSCNN", model_config={},
+                          frontend=FRONTEND, windowing=WINDOWING, labels=LABELS, embedding_dim=16, threshold=0.4)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = TinyDSCNN().eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so folding them is tested
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def export_data():
+    from acula_edge.export.calibration import prepare_data
+
+    return prepare_data(tiny_info(), "int8", DATA, n_calib=32, n_eval=16)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, tiny_model, export_data):
+    """Export lazily, once per target x precision, shared by the tests of this module."""
+    from acula_edge.export.api import export_model
+
+    root = tmp_path_factory.mktemp("bundles")
+    cache: dict[tuple[str, str], tuple] = {}
+
+    def get(target: str, precision: str):
+        if (target, precision) not in cache:
+            out = root / f"{target}-{precision}"
+            manifest = export_model(tiny_model, tiny_info(), out, target, precision, data=export_data,
+                                    source_sha256="ab" * 32)
+            cache[(target, precision)] = (out, manifest)
+        return cache[(target, precision)]
+
+    return get
+
+
+# Every registered target x precision must be listed here (test_every_target_has_a_round_trip_test).
+ROUND_TRIPS = [("onnx", "fp32"), ("onnx", "int8"), ("executorch", "fp32"), ("executorch", "int8"),
+               ("tflite", "fp32"), ("tflite", "int8"), ("tflm", "int8")]
+
+
+def test_every_target_has_a_round_trip_test():
+    from acula_edge.export.registry import target_precisions
+    from acula_edge.export.tolerances import TOLERANCES
+
+    assert sorted(target_precisions()) == sorted(ROUND_TRIPS)
+    assert set(target_precisions()) <= set(TOLERANCES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target,precision", ROUND_TRIPS)
+def test_round_trip_parity(bundles, target, precision):
+    from acula_edge.export.verify import verify_bundle
+
+    out, manifest = bundles(target, precision)
+    on_disk = read_manifest(out)
+    assert on_disk == manifest  # the manifest round-trips through JSON unchanged
+    verify_model_file(on_disk, out)
+    assert (manifest.target, manifest.precision) == (target, precision)
+    assert manifest.labels == LABELS and manifest.threshold == 0.4
+    assert manifest.source_checkpoint_sha256 == "ab" * 32
+    assert manifest.frontend == FRONTEND and manifest.windowing == WINDOWING
+    assert manifest.inputs[0].shape == (1, 1, 46, 32)
+    assert [o.name for o in manifest.outputs] == ["embedding", "logits"]
+    assert [o.shape for o in manifest.outputs] == [(1, 16), (1, 2)]
+    assert "torch" in manifest.versions and len(manifest.versions) >= 3
+    p = manifest.parity
+    assert p["passed"] is True and p["held_out"] is True and p["windows"] == 8  # 4 held-out recordings x 2
+    bar = 0.9999 if precision == "fp32" else 0.99
+    assert p["outputs"]["embedding"]["cosine_mean"] >= bar
+    assert p["tolerance"]["min_cosine"]["embedding"] == bar
+    # re-running the gate from the stored reference set gives the same verdict
+    report = verify_bundle(out)
+    assert report["compared_with"] == "reference outputs stored at export" and report["passed"] is True
+    assert "reference.npz" in manifest.extra["files"]
+    assert {f.name for f in out.iterdir()} == {"manifest.json", manifest.model_file, *manifest.extra["files"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["tflite", "tflm"])
+def test_full_int8_tflite_has_int8_io_and_no_float_tensors(bundles, target):
+    out, manifest = bundles(target, "int8")
+    for spec in (*manifest.inputs, *manifest.outputs):
+        assert spec.dtype == "int8" and spec.scale > 0 and -128 <= spec.zero_point <= 127
+    assert manifest.extra["findings"] == []  # no float tensor, no TRANSPOSE for a 1-channel NCHW input
+
+
+@pytest.mark.slow
+def test_onnx_and_executorch_int8_keep_float_io_and_report_delegation(bundles):
+    _, onnx = bundles("onnx", "int8")
+    _, et = bundles("executorch", "int8")
+    for m in (onnx, et):
+        assert {s.dtype for s in (*m.inputs, *m.outputs)} == {"float32"}
+    assert et.extra["delegate_calls"] >= 1
+    assert et.extra["non_delegated"] == {}  # mean(keepdim=True) is delegated to XNNPACK
+    assert onnx.extra["calibration"] == {"windows": 32, "recordings": onnx.extra["calibration"]["recordings"],
+                                         "data": f"{DATA}[train]", "method": "minmax"}
+
+
+@pytest.mark.slow
+def test_tflm_bundle_has_measured_arena_and_compiling_c_files(bundles, tmp_path):
+    from acula_edge.export.runners import tflm_interpreter
+
+    out, manifest = bundles("tflm", "int8")
+    measured = manifest.extra["arena_bytes_measured"]
+    assert manifest.extra["arena_bytes"] >= measured > 0
+    tflm_interpreter(out / "model.tflite", measured)  # allocates at the measured size...
+    with pytest.raises(RuntimeError):  # ...and not 64 bytes below it
+        tflm_interpreter(out / "model.tflite", measured - 64)
+    header = (out / "model_data.h").read_text()
+    assert f"#define ACULA_MODEL_ARENA_BYTES {manifest.extra['arena_bytes']}u" in header
+    assert f"#define ACULA_MODEL_INPUT_ZERO_POINT ({manifest.inputs[0].zero_point})" in header
+    assert "X(Conv2D)" in header and "X(DepthwiseConv2D)" in header and "X(FullyConnected)" in header
+    data = (out / "model.tflite").read_bytes()
+    assert f"acula_model_data[{len(data)}]" in (out / "model_data.c").read_text()
+    if "frontend_params.h" in manifest.extra["files"]:
+        assert manifest.extra["memory"]["flash_bytes"] > len(data)
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc to compile the generated C")
+    main = tmp_path / "main.c"
+    main.write_text('#include <stdio.h>\n#include "model_data.h"\n'
+                    "int main(void) {\n"
+                    '  printf("%u %d %s %lu\\n", acula_model_data_len, ACULA_MODEL_NUM_OPS, acula_model_labels[1],\n'
+                    "         (unsigned long)((unsigned long)acula_model_data % ACULA_MODEL_ALIGNMENT));\n"
+                    "  return 0;\n}\n")
+    exe = tmp_path / "demo"
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{out}", str(main),
+                    str(out / "model_data.c"), "-o", str(exe)], check=True, capture_output=True)
+    printed = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()
+    assert printed == [str(len(data)), str(len(manifest.extra["resolver_ops"])), "abnormal", "0"]
+
+
+@pytest.mark.slow
+def test_reference_set_is_plain_arrays(bundles):
+    out, manifest = bundles("onnx", "fp32")
+    with np.load(out / "reference.npz", allow_pickle=False) as ref:
+        assert sorted(ref.files) == ["input", "output_embedding", "output_logits"]
+        assert ref["input"].shape == (8, 1, 46, 32) and ref["output_logits"].shape == (8, 2)
+    assert json.loads((out / "manifest.json").read_text())["extra"]["files"]["reference.npz"] == \
+        manifest.extra["files"]["reference.npz"]
