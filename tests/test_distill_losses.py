@@ -18,6 +18,16 @@ from acula_edge.distill.metrics import auroc, binary_metrics, recording_metrics
 FE, WIN = preset("heart")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on this shared 2-core machine a second thread slows small kernels down ~10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def test_kd_is_zero_for_equal_logits_and_matches_t2_scaled_kl():
     a = torch.tensor([[1.0, -1.0], [0.3, 0.2]])
     assert torch.allclose(kd_loss(a, a, 3.0), torch.zeros(2), atol=1e-7)

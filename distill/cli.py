@@ -1,0 +1,73 @@
+"""``acula-edge distill``: train a device-sized student from a teacher (or from scratch with ``--teacher none``).
+
+Runs single-process or under ``torchrun --nproc-per-node N $(which acula-edge) distill ...`` (data-parallel).
+Settings come from the TrainConfig defaults, then ``--config FILE`` (JSON object of TrainConfig fields, nested
+``distill``/``augment``/``probe`` objects allowed), then the flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from acula_edge.distill.students import PRESETS
+
+
+@click.command("distill")
+@click.option("--teacher", required=True,
+              help="Teacher: an acula-edge checkpoint folder, a transformers model folder, a .npz/.safetensors "
+                   "file of precomputed outputs, or 'none' (supervised from scratch).")
+@click.option("--data", "data_spec", required=True, help="Training data spec (folder with labels.csv, "
+                                                           "synthetic:heart, ...).")
+@click.option("--student", type=click.Choice(sorted(PRESETS)), default=None, help="Student size [default: small].")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Student checkpoint folder to write.")
+@click.option("--epochs", type=int, default=None, help="Training epochs [default: 20].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="JSON file of training settings (TrainConfig fields).")
+@click.option("--batch-size", type=int, default=None, help="Windows per step and process.")
+@click.option("--max-windows", type=int, default=None, help="Windows kept per recording (evenly spaced).")
+@click.option("--frontend", "frontend_preset", default=None,
+              help="Student front-end preset (default: the teacher's, or 'heart').")
+@click.option("--seed", type=int, default=None)
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Resume state and log folder [default: OUT.run].")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Teacher-output cache [default: RUN_DIR/cache].")
+@click.option("--no-resume", is_flag=True, help="Start over even if the run folder holds a state.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--device", default="cpu", show_default=True, help="'cpu' or 'cuda'.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs: int | None,
+            config_file: str | None, batch_size: int | None, max_windows: int | None, frontend_preset: str | None,
+            seed: int | None, run_dir: str | None, cache_dir: str | None, no_resume: bool, threads: int | None,
+            device: str, quiet: bool) -> None:
+    """Distill TEACHER into a student checkpoint at OUT."""
+    import torch
+
+    from acula_edge.checkpoint import read_checkpoint_info
+    from acula_edge.distill.train import TrainConfig, load_config_file, train_student
+    from acula_edge.training import init_distributed, shutdown_distributed
+
+    if threads:
+        torch.set_num_threads(threads)
+    settings = load_config_file(config_file) if config_file else {}
+    flags = {"student": student, "epochs": epochs, "batch_size": batch_size,
+             "max_windows_per_recording": max_windows, "frontend_preset": frontend_preset, "seed": seed}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    config = TrainConfig.from_dict(settings)
+    env = init_distributed(device)
+    try:
+        folder = train_student(config, teacher, data_spec, out, run_dir=run_dir, cache_dir=cache_dir,
+                               resume=not no_resume, progress=not quiet, env=env, device=device)
+    finally:
+        shutdown_distributed()
+    if env.is_main:
+        info = read_checkpoint_info(folder)
+        summary = {"out": str(folder), "student": config.student, **info.extra.get("model_report", {}),
+                   "teacher_sha256": info.extra.get("teacher_sha256"),
+                   "val": info.extra.get("metrics", {}).get("val", {})}
+        click.echo(json.dumps(summary, sort_keys=True))
+
+
+__all__ = ["distill"]

@@ -1,0 +1,426 @@
+"""Training a student: :func:`train_student` (single process or under torchrun, exact resume, JSONL log).
+
+Flow: split a validation set off the training data (whole groups when the data has the group column, else whole
+recordings, stratified) -> log-mel windows keyed by (recording, window) -> teacher outputs (cached) and, when the
+teacher has no head for these labels, a linear probe on its embeddings -> epochs of augmented student updates ->
+model selection and early stopping on the validation split only -> a student checkpoint folder.
+
+The run folder (``<out>.run`` unless given) holds ``state.pt`` (exact-resume state, rewritten every epoch),
+``best.safetensors`` (weights of the best validation epoch) and ``log.jsonl``. Running again with the same
+arguments continues from the last finished epoch; a larger ``epochs`` trains further.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from acula_edge.checkpoint import CheckpointInfo, check_state_dict, save_checkpoint
+from acula_edge.data import Dataset, load_dataset, stratified_holdout
+from acula_edge.errors import CheckpointError, ConfigError
+from acula_edge.frontend import FrontendConfig, Windowing, preset
+from acula_edge.manifest import Prompts
+from acula_edge.training import (DistEnv, JsonlLog, init_distributed, load_training_state, save_training_state,
+                                 seed_everything, unwrap, warmup_cosine)
+from acula_edge.distill.augment import AugmentConfig, Augmenter
+from acula_edge.distill.losses import DistillConfig, distill_loss
+from acula_edge.distill.metrics import recording_metrics, selection_score
+from acula_edge.distill.probe import ProbeConfig, class_weights, fit_probe
+from acula_edge.distill.students import ARCHITECTURE, DSCNNStudent, model_report, student_config
+from acula_edge.distill.teachers import Teacher, load_teacher, teacher_outputs
+from acula_edge.distill.windows import KeyedWindows, extract_keyed
+
+STATE_NAME = "state.pt"
+BEST_NAME = "best.safetensors"
+LOG_NAME = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a distillation run depends on (saved in the student checkpoint's ``extra``)."""
+
+    student: str = "small"  # "tiny", "small" or "base" (acula_edge.distill.students.PRESETS)
+    epochs: int = 20
+    batch_size: int = 64  # windows per optimizer step (per process under torchrun)
+    lr: float = 3e-3  # AdamW peak learning rate
+    weight_decay: float = 1e-3
+    warmup_steps: int = 20
+    grad_clip: float = 5.0  # max gradient norm (0 = off)
+    seed: int = 0
+    max_windows_per_recording: int | None = None  # evenly spaced windows kept per recording (None = all)
+    val_fraction: float = 0.2  # share of the training data held out for model selection (0 = none: last epoch)
+    group_column: str | None = "subset"  # validation takes whole groups of this metadata column when all have it
+    patience: int = 5  # epochs without a better validation score before stopping (0 = never stop early)
+    frontend_preset: str | None = None  # student front-end; None: the teacher's, or "heart" if it fixes none
+    normalisation: str | None = None  # override the front-end normalisation ("global" or "per_window")
+    embedding_dim: int = 384  # student embedding width when the teacher gives none (teacher "none")
+    dropout: float = 0.1
+    channels_last: bool = True  # ~7x faster training on x86 CPUs (see FACTS)
+    teacher_batch_size: int = 32
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 0 or self.batch_size < 1:
+            problems.append(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.lr <= 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if problems:
+            raise ConfigError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a (possibly partial) dict such as a JSON config file; unknown keys are refused."""
+        nested = {"distill": DistillConfig, "augment": AugmentConfig, "probe": ProbeConfig}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training config keys {unknown}; allowed: {sorted(known)}")
+        kw = dict(d)
+        for name, sub in nested.items():
+            if name in kw and isinstance(kw[name], dict):
+                sub_known = {f.name for f in dataclasses.fields(sub)}
+                bad = sorted(set(kw[name]) - sub_known)
+                if bad:
+                    raise ConfigError(f"unknown {name} config keys {bad}; allowed: {sorted(sub_known)}")
+                fields = {k: tuple(v) if isinstance(v, list) else v for k, v in kw[name].items()}
+                kw[name] = sub(**fields)
+        return cls(**kw)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A JSON training-config file as a dict (see TrainConfig fields)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the training config ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a training config is a JSON object, got {type(data).__name__}")
+    return data
+
+
+def split_validation(dataset: Dataset, config: TrainConfig) -> tuple[Dataset, Dataset | None, str]:
+    """(train, validation or None, how it was split). Whole groups when every recording has the group column and
+    there are at least three groups; otherwise whole recordings, stratified by label."""
+    if config.val_fraction <= 0:
+        return dataset, None, "none"
+    col = config.group_column
+    if col and all(col in r.metadata for r in dataset) and len({r.metadata[col] for r in dataset}) >= 3:
+        train, val = stratified_holdout(dataset, config.val_fraction, config.seed, group_column=col)
+        how = f"groups of {col!r}: {sorted({r.metadata[col] for r in val})}"
+    else:
+        train, val = stratified_holdout(dataset, config.val_fraction, config.seed)
+        how = "recordings, stratified by label"
+    if len(train) == 0 or len(val) == 0:
+        raise ConfigError(f"{dataset.name}: {len(dataset)} recordings are too few for a validation split of "
+                          f"{config.val_fraction}; add data or set val_fraction to 0")
+    return train, val, how
+
+
+@dataclass
+class _Split:
+    windows: KeyedWindows
+    t_emb: np.ndarray | None = None
+    t_logits: np.ndarray | None = None
+    has_teacher: np.ndarray | None = None
+
+
+def _resolve_frontend(config: TrainConfig, teacher: Teacher | None) -> tuple[FrontendConfig, Windowing]:
+    if config.frontend_preset:
+        fe, win = preset(config.frontend_preset)
+    elif teacher is not None and teacher.frontend is not None:
+        fe, win = teacher.frontend, teacher.windowing or preset("heart")[1]
+    else:
+        fe, win = preset("heart")
+    if teacher is not None and teacher.windowing is not None and teacher.windowing != win:
+        raise ConfigError(f"the student's windowing {win} differs from the teacher's {teacher.windowing}: teacher "
+                          f"and student windows must cover the same audio; choose a preset with the same windowing")
+    if config.normalisation:
+        fe = dataclasses.replace(fe, normalisation=config.normalisation)
+    return fe, win
+
+
+def _teacher_targets(teacher: Teacher, dataset: Dataset, train: KeyedWindows, splits: list[KeyedWindows],
+                     labels: tuple[str, ...], fe: FrontendConfig, win: Windowing, config: TrainConfig,
+                     cache_dir: Path | None, env: DistEnv) -> tuple[list[_Split], dict[str, Any]]:
+    """Teacher embeddings and logits aligned to every split's windows; the probe is fit on ``train`` only."""
+    if env.distributed and not env.is_main:
+        torch.distributed.barrier()  # rank 0 fills the cache first
+    outputs, cache_file = teacher_outputs(teacher, dataset, fe, win, config.max_windows_per_recording, cache_dir,
+                                          config.teacher_batch_size)
+    if env.distributed and env.is_main:
+        torch.distributed.barrier()
+    info: dict[str, Any] = {"teacher_cache": str(cache_file) if cache_file else None,
+                            "teacher_embedding_dim": outputs.embedding_dim}
+    result = []
+    for w in [train, *splits]:
+        rows, found = outputs.lookup(w.record_ids, w.window_index)
+        result.append(_Split(w, outputs.embedding[rows], None, found))
+    tr = result[0]
+    if tr.has_teacher is not None and not tr.has_teacher.any():
+        raise ConfigError(f"the teacher ({teacher.name}) has no outputs for any training window (keys are "
+                          f"(recording id, window index)); is it for another dataset or windowing?")
+    info["windows_with_teacher"] = int(tr.has_teacher.sum())
+    if outputs.logits is not None and set(outputs.labels) == set(labels):
+        order = [outputs.labels.index(lbl) for lbl in labels]
+        for s in result:
+            rows, _ = outputs.lookup(s.windows.record_ids, s.windows.window_index)
+            s.t_logits = outputs.logits[rows][:, order]
+        info["teacher_logits"] = "head"
+    elif config.distill.w_kd > 0 and (tr.windows.y >= 0).any() and len(set(tr.windows.y[tr.windows.y >= 0])) > 1:
+        sel = tr.has_teacher & (tr.windows.y >= 0)
+        probe = fit_probe(tr.t_emb[sel], tr.windows.y[sel], tr.windows.recording[sel], len(labels), config.probe)
+        for s in result:
+            s.t_logits = probe.logits(s.t_emb)
+        info.update(teacher_logits="probe", probe_c=probe.c, probe_cv_loss={str(k): v for k, v in
+                                                                             probe.cv_loss.items()})
+    else:
+        info["teacher_logits"] = "none"
+    return result, info
+
+
+def _to_input(x: np.ndarray, device: str, channels_last: bool) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x))[:, None].to(device)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+def predict(model: torch.nn.Module, x: np.ndarray, batch_size: int = 256, device: str = "cpu",
+            channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings (N, D), logits (N, C)) of log-mel windows x (N, frames, n_mels), in eval mode."""
+    was = model.training
+    model.eval()
+    embs, logits = [], []
+    with torch.no_grad():
+        for s in range(0, len(x), batch_size):
+            e, lg = model(_to_input(x[s:s + batch_size], device, channels_last))
+            embs.append(e.float().cpu().numpy())
+            logits.append(lg.float().cpu().numpy())
+    model.train(was)
+    return np.concatenate(embs), np.concatenate(logits)
+
+
+def _evaluate(model: torch.nn.Module, split: _Split, config: TrainConfig, device: str) -> dict[str, float]:
+    emb, logits = predict(model, split.windows.x, device=device, channels_last=config.channels_last)
+    w = split.windows
+    rec_labels = np.array([w.labels.index(r.label) if r.label in w.labels else -1 for r in w.dataset])
+    m = recording_metrics(logits, w.recording, rec_labels)
+    if split.t_emb is not None:
+        mask = split.has_teacher
+        a, b = emb[mask], split.t_emb[mask]
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        m["teacher_cosine"] = float(cos.mean()) if len(cos) else float("nan")
+    return m
+
+
+def _save_best(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save
+
+    from acula_edge import atomic
+
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    atomic.write_bytes(path, save(state))
+
+
+def _check_resume_state(model: torch.nn.Module, state_path: Path) -> None:
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"{state_path}: cannot load the training state safely ({type(e).__name__}: {e}); "
+                              f"delete the run folder to start over") from e
+    try:
+        check_state_dict(model, state["model"], str(state_path))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}. The run folder holds a run of another student architecture: delete "
+                              f"{state_path.parent} or choose another --out") from e
+
+
+def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.Module | None,
+                  train_data: Dataset | str, out: str | Path, *, run_dir: str | Path | None = None,
+                  cache_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
+                  env: DistEnv | None = None, device: str | None = "cpu") -> Path:
+    """Train a student of ``config.student`` size from ``teacher`` (None/"none": supervised from scratch, same code
+    path) on ``train_data`` and write a student checkpoint folder to ``out``; returns ``out``.
+
+    ``teacher``: a Teacher, a spec for :func:`acula_edge.distill.teachers.load_teacher`, or None. ``run_dir``
+    (default ``<out>.run``) holds the resume state and the JSONL log; ``cache_dir`` (default ``<run_dir>/cache``)
+    the teacher outputs. Run under ``torchrun`` for data-parallel training.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    run_dir = Path(run_dir) if run_dir is not None else out.parent / f"{out.name}.run"
+    cache_dir = Path(cache_dir) if cache_dir is not None else run_dir / "cache"
+    env = env or init_distributed(device)
+    dataset = load_dataset(train_data) if isinstance(train_data, str) else train_data
+    if not isinstance(teacher, Teacher):
+        teacher = load_teacher(teacher)
+    seed_everything(config.seed, env.rank)
+    fe, win = _resolve_frontend(config, teacher)
+    labels = dataset.labels
+    if not labels:
+        raise ConfigError(f"{dataset.name}: no labelled recordings; a student needs the task's labels")
+    log = JsonlLog(run_dir / LOG_NAME, env)
+
+    train_ds, val_ds, split_how = split_validation(dataset, config)
+    mw = config.max_windows_per_recording
+    train_w = extract_keyed(train_ds, fe, win, labels, mw)
+    val_w = extract_keyed(val_ds, fe, win, labels, mw) if val_ds is not None else None
+    teacher_info: dict[str, Any] = {}
+    if teacher is not None:
+        splits, teacher_info = _teacher_targets(teacher, dataset, train_w, [val_w] if val_w is not None else [],
+                                                labels, fe, win, config, cache_dir, env)
+        tr = splits[0]
+        val = splits[1] if val_w is not None else None
+        emb_dim = tr.t_emb.shape[1]
+        t_scale = float(np.sqrt(np.mean(tr.t_emb[tr.has_teacher] ** 2))) or 1.0
+    else:
+        tr, val = _Split(train_w), (_Split(val_w) if val_w is not None else None)
+        emb_dim, t_scale = config.embedding_dim, 1.0
+
+    scfg = student_config(config.student, emb_dim, len(labels), dropout=config.dropout)
+    model = DSCNNStudent(scfg).to(env.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    frames = win.frames_per_window(fe)
+    report = model_report(model, frames, fe.n_mels)
+    ddp = (torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n = len(tr.windows)
+    per_rank = n // env.world_size
+    steps_per_epoch = max(1, math.ceil(per_rank / config.batch_size))
+    total_steps = steps_per_epoch * max(1, config.epochs)
+    sched = warmup_cosine(opt, min(config.warmup_steps, total_steps // 5), total_steps)
+    cw = torch.from_numpy(class_weights(tr.windows.y, len(labels))).to(env.device)
+
+    step, start_epoch = 0, 0
+    best = {"score": -math.inf, "epoch": -1, "bad_epochs": 0, "stopped": False}
+    state_path = run_dir / STATE_NAME
+    if resume and state_path.is_file():
+        _check_resume_state(model, state_path)
+        step, start_epoch, extra = load_training_state(state_path, model=model, optimizer=opt, scheduler=sched)
+        best.update(extra.get("best", {}))
+        log.write(event="resume", step=step, epoch=start_epoch)
+    else:
+        log.write(event="start", config=config.to_dict(), student=report, n_train_windows=n,
+                  n_val_windows=len(val.windows) if val else 0, split=split_how, world_size=env.world_size,
+                  teacher=teacher.name if teacher else "none", **teacher_info)
+    augment = Augmenter(config.augment, fe)
+    t_emb = torch.from_numpy(tr.t_emb) if tr.t_emb is not None else None
+    t_logits = torch.from_numpy(tr.t_logits) if tr.t_logits is not None else None
+    has_t = torch.from_numpy(tr.has_teacher) if tr.has_teacher is not None else None
+    y_all = torch.from_numpy(tr.windows.y)
+
+    epoch = start_epoch
+    for epoch in range(start_epoch, config.epochs):
+        if best["stopped"]:
+            break
+        perm = np.random.default_rng([config.seed, epoch]).permutation(n)[:per_rank * env.world_size]
+        mine = perm[env.rank::env.world_size]
+        gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + epoch * 101 + env.rank)
+        ddp.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=not (progress and env.is_main), file=sys.stderr)
+        for b in bar:
+            idx = mine[b * config.batch_size:(b + 1) * config.batch_size]
+            if len(idx) == 0:
+                continue
+            x = augment(_to_input(tr.windows.x[idx], env.device, config.channels_last), gen)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ti = torch.from_numpy(idx)
+            emb, logits = ddp(x)
+            loss, parts = distill_loss(
+                config.distill, emb, logits, y_all[ti].to(env.device), cw,
+                t_emb[ti].to(env.device) if t_emb is not None else None,
+                t_logits[ti].to(env.device) if t_logits is not None else None,
+                has_t[ti].to(env.device) if has_t is not None else None, t_scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        record: dict[str, Any] = {"event": "epoch", "epoch": epoch + 1, "step": step,
+                                  "lr": sched.get_last_lr()[0],
+                                  **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}}
+        if val is not None:
+            vm = _evaluate(model, val, config, env.device)
+            record.update({f"val_{k}": v for k, v in vm.items()})
+            score = selection_score(vm)
+            if math.isnan(score):
+                score = vm.get("teacher_cosine", float("nan"))
+            if not math.isnan(score) and score > best["score"]:
+                best.update(score=score, epoch=epoch + 1, bad_epochs=0)
+                if env.is_main:
+                    _save_best(model, run_dir / BEST_NAME)
+            else:
+                best["bad_epochs"] += 1
+                if config.patience and best["bad_epochs"] >= config.patience:
+                    best["stopped"] = True
+            record["best_epoch"] = best["epoch"]
+        log.write(**record)
+        if env.is_main:
+            save_training_state(state_path, model=model, optimizer=opt, scheduler=sched, step=step,
+                                epoch=epoch + 1, extra={"best": best})
+        if best["stopped"]:
+            log.write(event="early_stop", epoch=epoch + 1, best_epoch=best["epoch"])
+    if env.distributed:
+        torch.distributed.barrier()
+
+    if val is not None and (run_dir / BEST_NAME).is_file():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(run_dir / BEST_NAME)))
+    metrics = {"val": _evaluate(model, val, config, env.device)} if val is not None else {}
+    metrics["best_epoch"] = best["epoch"]
+    metrics["steps"] = step
+    prompts = teacher.prompts if teacher is not None else Prompts()
+    if prompts.embeddings and len(prompts.embeddings[0]) != emb_dim:
+        prompts = Prompts()  # prompt embeddings live in another space than this student's embedding
+    extra = {"teacher": teacher.name if teacher else "none",
+             "teacher_sha256": teacher.identity if teacher else None,
+             "training_config": config.to_dict(), "metrics": metrics, "student_size": config.student,
+             "model_report": report, "data": dataset.name, "validation_split": split_how,
+             "run_dir": str(run_dir), **{k: v for k, v in teacher_info.items() if k != "teacher_cache"}}
+    info = CheckpointInfo(kind="student", architecture=ARCHITECTURE, model_config=scfg.to_dict(), frontend=fe,
+                          windowing=win, labels=labels, embedding_dim=emb_dim,
+                          threshold=teacher.info.threshold if teacher is not None and teacher.info else 0.5,
+                          prompts=prompts, extra=_jsonable(extra))
+    if env.is_main:
+        cpu_model = DSCNNStudent(scfg)
+        cpu_model.load_state_dict({k: v.cpu() for k, v in unwrap(model).state_dict().items()})
+        save_checkpoint(cpu_model, info, out)
+        log.write(event="done", out=str(out), **{f"final_{k}": v for k, v in metrics.get("val", {}).items()})
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """Replace NaN/inf (not valid JSON) by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj

@@ -1,0 +1,161 @@
+"""train_student and the ``acula-edge distill`` command: outputs, provenance, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from acula_edge.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint_info, save_checkpoint, weights_sha256
+from acula_edge.cli import main
+from acula_edge.data import load_dataset
+from acula_edge.errors import CheckpointError, ConfigError
+from acula_edge.frontend import preset
+from acula_edge.manifest import Prompts
+from acula_edge.training import read_jsonl
+from acula_edge.distill import train as train_mod
+from acula_edge.distill.students import ARCHITECTURE, build_student
+from acula_edge.distill.teachers import load_teacher
+from acula_edge.distill.train import TrainConfig, split_validation, train_student
+
+FE, WIN = preset("heart")
+DATA = "synthetic:heart?n=16&seed=1"
+FAST = dict(student="tiny", epochs=1, batch_size=16, max_windows_per_recording=2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on this shared 2-core machine a second thread slows small kernels down ~10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_student("tiny", 16, 2).eval()
+    prompts = Prompts(texts=("normal heart sounds", "abnormal heart sounds with a murmur"),
+                      embeddings=(tuple(np.linspace(-1, 1, 16)), tuple(np.linspace(1, -1, 16))),
+                      labels=("normal", "abnormal"))
+    info = CheckpointInfo(kind="teacher", architecture=ARCHITECTURE, model_config=model.config_dict(), frontend=FE,
+                          windowing=WIN, labels=("normal", "abnormal"), embedding_dim=16, threshold=0.4,
+                          prompts=prompts)
+    return save_checkpoint(model, info, tmp_path_factory.mktemp("teacher") / "teacher")
+
+
+def _cli(argv, capsys):
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+def test_cli_distills_a_student_with_provenance_and_prompts(tmp_path, teacher_dir, capsys):
+    out = tmp_path / "student"
+    code, io = _cli(["distill", "--teacher", str(teacher_dir), "--data", DATA, "--student", "tiny", "--out",
+                     str(out), "--epochs", "2", "--batch-size", "16", "--max-windows", "2", "--quiet"], capsys)
+    assert code == 0, io.err
+    summary = json.loads(io.out.strip().splitlines()[-1])
+    assert summary["teacher_sha256"] == weights_sha256(teacher_dir) and summary["parameters"] <= 30_000
+    model, info = load_checkpoint(out)
+    teacher_info = read_checkpoint_info(teacher_dir)
+    assert info.kind == "student" and info.architecture == ARCHITECTURE
+    assert info.frontend == teacher_info.frontend and info.windowing == teacher_info.windowing
+    assert info.labels == ("normal", "abnormal") and info.embedding_dim == 16 and info.threshold == 0.4
+    assert info.prompts == teacher_info.prompts  # zero-shot carries over: same shared space
+    assert info.extra["teacher_sha256"] == weights_sha256(teacher_dir)
+    assert info.extra["teacher_logits"] == "head"
+    assert info.extra["training_config"]["epochs"] == 2 and info.extra["training_config"]["student"] == "tiny"
+    assert set(info.extra["metrics"]["val"]) >= {"auroc", "se", "sp", "macc", "teacher_cosine"}
+    emb, logits = model(torch.zeros(1, 1, WIN.frames_per_window(FE), FE.n_mels))
+    assert emb.shape == (1, 16) and logits.shape == (1, 2)
+    log = read_jsonl(tmp_path / "student.run" / "log.jsonl")
+    assert [r["event"] for r in log] == ["start", "epoch", "epoch", "done"]
+    assert log[0]["split"].startswith("groups of 'subset'")
+
+
+def test_resume_continues_from_the_saved_step(tmp_path, teacher_dir, capsys):
+    args = ["distill", "--teacher", str(teacher_dir), "--data", DATA, "--student", "tiny", "--out",
+            str(tmp_path / "s"), "--batch-size", "16", "--max-windows", "2", "--quiet"]
+    assert _cli(args + ["--epochs", "1"], capsys)[0] == 0
+    first = [r for r in read_jsonl(tmp_path / "s.run" / "log.jsonl") if r["event"] == "epoch"]
+    assert _cli(args + ["--epochs", "2"], capsys)[0] == 0
+    log = read_jsonl(tmp_path / "s.run" / "log.jsonl")
+    resumed = [r for r in log if r["event"] == "resume"]
+    epochs = [r for r in log if r["event"] == "epoch"]
+    assert resumed == [dict(resumed[0], step=first[0]["step"], epoch=1)]
+    assert [r["epoch"] for r in epochs] == [1, 2] and epochs[1]["step"] == 2 * first[0]["step"]
+    assert read_checkpoint_info(tmp_path / "s").extra["metrics"]["steps"] == 2 * first[0]["step"]
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, teacher_dir, monkeypatch):
+    cfg = TrainConfig(**{**FAST, "epochs": 2})
+    data = load_dataset(DATA)
+    teacher = load_teacher(teacher_dir)
+    train_student(cfg, teacher, data, tmp_path / "straight", progress=False)
+    real_save = train_mod.save_training_state
+
+    def save_then_crash(*a, **k):
+        real_save(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_training_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(cfg, teacher, data, tmp_path / "crashed", progress=False)
+    monkeypatch.setattr(train_mod, "save_training_state", real_save)
+    train_student(cfg, teacher, data, tmp_path / "crashed", progress=False)
+    a, _ = load_checkpoint(tmp_path / "straight")
+    b, _ = load_checkpoint(tmp_path / "crashed")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, msg=k)
+
+
+def test_run_folder_of_another_architecture_gives_a_mismatch_report(tmp_path, teacher_dir, capsys):
+    args = ["distill", "--teacher", str(teacher_dir), "--data", DATA, "--out", str(tmp_path / "s"),
+            "--epochs", "1", "--batch-size", "16", "--max-windows", "2", "--quiet"]
+    assert _cli(args + ["--student", "tiny"], capsys)[0] == 0
+    code, io = _cli(args + ["--student", "small"], capsys)
+    assert code == 2
+    assert "weights do not match the architecture" in io.err and "other shapes" in io.err
+    assert "another student architecture" in io.err
+    with pytest.raises(CheckpointError, match="weights do not match"):
+        train_student(TrainConfig(**{**FAST, "student": "small"}), teacher_dir, DATA, tmp_path / "s",
+                      progress=False)
+
+
+def test_scratch_baseline_and_precomputed_teacher(tmp_path, teacher_dir):
+    data = load_dataset(DATA)
+    out = train_student(TrainConfig(**FAST, embedding_dim=12), "none", data, tmp_path / "scratch", progress=False)
+    info = read_checkpoint_info(out)
+    assert info.extra["teacher_sha256"] is None and info.embedding_dim == 12 and info.prompts == Prompts()
+    assert info.frontend == FE  # the "heart" default when no teacher fixes a front-end
+    # the same teacher as a file of precomputed outputs (per-window embedding + logits)
+    outputs = load_teacher(teacher_dir).compute(data, FE, WIN, max_windows_per_recording=2)
+    file = outputs.save(tmp_path / "teacher.safetensors")
+    out = train_student(TrainConfig(**FAST), str(file), data, tmp_path / "pre", progress=False)
+    info = read_checkpoint_info(out)
+    assert info.embedding_dim == 16 and info.extra["teacher_logits"] == "head"
+    assert info.extra["windows_with_teacher"] > 0
+
+
+def test_validation_split_takes_whole_groups_and_config_file(tmp_path):
+    data = load_dataset(DATA)
+    train, val, how = split_validation(data, TrainConfig(val_fraction=0.25))
+    groups_val = {r.metadata["subset"] for r in val}
+    assert len(groups_val) == 1 and groups_val.isdisjoint({r.metadata["subset"] for r in train})
+    _, val2, how2 = split_validation(data, TrainConfig(group_column="no_such_column"))
+    assert how2.startswith("recordings") and {r.label for r in val2} == {"normal", "abnormal"}
+    cfg = TrainConfig.from_dict({"student": "base", "distill": {"temperature": 4.0},
+                                 "augment": {"noise_snr_db": [0, 10]}})
+    assert cfg.distill.temperature == 4.0 and cfg.augment.noise_snr_db == (0, 10)
+    with pytest.raises(ConfigError, match="unknown training config keys \\['epoch'\\]"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match="unknown distill config keys"):
+        TrainConfig.from_dict({"distill": {"temp": 3}})
