@@ -138,6 +138,8 @@ def gate(report: dict[str, Any], tolerance: Tolerance, what: str) -> dict[str, A
     report["tolerance"] = tolerance.to_dict()
     report["passed"] = not problems
     if problems:
-        raise ParityError(f"{what}: the exported model does not match PyTorch within the declared tolerances "
-                          f"(acula_edge/export/tolerances.py)", problems)
+        error = ParityError(f"{what}: the exported model does not match PyTorch within the declared tolerances "
+                            f"(acula_edge/export/tolerances.py)", problems)
+        error.report = report  # the full figures, for callers that log failures (benchmarks)
+        raise error
     return report
