@@ -147,7 +147,13 @@ def estimate_heart_rate(samples: np.ndarray, sample_rate: int, bpm_range: tuple[
         window = ac[max(lo, half - 2):half + 3]
         if window.size and window.max() > 0.6 * ac[lag]:
             lag = max(lo, half - 2) + int(np.argmax(window))
-    return 60.0 * env_rate / lag
+    # parabolic interpolation around the peak: sub-sample lag (the envelope is coarse, 20 ms)
+    frac = 0.0
+    if 0 < lag < len(ac) - 1:
+        denom = ac[lag - 1] - 2.0 * ac[lag] + ac[lag + 1]
+        if denom < 0:
+            frac = float(np.clip(0.5 * (ac[lag - 1] - ac[lag + 1]) / denom, -0.5, 0.5))
+    return 60.0 * env_rate / (lag + frac)
 
 
 @dataclass(frozen=True)

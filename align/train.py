@@ -42,7 +42,7 @@ from acula_edge.align.teacher import ARCHITECTURE, AlignedTeacher, ProjectionHea
 from acula_edge.data import Dataset, load_dataset
 from acula_edge.errors import ConfigError
 from acula_edge.frontend import preset as frontend_preset
-from acula_edge.training import (DistEnv, JsonlLog, init_distributed, load_training_state, save_training_state,
+from acula_edge.training import (DistEnv, JsonlLog, all_reduce_mean, init_distributed, load_training_state, save_training_state,
                                  seed_everything, unwrap, warmup_cosine)
 
 STATE_NAME = "state.pt"
@@ -381,6 +381,7 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.4f}")
             if step % cfg.log_every == 0 or step == stop_at:
+                sums = {k: all_reduce_mean(v, env) for k, v in sorted(sums.items())}  # every rank reaches this
                 elapsed = time.perf_counter() - t0
                 log.write(event="step", step=step, epoch=epoch, lr=sched.get_last_lr()[0],
                           windows_per_s=seen * env.world_size / max(elapsed, 1e-9), **sums)

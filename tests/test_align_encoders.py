@@ -1,0 +1,147 @@
+"""Audio encoders behind one interface: CNN, OPERA-GT-shaped MAE ViT (and its state-dict loading), HF wrappers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from acula_edge.align.cnn_encoder import CNNConfig, CNNEncoder
+from acula_edge.align.encoders import build_encoder, fit_time_axis
+from acula_edge.align.mae_vit import MAEViTConfig, MAEViTEncoder, load_pretrained, vit_config_for
+from acula_edge.errors import CheckpointError, ConfigError
+
+TINY_VIT = MAEViTConfig(input_frames=32, n_mels=16, embed_dim=16, depth=1, num_heads=2, decoder_dim=8,
+                        decoder_depth=1, decoder_heads=2)
+
+
+def test_cnn_embeds_any_length_and_channels_last():
+    enc = CNNEncoder(CNNConfig(n_mels=32, channels=(8, 16), strides=(2, 2), dim=12))
+    x = torch.randn(3, 1, 196, 32)
+    out = enc.embed(x)
+    assert out.shape == (3, 12)
+    enc_cl = enc.to(memory_format=torch.channels_last).eval()
+    enc.eval()
+    torch.testing.assert_close(enc_cl(x.contiguous(memory_format=torch.channels_last)), enc(x))
+    assert enc.embed(torch.randn(2, 1, 50, 32)).shape == (2, 12)
+    assert not enc.supports_mae
+    with pytest.raises(ConfigError, match="no masked-spectrogram decoder"):
+        enc.mae_loss(x)
+
+
+def test_encoder_rejects_wrong_mel_count_with_a_clear_message():
+    enc = CNNEncoder(CNNConfig(n_mels=32, channels=(8,), strides=(2,), dim=8))
+    with pytest.raises(ConfigError, match=r"\(batch, 1, frames, 32\), got \(2, 1, 100, 40\)"):
+        enc.embed(torch.randn(2, 1, 100, 40))
+
+
+def test_build_encoder_round_trips_config_and_refuses_unknown():
+    enc = build_encoder("cnn", {"n_mels": 16, "channels": [4, 8], "strides": [2, 2], "dim": 8})
+    assert enc.cfg.channels == (4, 8)
+    assert build_encoder("mae-vit", MAEViTEncoder(TINY_VIT).config_dict()).cfg == TINY_VIT
+    with pytest.raises(ConfigError, match="unknown audio encoder type 'rnn'"):
+        build_encoder("rnn", {})
+    with pytest.raises(ConfigError, match=r"unknown CNNConfig keys \['width'\]"):
+        build_encoder("cnn", {"width": 3})
+
+
+def test_fit_time_axis_pads_and_crops():
+    x = torch.arange(10.0).reshape(1, 1, 5, 2)
+    assert fit_time_axis(x, 7)[0, 0, 5:].abs().sum() == 0
+    assert fit_time_axis(x, 3).shape == (1, 1, 3, 2)
+    torch.testing.assert_close(fit_time_axis(x, 3), x[:, :, :3])
+
+
+def test_vit_pads_time_axis_and_mae_loss_trains():
+    torch.manual_seed(0)
+    enc = MAEViTEncoder(TINY_VIT)
+    x = torch.randn(4, 1, 30, 16)  # 30 frames: padded to 32
+    assert enc.embed(x).shape == (4, 16)
+    loss = enc.mae_loss(x, mask_t=0.7, mask_f=0.3)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert enc.decoder_pred.weight.grad is not None and enc.decoder_pred.weight.grad.abs().sum() > 0
+
+
+def test_vit_2d_mask_hides_whole_rows_and_columns():
+    enc = MAEViTEncoder(TINY_VIT)  # grid 8 x 4
+    ids_keep, mask = enc.random_mask_2d(3, 0.7, 0.3, torch.device("cpu"))
+    gh, gw = TINY_VIT.grid
+    assert ids_keep.shape == (3, int(gh * 0.3) * int(gw * 0.7))
+    grid = mask.reshape(3, gh, gw)
+    for b in range(3):
+        kept_rows = (grid[b] == 0).any(dim=1)
+        kept_cols = (grid[b] == 0).any(dim=0)
+        # kept cells are exactly the product of kept rows and kept columns
+        assert torch.equal(grid[b] == 0, kept_rows[:, None] & kept_cols[None, :])
+
+
+def test_vit_s_has_opera_gt_shape_and_parameter_names():
+    cfg = vit_config_for("vit-s", 249, 64)  # the "acula" front-end: 249 frames -> 252
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.decoder_dim, cfg.decoder_depth) == (384, 12, 6, 256, 6)
+    full = MAEViTConfig()
+    with torch.device("meta"):
+        enc = MAEViTEncoder(full)
+    names = set(enc.state_dict())
+    for key in ("patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.11.attn.qkv.weight",
+                "blocks.0.mlp.fc2.bias", "norm.weight", "decoder_embed.weight", "mask_token", "decoder_pos_embed",
+                "decoder_blocks.5.norm2.weight", "decoder_norm.bias", "decoder_pred.weight"):
+        assert key in names
+    assert tuple(enc.pos_embed.shape) == (1, 64 * 16 + 1, 384)
+    assert tuple(enc.patch_embed.proj.weight.shape) == (384, 1, 4, 4)
+
+
+def test_load_pretrained_reports_missing_unexpected_and_mismatched(tmp_path):
+    torch.manual_seed(1)
+    src = MAEViTEncoder(TINY_VIT)
+    state = {f"model.{k}": v for k, v in src.state_dict().items()}  # Lightning-style prefix
+    state["model.head.weight"] = torch.zeros(3)
+    state["model.pos_embed"] = torch.zeros(1, 5, 16)
+    del state["model.norm.bias"]
+    path = tmp_path / "opera.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(state, str(path))
+    dst = MAEViTEncoder(TINY_VIT)
+    report = load_pretrained(dst, path)
+    assert report.stripped_prefix == "model."
+    assert report.unexpected == ("head.weight",)
+    assert report.missing == ("norm.bias",)
+    assert report.mismatched == ("pos_embed: file (1, 5, 16) vs model (1, 33, 16)",)
+    assert not report.complete and "1 missing: norm.bias" in report.summary()
+    torch.testing.assert_close(dst.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    with pytest.raises(CheckpointError, match="no such weights file"):
+        load_pretrained(dst, tmp_path / "absent.pt")
+
+
+def test_hf_ast_encoder_from_local_folder(tmp_path):
+    from acula_edge.align.hf_audio import HFASTEncoder, load_hf_audio_encoder
+    from acula_edge.align.tiny_models import build_tiny_ast
+
+    folder = build_tiny_ast(tmp_path / "ast", frames=64, n_mels=32)
+    enc = load_hf_audio_encoder(folder)
+    assert isinstance(enc, HFASTEncoder) and enc.dim == 32
+    assert enc.embed(torch.randn(2, 1, 50, 32)).shape == (2, 32)  # padded to the model's 64 frames
+    rebuilt = build_encoder("hf-ast", enc.config_dict())
+    rebuilt.load_state_dict(enc.state_dict())
+    x = torch.randn(1, 1, 64, 32)
+    torch.testing.assert_close(rebuilt.eval().embed(x), enc.eval().embed(x))
+    with pytest.raises(ConfigError, match="num_mel_bins"):
+        enc.embed(torch.randn(1, 1, 64, 40))
+
+
+def test_hf_waveform_encoder_needs_samples_and_says_so(tmp_path):
+    from acula_edge.align.hf_audio import HFWaveformEncoder, load_hf_audio_encoder
+    from acula_edge.align.tiny_models import build_tiny_wav2vec2
+
+    enc = load_hf_audio_encoder(build_tiny_wav2vec2(tmp_path / "w2v"))
+    assert isinstance(enc, HFWaveformEncoder)
+    assert enc.embed_waveform(torch.randn(2, 3200)).shape == (2, 32)
+    with pytest.raises(ConfigError, match="consumes raw waveforms"):
+        enc.embed(torch.randn(1, 1, 196, 32))
+
+
+def test_hf_loader_refuses_non_model_folder(tmp_path):
+    from acula_edge.align.hf_audio import load_hf_audio_encoder
+
+    with pytest.raises(ConfigError, match="no config.json"):
+        load_hf_audio_encoder(tmp_path)
