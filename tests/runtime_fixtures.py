@@ -1,12 +1,11 @@
-"""Tiny exported bundles for the runtime tests (and benchmarks/stream_rtf.py), built with the real converters.
+"""Tiny exported bundles for the runtime tests (and benchmarks/stream_rtf.py), made by acula_edge.export.
 
-Until ``acula_edge.export`` offers an API, a bundle is made here: a tiny seeded CNN with the model contract
-(``forward(x: (1, 1, frames, n_mels)) -> (embedding (1, D), logits (1, C))``), converted with
-``torch.onnx.export(dynamo=True)``, ``litert_torch.convert`` (fp32, and full int8 via PT2E), ExecuTorch (XNNPACK)
-or TFLite Micro (the int8 .tflite file), plus a manifest from :func:`acula_edge.manifest.write_manifest`.
+A tiny seeded CNN with the model contract (``forward(x: (1, 1, frames, n_mels)) -> (embedding (1, D),
+logits (1, C))``) is exported with :func:`acula_edge.export.api.export_model` (parity-gated) to every target and
+precision, calibrated on seeded noise-burst windows.
 
-Built bundles are cached under a folder keyed by the builder functions' source and the torch version, so a second test run
-does not convert again (conversion takes seconds per bundle on two cores).
+Built bundles are cached under a folder keyed by the builder functions' source and the torch version, so a second
+test run does not convert again (conversion takes seconds per bundle on two cores).
 """
 
 from __future__ import annotations
@@ -19,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from acula_edge import atomic
 from acula_edge.frontend import FrontendConfig, Windowing, preset
-from acula_edge.manifest import Manifest, Prompts, TensorSpec, write_manifest
+from acula_edge.manifest import Prompts
 
-KINDS = ("onnx-fp32", "tflite-fp32", "tflite-int8", "executorch-fp32", "tflm-int8")
+KINDS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8", "executorch-fp32", "executorch-int8", "tflm-int8")
 LABELS = ("normal", "abnormal")
 EMBED_DIM = 12
 PROMPT_TEXTS = ("a normal heart sound", "a heart murmur", "background noise")
@@ -34,7 +32,7 @@ def _cache_root() -> Path:
 
     import inspect
 
-    src = "".join(inspect.getsource(f) for f in (tiny_model, calibration_windows, _export, _tflite_io, build_bundle))
+    src = "".join(inspect.getsource(f) for f in (tiny_model, calibration_windows, heart_like, build_bundle))
     key = hashlib.sha256((src + torch.__version__).encode()).hexdigest()[:12]
     root = Path(os.environ.get("ACULA_TEST_BUNDLE_CACHE", Path(tempfile.gettempdir()) / "acula-runtime-bundles"))
     return root / key
@@ -66,110 +64,53 @@ def tiny_model(frontend: FrontendConfig, windowing: Windowing, seed: int = 0):
 
 
 def calibration_windows(frontend: FrontendConfig, windowing: Windowing, n: int = 8, seed: int = 0) -> np.ndarray:
-    """(n, 1, frames, n_mels) log-mel windows of seeded noise bursts, for int8 calibration."""
+    """(n, 1, frames, n_mels) log-mel windows of seeded heart-like audio at varied levels, for int8 calibration
+    and parity."""
     from acula_edge.windows import recording_windows
 
-    rng = np.random.default_rng(seed)
     ws = windowing.window_samples(frontend)
     out = []
     for i in range(n):
-        x = rng.standard_normal(ws).astype(np.float32) * np.float32(0.05 * (i + 1))
-        x[: ws // 4] *= 0.1
-        out.append(recording_windows(x, frontend, windowing)[0])
-    return np.stack(out)[:, None]
-
-
-def _export(kind: str, model, example, calib: np.ndarray, path: Path) -> dict:
-    """Convert ``model`` to ``path``; returns extra manifest fields (io quantization)."""
-    import torch
-
-    if kind == "onnx-fp32":
-        torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["x"],
-                          output_names=["embedding", "logits"], external_data=False, verbose=False)
-        return {}
-    if kind == "tflite-fp32":
-        import litert_torch
-
-        litert_torch.convert(model, (example,)).export(str(path))
-        return {}
-    if kind in ("tflite-int8", "tflm-int8"):
-        import litert_torch
-        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-        from litert_torch.quantize.quant_config import QuantConfig
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-        quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        ep = torch.export.export(model, (example,)).module()
-        prepared = prepare_pt2e(ep, quantizer)
-        for row in calib:
-            prepared(torch.from_numpy(row[None]))
-        converted = convert_pt2e(prepared, fold_quantize=False)
-        litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(
-            str(path))
-        return {}
-    if kind == "executorch-fp32":
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-
-        ep = torch.export.export(model, (example,))
-        prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
-        path.write_bytes(prog.buffer)
-        return {}
-    raise ValueError(f"unknown bundle kind {kind!r}; choose from {KINDS}")
-
-
-def _tflite_io(path: Path) -> tuple[TensorSpec, list[TensorSpec]]:
-    """Input/output specs read from a .tflite file (dtype and quantization), names per the model contract."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(path))
-    sig = it.get_signature_runner()
-    ins, outs = sig.get_input_details(), sig.get_output_details()
-
-    def spec(name: str, d: dict) -> TensorSpec:
-        scale, zp = d["quantization"]
-        dtype = np.dtype(d["dtype"]).name
-        return TensorSpec(name, tuple(int(s) for s in d["shape"]), dtype,
-                          float(scale) if dtype != "float32" else None, int(zp) if dtype != "float32" else None)
-
-    (in_detail,) = ins.values()
-    out_details = [outs[k] for k in sorted(outs)]  # output_0 = embedding, output_1 = logits
-    return spec("x", in_detail), [spec(n, d) for n, d in zip(("embedding", "logits"), out_details)]
+        x = heart_like(ws / frontend.sample_rate, frontend.sample_rate, seed=seed * 1000 + i)
+        out.append(recording_windows(x * np.float32(0.3 + 0.2 * (i % 4)), frontend, windowing)[0])
+    return np.stack(out)[:, None].copy()  # copy: a None axis has stride 0, which ExecuTorch export rejects
 
 
 def build_bundle(kind: str, out_dir: Path, preset_name: str = "heart", seed: int = 0) -> Path:
-    """Build a tiny bundle of ``kind`` (see KINDS) in ``out_dir`` (replaced atomically); returns the folder."""
+    """Export a tiny bundle of ``kind`` (see KINDS) to ``out_dir`` with acula_edge.export (parity-gated)."""
     import torch
+
+    from acula_edge.checkpoint import CheckpointInfo
+    from acula_edge.export.api import export_model
+    from acula_edge.export.calibration import ExportData, WindowBatch
 
     torch.set_num_threads(1)
     frontend, windowing = preset(preset_name)
-    frames = windowing.frames_per_window(frontend)
     model = tiny_model(frontend, windowing, seed)
-    example = torch.zeros(1, 1, frames, frontend.n_mels)
-    calib = calibration_windows(frontend, windowing)
+    rng = np.random.default_rng(seed + 1)
+    emb = rng.standard_normal((len(PROMPT_TEXTS), EMBED_DIM))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    prompts = Prompts(texts=PROMPT_TEXTS, embeddings=tuple(tuple(float(v) for v in r) for r in emb),
+                      labels=("normal", "abnormal", ""))
+    info = CheckpointInfo(kind="student", architecture="tests.runtime_fixtures:Tiny", model_config={},
+                          frontend=frontend, windowing=windowing, labels=LABELS, embedding_dim=EMBED_DIM,
+                          threshold=0.5, prompts=prompts)
+
+    def batch(n: int, s: int) -> WindowBatch:
+        x = calibration_windows(frontend, windowing, n=n, seed=s)
+        return WindowBatch(x, np.arange(n), np.arange(n) % len(LABELS), f"runtime_fixtures seed {s}")
+
     target, precision = kind.split("-")
-    ext = {"onnx": ".onnx", "tflite": ".tflite", "tflm": ".tflite", "executorch": ".pte"}[target]
-    with torch.no_grad(), atomic.atomic_dir(out_dir) as tmp:
-        model_path = tmp / f"model{ext}"
-        _export(kind, model, example, calib, model_path)
-        if target in ("tflite", "tflm"):
-            in_spec, out_specs = _tflite_io(model_path)
-        else:
-            in_spec = TensorSpec("x", (1, 1, frames, frontend.n_mels), "float32")
-            out_specs = [TensorSpec("embedding", (1, EMBED_DIM), "float32"),
-                         TensorSpec("logits", (1, len(LABELS)), "float32")]
-        rng = np.random.default_rng(seed + 1)
-        emb = rng.standard_normal((len(PROMPT_TEXTS), EMBED_DIM))
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        manifest = Manifest(
-            target=target, precision=precision, model_file=model_path.name,
-            model_sha256=atomic.sha256_file(model_path), frontend=frontend, windowing=windowing,
-            inputs=(in_spec,), outputs=tuple(out_specs), labels=LABELS, threshold=0.5,
-            prompts=Prompts(texts=PROMPT_TEXTS, embeddings=tuple(tuple(float(v) for v in r) for r in emb),
-                            labels=("normal", "abnormal", "")),
-            versions={"torch": torch.__version__},
-            extra={"arena_bytes": 64 * 1024} if target == "tflm" else {})
-        write_manifest(manifest, tmp)
+    data = ExportData(calibration=batch(16, seed) if precision == "int8" else None, evaluation=batch(6, seed + 100),
+                      held_out=True, note="tiny test bundle")
+    tolerance = None
+    if kind == "onnx-int8":
+        # onnxruntime QDQ int8 of this tiny random CNN reaches embedding cosine ~0.89 only (TFLite int8: > 0.99):
+        # reported to export/; the runtime tests need the bundle's mechanics, not its accuracy.
+        from acula_edge.export.tolerances import tolerance_for
+
+        tolerance = tolerance_for(target, precision).scaled(0.5)
+    export_model(model, info, out_dir, target, precision, data=data, tolerance=tolerance)
     return out_dir
 
 

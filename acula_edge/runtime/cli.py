@@ -28,6 +28,21 @@ def _size(n: int) -> str:
     return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
 
 
+def _parity_line(parity: dict) -> str:
+    """One line from the export parity report (cosines per output, AUROC change), or its JSON when unknown."""
+    parts = []
+    for name, o in sorted((parity.get("outputs") or {}).items()):
+        if isinstance(o, dict) and "cosine_mean" in o:
+            parts.append(f"{name} cosine {o['cosine_mean']:.5f} (min {o.get('cosine_min', float('nan')):.5f})")
+    auroc = parity.get("auroc")
+    if isinstance(auroc, dict) and auroc.get("delta") is not None:
+        parts.append(f"AUROC change {auroc['delta']:+.4f}")
+    if not parts:
+        text = json.dumps(parity, sort_keys=True)
+        return text if len(text) <= 120 else text[:117] + "..."
+    return "; ".join(parts) + (f"  [{parity['data']}]" if parity.get("data") else "")
+
+
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as one JSON object.")
@@ -61,12 +76,25 @@ def info(bundle: str, as_json: bool) -> None:
         rows.append(("prompts", f"{len(m.prompts.texts)}: " + "; ".join(m.prompts.texts[:5])
                      + (" ..." if len(m.prompts.texts) > 5 else "")))
     if m.parity:
-        rows.append(("parity", json.dumps(m.parity, sort_keys=True)[:300]))
+        rows.append(("parity", _parity_line(m.parity)))
     if m.versions:
         rows.append(("versions", ", ".join(f"{k} {v}" for k, v in sorted(m.versions.items()))))
+    memory = m.extra.get("memory")
+    if isinstance(memory, dict):  # TFLM: the firmware's memory budget
+        parts = [f"{k.replace('_bytes', '')} {_size(int(v))}" for k, v in sorted(memory.items())
+                 if k.endswith("_bytes") and isinstance(v, (int, float))]
+        arena = m.extra.get("arena_bytes")
+        rows.append(("memory budget", ", ".join(parts) + (f" (tensor arena {_size(int(arena))})" if arena else "")))
     for key, value in sorted(m.extra.items()):
-        if isinstance(value, int) and ("bytes" in key or "arena" in key):
+        if key == "memory":
+            continue
+        if isinstance(value, int) and "bytes" in key:
             value = f"{value} ({_size(value)})"
+        elif isinstance(value, dict) and key == "files":
+            value = f"{len(value)} checksummed: {', '.join(sorted(value))}"
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value, sort_keys=True)
+            value = value if len(value) <= 120 else value[:117] + "..."
         rows.append((f"extra.{key}", str(value)))
     if m.source_checkpoint_sha256:
         rows.append(("checkpoint", f"sha256 {m.source_checkpoint_sha256[:16]}..."))

@@ -1,0 +1,87 @@
+"""acula-edge info / classify / stream."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import runtime_fixtures as rf  # noqa: E402
+
+import acula_edge  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    import soundfile as sf
+
+    path = tmp_path_factory.mktemp("audio") / "rec.wav"
+    sf.write(path, rf.heart_like(7.2, 2000, seed=9, silence=(0.0, 4.2)), 2000, subtype="FLOAT")
+    return path
+
+
+def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from acula_edge.cli import main; main()", *args],
+                          input=stdin, capture_output=True, timeout=120)
+
+
+def test_info_prints_manifest_and_tflm_memory_budget():
+    bundle = rf.bundle_or_skip("tflm-int8")
+    out = cli("info", str(bundle))
+    assert out.returncode == 0, out.stderr.decode()
+    text = out.stdout.decode()
+    assert "target: tflm (int8)" in text and "labels: normal, abnormal  (decision: p(abnormal) >= 0.5)" in text
+    assert "input: logmel [1, 1, 196, 32] int8, scale" in text
+    assert "memory budget: flash" in text and "tensor arena" in text
+    as_json = json.loads(cli("info", str(bundle), "--json").stdout)
+    assert as_json["target"] == "tflm" and as_json["labels"] == ["normal", "abnormal"]
+
+
+def test_classify_table_json_csv(recording):
+    bundle = rf.bundle_or_skip("onnx-fp32")
+    expected = acula_edge.load(bundle).classify_file(recording)
+    table = cli("classify", str(bundle), str(recording)).stdout.decode().splitlines()
+    assert table[0].split() == ["file", "duration_s", "windows", "excluded", "p_normal", "p_abnormal", "label",
+                                "decision"]
+    assert table[1].split()[:4] == [str(recording), "7.20", "4", "1"]
+    d = json.loads(cli("classify", str(bundle), str(recording), "--format", "json", "--windows").stdout)
+    assert d["n_windows"] == 4 and len(d["windows"]) == 4 and d["windows"][0]["quality"]["flags"] == ["silence"]
+    assert d["probabilities"]["abnormal"] == pytest.approx(float(expected.probabilities[1]), abs=1e-5)
+    rows = list(csv.DictReader(io.StringIO(cli("classify", str(bundle), str(recording), "--format", "csv")
+                                           .stdout.decode())))
+    assert rows[0]["excluded"] == "1" and float(rows[0]["p_abnormal"]) == pytest.approx(expected.probabilities[1],
+                                                                                          abs=1e-4)
+    missing = cli("classify", str(bundle), "/nonexistent.wav")
+    assert missing.returncode == 2 and b"error: /nonexistent.wav: no such file" in missing.stderr
+
+
+def test_stream_file_and_stdin_json(recording):
+    import soundfile as sf
+
+    bundle = rf.bundle_or_skip("tflite-int8")
+    expected = acula_edge.load(bundle).classify_file(recording)
+    lines = [json.loads(s) for s in cli("stream", str(bundle), str(recording), "--json", "--chunk-ms", "250")
+             .stdout.decode().splitlines()]
+    assert [d["type"] for d in lines] == ["window", "update"] * 4 + ["recording"]
+    assert lines[0]["included"] is False and lines[0]["quality"]["flags"] == ["silence"]
+    assert lines[-1]["probabilities"]["abnormal"] == pytest.approx(float(expected.probabilities[1]), abs=1e-5)
+    x, _ = sf.read(recording, dtype="float32")
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    out = cli("stream", str(bundle), "-", "--json", "--chunk-ms", "30", stdin=pcm)
+    assert out.returncode == 0, out.stderr.decode()
+    summary = json.loads(out.stdout.decode().splitlines()[-1])
+    assert summary["n_windows"] == 4 and summary["source"] == "<stdin>"
+    assert summary["probabilities"]["abnormal"] == pytest.approx(float(expected.probabilities[1]), abs=0.01)
+    f32 = cli("stream", str(bundle), "-", "--pcm-format", "float32", "--sample-rate", "2000",
+              stdin=x.astype("<f4").tobytes())
+    text = f32.stdout.decode()
+    assert "window 0" in text and "excluded: silence" in text and text.splitlines()[-1].startswith("summary: 7.20 s")
+    wrong = cli("stream", str(bundle), "-", "--sample-rate", "8000", stdin=pcm)
+    assert wrong.returncode == 2 and b"differs from the bundle's 2000 Hz" in wrong.stderr
