@@ -161,3 +161,92 @@ def test_cli_accuracy_errors_are_one_line(bundles, tmp_path, capsys, args, messa
     assert e.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and message in err[0]
+
+
+def test_bundle_spec_parse(tmp_path):
+    from acula_edge.bench.accuracy import BundleSpec
+
+    assert BundleSpec.parse("out/onnx-fp32") == BundleSpec("out/onnx-fp32")
+    assert BundleSpec.parse("a=out/fold-a/onnx") == BundleSpec("out/fold-a/onnx", "a")
+    odd = tmp_path / "x=y"
+    odd.mkdir()
+    assert BundleSpec.parse(str(odd)) == BundleSpec(str(odd))  # an existing folder with '=' stays a path
+
+
+def test_folds_are_pooled_per_target_and_precision():
+    from acula_edge.bench.accuracy import pool_folds
+
+    labels = ["abnormal", "normal", "abnormal", "normal", "abnormal", "normal"]
+    groups = ["a", "a", "b", "b", "c", "c"]
+    nan = np.full(2, np.nan)
+    fa = _fake(np.array([[0.2, 0.8], [0.7, 0.3], nan, nan, nan, nan]), ("normal", "abnormal"), 0.5, "fold-a")
+    fb = _fake(np.array([nan, nan, [0.45, 0.55], [0.4, 0.6], nan, nan]), ("normal", "abnormal"), 0.58, "fold-b")
+    fa.held_out, fb.held_out = "a", "b"
+    plain = _fake(np.tile([0.5, 0.5], (6, 1)), ("normal", "abnormal"), 0.5, "plain")
+    pred = Predictions("mem", list("uvwxyz"), labels, groups, [fa, plain, fb])
+    recs = evaluate(pred, FAST)
+    assert [r["kind"] for r in recs] == ["bundle", "leave-one-group-out"]
+    logo = recs[1]
+    assert logo["folds"] == {"a": "fold-a", "b": "fold-b"} and logo["threshold"] == {"a": 0.5, "b": 0.58}
+    fig = logo["pooled"]["abnormal"]
+    assert fig["n"] == 4 and set(logo["by_group"]) == {"a", "b"}  # group c has no fold: not scored
+    # decisions at each fold's own threshold: 0.8 >= .5 yes, 0.3 no, 0.55 < .58 no, 0.6 >= .58 yes
+    assert fig["sensitivity"]["value"] == pytest.approx(0.5) and fig["specificity"]["value"] == pytest.approx(0.5)
+    assert logo["by_group"]["a"]["abnormal"]["auroc"]["value"] == 1.0
+    assert logo["by_group"]["b"]["abnormal"]["auroc"]["value"] == 0.0
+    assert "site_probe" in recs[0] and "site_probe" not in logo  # folds embed one group each: no probe
+    fb2 = _fake(fb.probabilities, ("normal", "abnormal"), 0.5, "fold-b-again")
+    fb2.held_out = "a"
+    with pytest.raises(Exception, match="two onnx fp32 bundles hold out group 'a'"):
+        pool_folds([fa, fb2], groups)
+
+
+def test_fold_bundles_run_on_their_group_only(bundles):
+    from acula_edge.bench.accuracy import BundleSpec, bench_accuracy
+
+    onnx, int8 = map(str, bundles)
+    doc, pred = bench_accuracy([f"A={onnx}", BundleSpec(onnx, "B"), int8], "synthetic:heart?n=8&seed=2",
+                               AccuracyConfig(n_boot=20, group_by="subset"))
+    fold_a, fold_b, plain = pred.bundles
+    groups = np.array(pred.groups)
+    assert fold_a.scored.tolist() == (groups == "A").tolist() and fold_b.scored.tolist() == (groups == "B").tolist()
+    assert plain.scored.all()
+    # the same bundle on the same recordings gives the same numbers as a plain run
+    np.testing.assert_allclose(fold_a.probabilities[groups == "A"], pred.bundles[0].probabilities[groups == "A"])
+    kinds = {b["kind"]: b for b in doc["bundles"]}
+    assert set(kinds) == {"bundle", "leave-one-group-out"}
+    logo = kinds["leave-one-group-out"]
+    assert logo["pooled"]["abnormal"]["n"] == int(np.isin(groups, ["A", "B"]).sum())
+    assert logo["folds"] == {"A": onnx, "B": onnx}
+    with pytest.raises(Exception, match="needs --group-by"):
+        bench_accuracy([f"A={onnx}"], "synthetic:heart?n=4", AccuracyConfig(n_boot=5))
+
+
+def test_site_probe_finds_device_information_and_separates_the_label_route():
+    from acula_edge.bench.probe import site_probe
+
+    rng = np.random.default_rng(0)
+    n = 160
+    groups = np.array(list("ABCD"))[np.arange(n) % 4]
+    # label rates differ by site (A, B mostly abnormal), the classic confound
+    p_abn = np.where(np.isin(groups, ["A", "B"]), 0.8, 0.2)
+    labels = np.where(rng.random(n) < p_abn, "abnormal", "normal")
+    noise = rng.standard_normal((n, 8))
+    clean = site_probe(noise, groups, labels)
+    assert clean["chance"] == 0.25 and clean["balanced_accuracy"] < 0.4
+    device = noise.copy()
+    device[:, :4] += 3.0 * (groups[:, None] == np.array(list("ABCD"))[None])
+    leaky = site_probe(device, groups, labels)
+    assert leaky["balanced_accuracy"] > 0.9 and leaky["within_label_mean"] > 0.75
+    two = np.where(np.isin(groups, ["A", "B"]), "AB", "CD")  # two sites, 80 % vs 20 % abnormal
+    label_only = noise.copy()
+    label_only[:, 0] += 4.0 * (labels == "abnormal")
+    via_label = site_probe(label_only, two, labels)
+    assert via_label["chance"] == 0.5
+    assert via_label["balanced_accuracy"] > 0.7  # finds the site through the label ...
+    assert via_label["within_label_mean"] < 0.62  # ... which the within-label probe cannot
+    assert site_probe(noise, groups, labels) == clean  # deterministic
+    with_nan = noise.copy()
+    with_nan[:10] = np.nan
+    assert site_probe(with_nan, groups, labels)["n"] == n - 10
+    assert site_probe(noise, ["A"] * n) is None

@@ -73,7 +73,7 @@ def latency(ctx: click.Context, bundles: tuple[str, ...], threads: int, warmup: 
 
 
 @bench.command()
-@click.argument("bundles", nargs=-1, required=True, type=click.Path())
+@click.argument("bundles", nargs=-1, required=True)
 @click.option("--data", "data", required=True,
               help="Dataset spec: a folder with labels.csv, a labels CSV, or synthetic:heart?n=..&seed=..")
 @click.option("--group-by", default=None, help="Metadata column (e.g. subset) for per-group figures.")
@@ -94,11 +94,16 @@ def accuracy(ctx: click.Context, bundles: tuple[str, ...], data: str, group_by: 
              n_boot: int, seed: int, json_out: str | None, plots_dir: str | None, latency_json: str | None,
              report_out: str | None, markdown: bool) -> None:
     """Recording-level AUROC, AUPRC, sensitivity, specificity and MAcc of BUNDLE... on --data, with bootstrap 95 %
-    intervals. The same windows of every recording go through every bundle, so fp32, int8 and runtimes line up."""
+    intervals. The same windows of every recording go through every bundle, so fp32, int8 and runtimes line up.
+
+    With --group-by COLUMN: per-group figures and a site-shortcut probe (the group predicted from the embedding).
+    A bundle given as GROUP=PATH was trained without GROUP (a leave-one-group-out fold): it runs on GROUP only, and
+    the folds of one target and precision are pooled into one leave-one-group-out entry.
+    """
     from acula_edge import atomic
     from acula_edge.bench.accuracy import AccuracyConfig, bench_accuracy
     from acula_edge.bench.report import (LATENCY_SCHEMA, LATENCY_SCHEMA_VERSION, accuracy_table, agreement_table,
-                                         markdown_report, read_document)
+                                         markdown_report, probe_table, read_document)
 
     lat = read_document(latency_json, LATENCY_SCHEMA, LATENCY_SCHEMA_VERSION) if latency_json else None
     cfg = AccuracyConfig(n_boot=n_boot, seed=seed, threads=_threads(threads), group_by=group_by)
@@ -128,5 +133,8 @@ def accuracy(ctx: click.Context, bundles: tuple[str, ...], data: str, group_by: 
     agreement = agreement_table(doc, markdown=markdown)
     if agreement:
         click.echo("\n" + agreement)
+    probe = probe_table(doc, markdown=markdown)
+    if probe:
+        click.echo(f"\nsite shortcut ({group_by} predicted from the embedding; lower is better):\n" + probe)
     if group_by:
         click.echo("\nnote: " + doc["group_note"])

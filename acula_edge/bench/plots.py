@@ -37,15 +37,17 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def roc_png(pred: Any, path: str | Path, title: str = "ROC") -> Path:
-    """ROC curves of every bundle in ``pred`` (:class:`~acula_edge.bench.accuracy.Predictions`), one panel per
-    reported class, AUROC in the legend. Returns ``path``."""
-    from acula_edge.bench.accuracy import class_targets
+    """ROC curves of every reported entry of ``pred`` (:class:`~acula_edge.bench.accuracy.Predictions`: plain
+    bundles and pooled leave-one-group-out folds), one panel per reported class, AUROC in the legend. Returns
+    ``path``."""
+    from acula_edge.bench.accuracy import class_targets, entries
     from acula_edge.bench.metrics import auroc, roc_curve
     from acula_edge.bench.report import short_names
 
-    names = short_names([bp.bundle for bp in pred.bundles])
+    reported = entries(pred)
+    names = short_names([bp.bundle for bp in reported])
     panels: dict[str, list[tuple[str, Any, Any, float]]] = {}
-    for name, bp in zip(names, pred.bundles):
+    for name, bp in zip(names, reported):
         for cls, y, s, _ in class_targets(bp, pred.labels):
             if y.all() or not y.any():
                 continue  # a single-class sample has no ROC curve

@@ -170,6 +170,21 @@ def agreement_table(doc: dict[str, Any], markdown: bool = False) -> str | None:
     return _table(["bundle", "vs", "max abs dp", "mean abs dp", "same decision", "recordings differing"], rows, markdown)
 
 
+def probe_table(doc: dict[str, Any], markdown: bool = False) -> str | None:
+    """Site-shortcut probe per bundle (None when no bundle has one)."""
+    bundles = [b for b in doc["bundles"] if b.get("site_probe")]
+    if not bundles:
+        return None
+    names = dict(zip((b["bundle"] for b in doc["bundles"]), short_names([b["bundle"] for b in doc["bundles"]])))
+    rows = []
+    for b in bundles:
+        p = b["site_probe"]
+        rows.append([names[b["bundle"]], f"{p['balanced_accuracy']:.3f}", f"{p['chance']:.3f}",
+                     _fmt_float(p.get("within_label_mean")), _fmt_float(p.get("within_label_chance")), str(p["n"])])
+    return _table(["bundle", "group from embedding", "chance", "within label", "chance (within)", "n"], rows,
+                  markdown)
+
+
 def _fmt_float(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
@@ -203,6 +218,19 @@ def markdown_report(accuracy: dict[str, Any], latency: dict[str, Any] | None = N
         names = short_names([r[0] for r in g_rows])
         lines += [_table(["bundle", f"mean AUROC over {accuracy['group_by']}", "worst group AUROC"],
                          [[n, *r[1:]] for n, r in zip(names, g_rows)], True), ""]
+    probe = probe_table(accuracy, markdown=True)
+    if probe:
+        lines += [f"## Site shortcut: {accuracy['group_by']} from the embedding", "",
+                  "Balanced accuracy of a linear probe (ridge, cross-validated over recordings) predicting the "
+                  "group from each recording's embedding; lower is better, chance is the floor. 'within label' "
+                  "repeats it inside each class, so label-rate differences between groups cannot help.", "",
+                  probe, ""]
+    folds = [b for b in accuracy["bundles"] if b.get("folds")]
+    if folds:
+        lines += ["## Leave-one-group-out folds", ""]
+        for b in folds:
+            lines.append(f"- {b['bundle']}: " + "; ".join(f"{g}: `{p}`" for g, p in b["folds"].items()))
+        lines.append("")
     agreement = agreement_table(accuracy, markdown=True)
     if agreement:
         lines += ["## Agreement between bundles (same recordings)", "", agreement, ""]
