@@ -250,3 +250,18 @@ def test_site_probe_finds_device_information_and_separates_the_label_route():
     with_nan[:10] = np.nan
     assert site_probe(with_nan, groups, labels)["n"] == n - 10
     assert site_probe(noise, ["A"] * n) is None
+
+
+def test_roc_png_has_one_panel_per_class_for_multiclass(tmp_path):
+    from acula_edge.bench.plots import roc_png
+
+    rng = np.random.default_rng(0)
+    labels = ["normal", "crackle", "wheeze"] * 4
+    probs = rng.dirichlet(np.ones(3), size=12)
+    pred = Predictions("mem", [f"r{i}" for i in range(12)], labels, None,
+                       [_fake(probs, ("normal", "crackle", "wheeze"))])
+    out = roc_png(pred, tmp_path / "roc.png")
+    from matplotlib.image import imread
+
+    h, w = imread(str(out)).shape[:2]
+    assert w > 2.5 * h  # three panels side by side

@@ -73,12 +73,17 @@ def fingerprint() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count()
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]  # other work on the machine while measuring
+    except (AttributeError, OSError):
+        load = None
     return {
         "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
         "machine": platform.machine(),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable,
+        "load_average": load,  # 1, 5, 15 minutes, at the time of the fingerprint
         "os": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "packages": package_versions(),

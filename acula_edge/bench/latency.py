@@ -131,10 +131,10 @@ class HopBench:
         fe = self.model.frontend
         t0 = time.perf_counter_ns()
         new = self.stream.push(piece)
-        k = new.shape[0]
+        k = min(new.shape[0], self.frames.shape[0])  # more new frames than a window when hop > window
         if k:
             self.frames[:-k] = self.frames[k:]
-            self.frames[-k:] = new[-self.frames.shape[0]:]
+            self.frames[-k:] = new[-k:]
         window = normalise_window(self.frames, fe)
         t1 = time.perf_counter_ns()
         self.model.run_window(window)

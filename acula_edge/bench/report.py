@@ -115,7 +115,8 @@ def latency_table(doc: dict[str, Any], markdown: bool = False) -> str:
     cfg = doc["config"]
     foot = (f"times in ms per hop; RTF = session compute / hop duration; threads {cfg['threads']}; "
             f"{doc['rounds']} interleaved rounds in {doc['steady_seconds']:.1f} s; peak RSS "
-            f"{human_bytes(doc['peak_rss_bytes'])}; {m['cpu_model']} ({m['usable_cores']} cores), {m['os']}")
+            f"{human_bytes(doc['peak_rss_bytes'])}; {m['cpu_model']} ({m['usable_cores']} cores), {m['os']}; "
+            f"load average {m.get('load_average')}")
     return _table(header, rows, markdown) + ("\n\n" if markdown else "\n") + foot
 
 
