@@ -159,3 +159,27 @@ def test_validation_split_takes_whole_groups_and_config_file(tmp_path):
         TrainConfig.from_dict({"epoch": 3})
     with pytest.raises(ConfigError, match="unknown distill config keys"):
         TrainConfig.from_dict({"distill": {"temp": 3}})
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_with_two_processes(tmp_path, teacher_dir):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    exe = shutil.which("acula-edge", path=os.path.dirname(sys.executable))
+    if not torchrun or not exe:
+        pytest.skip("torchrun or the acula-edge entry point is not installed")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", exe, "distill", "--teacher", str(teacher_dir),
+           "--data", "synthetic:heart?n=12&seed=2", "--student", "tiny", "--out", str(tmp_path / "s"), "--epochs",
+           "1", "--batch-size", "4", "--max-windows", "2", "--quiet", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = read_jsonl(tmp_path / "s.run" / "log.jsonl")
+    start, epoch = log[0], [r for r in log if r["event"] == "epoch"][0]
+    assert start["world_size"] == 2 and start["teacher_logits"] == "head"
+    assert epoch["step"] == -(-(start["n_train_windows"] // 2) // 4)  # each rank takes half the windows
+    assert read_checkpoint_info(tmp_path / "s").extra["teacher_sha256"] == weights_sha256(teacher_dir)
