@@ -83,5 +83,13 @@ def test_stream_file_and_stdin_json(recording):
               stdin=x.astype("<f4").tobytes())
     text = f32.stdout.decode()
     assert "window 0" in text and "excluded: silence" in text and text.splitlines()[-1].startswith("summary: 7.20 s")
-    wrong = cli("stream", str(bundle), "-", "--sample-rate", "8000", stdin=pcm)
-    assert wrong.returncode == 2 and b"differs from the bundle's 2000 Hz" in wrong.stderr
+    from acula_edge.audio import resample
+
+    x8k = resample(x, 2000, 8000)
+    pcm8k = (np.clip(x8k, -1, 1) * 32767).astype("<i2").tobytes()
+    at8k = json.loads(cli("stream", str(bundle), "-", "--json", "--sample-rate", "8000", stdin=pcm8k)
+                      .stdout.decode().splitlines()[-1])
+    assert at8k["n_windows"] == 4 and at8k["duration_s"] == pytest.approx(7.2)
+    assert at8k["probabilities"]["abnormal"] == pytest.approx(float(expected.probabilities[1]), abs=0.02)
+    wrong = cli("stream", str(bundle), "-", "--sample-rate", "100", stdin=pcm)
+    assert wrong.returncode == 2 and b"sample rate 100 Hz is outside the supported" in wrong.stderr

@@ -96,6 +96,18 @@ def test_chunk_invariance_ema_and_short_recording(model):
     assert_same(offline, streamed, ATOL[model.manifest.precision])
 
 
+@pytest.mark.parametrize("rate", [4000, 44100])
+def test_chunk_invariance_at_another_input_rate(model, rate):
+    """Input at another rate is resampled on the fly; results equal offline resample-then-classify."""
+    x = rf.heart_like(7.7, rate, seed=6, silence=(5.0, 7.7))
+    offline = model.classify(x, rate)
+    window = model.window_samples * rate // model.sample_rate
+    for sizes in chunkings(x.shape[0], window, seed=11)[1 if rate == 4000 else 2:]:
+        events, streamed = stream_all(model, x, rate, sizes)
+        assert_same(offline, streamed, ATOL[model.manifest.precision])
+    assert offline.n_windows == 4 and offline.duration_s == pytest.approx(7.7)
+
+
 def physionet_records(n: int = 2) -> list[Path]:
     import csv
 
@@ -135,7 +147,7 @@ def test_session_lifecycle_and_errors():
     x = rf.heart_like(6.0, rate)
     session = model.stream()
     assert session.push(x[:100], rate) == []  # not a whole window yet
-    with pytest.raises(AudioError, match="streaming runs at the model's rate 2000 Hz, got 4000 Hz"):
+    with pytest.raises(AudioError, match="this session's input is at 2000 Hz, got a chunk at 4000 Hz"):
         session.push(x[:100], 4000)
     bad = x[:10].copy()
     bad[3] = np.nan

@@ -1,8 +1,7 @@
 """Device commands: ``acula-edge info``, ``classify`` and ``stream`` (numpy + one runtime; never torch).
 
-``stream`` reads raw PCM from stdin with ``-``: little-endian int16 or float32, mono, at ``--sample-rate`` (which must
-be the bundle's rate: a live input is opened at the model's rate). A file at another rate is resampled whole before
-it is fed in chunks.
+``stream`` reads raw PCM from stdin with ``-``: little-endian int16 or float32, mono, at ``--sample-rate`` (default:
+the bundle's rate; another rate is resampled on the fly). Files are fed in ``--chunk-ms`` chunks at their own rate.
 """
 
 from __future__ import annotations
@@ -165,17 +164,15 @@ def _describe(event: Any, labels: tuple[str, ...]) -> str:
 @click.option("--chunk-ms", type=click.IntRange(min=1), default=100, show_default=True,
               help="Feed the audio in chunks of this many milliseconds, as a live device would.")
 @click.option("--sample-rate", type=int, default=None,
-              help="Rate of raw PCM on stdin (AUDIO '-'), Hz; must equal the bundle's rate. Default: the bundle's.")
+              help="Rate of raw PCM on stdin (AUDIO '-'), Hz; resampled on the fly. Default: the bundle's rate.")
 @click.option("--pcm-format", type=click.Choice(sorted(PCM_FORMATS)), default="int16", show_default=True,
               help="Sample format of raw PCM on stdin (little-endian, mono).")
 @_common
 def stream(bundle: str, audio: str, as_json: bool, chunk_ms: int, sample_rate: int | None, pcm_format: str,
            threads: int | None, aggregation: str) -> None:
     """Stream AUDIO (a file, or '-' for raw PCM on stdin) through BUNDLE, printing events as they happen."""
-    from acula_edge.audio import read_audio, resample
-    from acula_edge.errors import AudioError
-
-    from acula_edge.runtime.model import load
+    from acula_edge.audio import check_sample_rate
+    from acula_edge.runtime.model import file_blocks, file_sample_rate, load
 
     model = load(bundle, num_threads=threads)
     session = model.stream(aggregation=aggregation, source="<stdin>" if audio == "-" else audio)
@@ -187,10 +184,7 @@ def stream(bundle: str, audio: str, as_json: bool, chunk_ms: int, sample_rate: i
 
     if audio == "-":
         rate = sample_rate or model.sample_rate
-        if rate != model.sample_rate:
-            raise AudioError(f"<stdin>: --sample-rate {rate} Hz differs from the bundle's {model.sample_rate} Hz; "
-                             f"capture at {model.sample_rate} Hz (e.g. 'arecord -r {model.sample_rate}' or "
-                             f"'sox ... -r {model.sample_rate}')")
+        check_sample_rate(rate, "--sample-rate")
         dtype = PCM_FORMATS[pcm_format]
         chunk_bytes = max(1, rate * chunk_ms // 1000) * dtype.itemsize
         stdin = sys.stdin.buffer
@@ -204,13 +198,12 @@ def stream(bundle: str, audio: str, as_json: bool, chunk_ms: int, sample_rate: i
             pending = data[usable:]
             emit(session.push(np.frombuffer(data[:usable], dtype=dtype), rate))
     else:
-        x, rate = read_audio(audio)
-        if rate != model.sample_rate:
-            x, rate = resample(x, rate, model.sample_rate, audio), model.sample_rate
+        rate = file_sample_rate(Path(audio))
         step = max(1, rate * chunk_ms // 1000)
-        for i in range(0, x.shape[0], step):
-            emit(session.push(x[i:i + step], rate))
+        for block in file_blocks(Path(audio), step):
+            emit(session.push(block, rate))
     result = session.finish()
+    emit(session.tail_events)
     if as_json:
         _echo_json(result.to_dict(windows=False))
     else:

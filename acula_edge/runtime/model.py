@@ -5,11 +5,10 @@ Windows are cut exactly as in :mod:`acula_edge.windows`: window ``k`` covers sam
 its samples are there (the tail after the last whole window is not scored). A recording shorter than one window is
 zero-padded to one window (``pad=True``, the default) or rejected.
 
-Sample rates: offline calls resample the whole input to the model's rate (polyphase, exact). The streaming session
-runs at the model's rate only (a live input is opened at that rate; see :mod:`acula_edge.runtime.streaming`).
-``classify_file`` streams a file from disk in blocks when its rate equals the model's, so very long recordings
-never sit in memory; at another rate it loads and resamples the whole file, because resampling block by block
-with ``resample_poly`` would not equal resampling the whole signal.
+Sample rates: offline calls resample the whole input to the model's rate (``resample_poly``); the streaming
+session resamples on the fly with a stateful polyphase filter that gives the same samples (see
+:mod:`acula_edge.runtime.resampling`). ``classify_file`` streams the file from disk in blocks through a session, so
+very long recordings never sit in memory, at any file rate.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from acula_edge.audio import check_sample_rate, prepare_samples, read_audio, to_mono_float
+from acula_edge.audio import check_sample_rate, prepare_samples, to_mono_float
 from acula_edge.errors import AudioError, BundleError, ConfigError
 from acula_edge.features import LogMel
 from acula_edge.manifest import Manifest, read_manifest, verify_model_file
@@ -30,7 +29,7 @@ from acula_edge.runtime.quality import QualityConfig, window_quality
 from acula_edge.runtime.results import ClassificationResult, WindowEvent, ZeroShotResult
 from acula_edge.windows import frame_windows
 
-# Samples read per block when classify_file streams a file from disk (about 17 min at 2 kHz; 2 MB of float32).
+# Samples read per block when classify_file streams a file from disk (2M samples: 8 MB of float32).
 FILE_BLOCK_SAMPLES = 1 << 21
 
 
@@ -125,20 +124,10 @@ class EdgeModel:
 
     def classify_file(self, path: str | os.PathLike, aggregation: str = "mean", ema_alpha: float = 0.3,
                       pad: bool = True) -> ClassificationResult:
-        """Classify an audio file (WAV/FLAC/OGG). At the model's rate the file is streamed from disk in blocks
-        (memory independent of its length); at another rate it is loaded and resampled whole."""
-        import soundfile as sf
-
+        """Classify an audio file (WAV/FLAC/OGG), read from disk in blocks and streamed through a session (memory
+        independent of the file's length; any sample rate). Equals ``classify`` of the whole file."""
         p = Path(path)
-        read_audio_checks(p)
-        try:
-            rate = sf.info(str(p)).samplerate
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioError(f"{p}: cannot decode as audio ({e}); supported: WAV, FLAC, OGG/Vorbis") from e
-        check_sample_rate(rate, str(p))
-        if rate != self.sample_rate:
-            x, rate = read_audio(p)
-            return self.classify(x, rate, aggregation, ema_alpha, pad, source=str(p))
+        rate = file_sample_rate(p)
         session = self.stream(aggregation=aggregation, ema_alpha=ema_alpha, pad=pad, source=str(p))
         for block in file_blocks(p, FILE_BLOCK_SAMPLES):
             session.push(block, rate)
@@ -189,13 +178,22 @@ class EdgeModel:
                              source=source)
 
 
-def read_audio_checks(p: Path) -> None:
-    if not p.exists():
-        raise AudioError(f"{p}: no such file")
-    if p.is_dir():
-        raise AudioError(f"{p}: is a folder, expected an audio file")
-    if p.stat().st_size == 0:
-        raise AudioError(f"{p}: the file is empty (0 bytes)")
+def file_sample_rate(path: Path) -> int:
+    """The sample rate of an audio file, after checking it exists, is a non-empty file and decodes."""
+    import soundfile as sf
+
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, expected an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: the file is empty (0 bytes)")
+    try:
+        rate = sf.info(str(path)).samplerate
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{path}: cannot decode as audio ({e}); supported: WAV, FLAC, OGG/Vorbis") from e
+    check_sample_rate(rate, str(path))
+    return int(rate)
 
 
 def file_blocks(path: Path, block_samples: int) -> Iterator[np.ndarray]:

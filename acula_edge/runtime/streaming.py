@@ -1,14 +1,20 @@
 """Streaming inference: a per-recording :class:`StreamSession` on a shared, loaded :class:`EdgeModel`.
 
 The session holds all state (the exported graph is stateless): the incremental front-end
-(:class:`~acula_edge.features.LogMelStream`, which computes only the new STFT frames on each push), a rolling
-buffer of log-mel frames and one of samples (one window plus one hop each, preallocated), and the recording
-accumulator. ``push`` accepts chunks of any size; each window is scored as soon as its last sample arrives and the
-results equal offline :meth:`EdgeModel.classify` on the whole recording (to float tolerance) for any chunking.
+(:class:`~acula_edge.features.LogMelStream`, which computes only new STFT frames), a rolling buffer of log-mel
+frames and one of samples (about one window plus one hop each, preallocated), and the recording accumulator.
+``push`` accepts chunks of any size; each window is scored as soon as its last sample arrives and the results equal
+offline :meth:`EdgeModel.classify` on the whole recording (to float tolerance) for any chunking.
 
-Sample rate: a session runs at the model's rate (``model.sample_rate``); pushing another rate raises AudioError.
-A live device opens its input at that rate; a file at another rate is resampled whole first (as ``classify_file``
-and the ``stream`` CLI do), because block-wise ``resample_poly`` is not exact at block edges.
+Cost: a push only copies samples; when a window becomes due, the front-end computes the frames of the samples
+that arrived since the previous window (one hop's worth), once. So the front-end cost per model hop is
+proportional to the hop, not the window, and does not grow when a device delivers tiny chunks (the per-call
+overhead of the front-end is paid once per hop, not once per push).
+
+Sample rate: one session has one input rate, fixed by its first push. Input at another rate than the model's is
+resampled on the fly by :class:`~acula_edge.runtime.resampling.StreamResampler`, which gives the same samples as
+the offline ``resample_poly`` of the whole recording (to float rounding), so streamed and offline results still
+agree for any chunking.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from acula_edge.audio import to_mono_float
+from acula_edge.audio import check_sample_rate, to_mono_float
 from acula_edge.errors import AudioError, ConfigError
 from acula_edge.features import LogMelStream, normalise_window
 from acula_edge.runtime.aggregation import DecisionConfig
+from acula_edge.runtime.resampling import StreamResampler
 from acula_edge.runtime.results import ClassificationResult, RecordingUpdate, WindowEvent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,6 +55,7 @@ class StreamSession:
         self._wf, self._hf = m.frames_per_window, m.frames_per_hop
         # Rolling buffers, preallocated: after each piece (<= one hop) at most one window + two hops are held.
         self._samples = np.zeros(self._ws + 2 * self._hs, dtype=np.float32)
+        self._pending = np.zeros(self._ws + 2 * self._hs, dtype=np.float32)  # not yet given to the front-end
         self._frames = np.zeros((self._wf + 2 * self._hf + 2, m.frontend.n_mels), dtype=np.float32)
         self.reset()
 
@@ -58,14 +66,20 @@ class StreamSession:
         self._total = 0  # samples pushed (absolute index of the next sample)
         self._s0 = 0  # absolute index of _samples[0]
         self._slen = 0  # valid samples in _samples
+        self._plen = 0  # valid samples in _pending
         self._f0 = 0  # absolute index of _frames[0]
         self._flen = 0  # valid frames in _frames
         self._next = 0  # index of the next window to score
         self._finished = False
+        self._rate: int | None = None  # input rate, fixed by the first push
+        self._resampler: StreamResampler | None = None
+        self._n_in = 0  # input samples received (at the input rate)
+        self.tail_events: list[Event] = []  # events that became ready only in finish() (resampler tail, padding)
 
     @property
     def samples_pushed(self) -> int:
-        return self._total
+        """Input samples received so far, at the input rate."""
+        return self._n_in
 
     @property
     def windows_done(self) -> int:
@@ -78,14 +92,22 @@ class StreamSession:
         """
         if self._finished:
             raise ConfigError("this session was finished; call reset() to start a new recording")
-        if int(sample_rate) != self.model.sample_rate:
-            raise AudioError(f"{self.source}: streaming runs at the model's rate {self.model.sample_rate} Hz, got "
-                             f"{sample_rate} Hz; open the input at {self.model.sample_rate} Hz or resample the "
-                             f"whole recording first (model.classify does)")
+        rate = int(sample_rate)
+        if self._rate is None:
+            check_sample_rate(sample_rate, self.source)
+            self._rate = rate
+            if rate != self.model.sample_rate:
+                self._resampler = StreamResampler(rate, self.model.sample_rate)
+        elif rate != self._rate:
+            raise AudioError(f"{self.source}: this session's input is at {self._rate} Hz, got a chunk at {rate} Hz; "
+                             f"one recording has one rate (reset() to start another)")
         x = to_mono_float(samples, self.source)
         if x.shape[0] and not np.isfinite(x).all():
             bad = int(np.flatnonzero(~np.isfinite(x))[0])
-            raise AudioError(f"{self.source}: sample {self._total + bad} is NaN or Inf; the input is corrupt")
+            raise AudioError(f"{self.source}: sample {self._n_in + bad} is NaN or Inf; the input is corrupt")
+        self._n_in += x.shape[0]
+        if self._resampler is not None:
+            x = self._resampler.push(x)
         events: list[Event] = []
         for start in range(0, x.shape[0], self._hs):
             self._feed(x[start:start + self._hs], events)
@@ -95,38 +117,56 @@ class StreamSession:
         """Flush and return the recording summary (equal to offline ``classify`` of everything pushed).
 
         A recording shorter than one window is zero-padded to one window when the session has ``pad=True``.
+        Windows completed only now (the resampler's last samples, or the padding) are in the summary and, as
+        events, in :attr:`tail_events`.
         """
         if self._finished:
             raise ConfigError("this session was already finished; call reset() to start a new recording")
-        if self._total == 0:
+        if self._n_in == 0:
             raise AudioError(f"{self.source}: no samples were pushed; nothing to classify")
-        duration = self._total / self.model.sample_rate
+        duration = self._n_in / self._rate
+        tail: list[Event] = []
+        if self._resampler is not None:
+            x = self._resampler.flush()
+            for start in range(0, x.shape[0], self._hs):
+                self._feed(x[start:start + self._hs], tail)
         if self._next == 0:
             if not self.pad:
-                raise AudioError(f"{self.source}: the recording has {self._total} samples but one window needs "
-                                 f"{self._ws}; use a longer recording or pad=True")
-            self._feed(np.zeros(self._ws - self._total, dtype=np.float32), [])
+                raise AudioError(f"{self.source}: the recording has {self._total} samples at "
+                                 f"{self.model.sample_rate} Hz but one window needs {self._ws}; use a longer "
+                                 f"recording or pad=True")
+            self._feed(np.zeros(self._ws - self._total, dtype=np.float32), tail)
+        self.tail_events = tail
         self._finished = True
         return self._acc.result(duration_s=duration, source=self.source)
 
     # -- internals ------------------------------------------------------------------------------------------------
 
     def _feed(self, piece: np.ndarray, events: list[Event]) -> None:
-        """Append at most one hop of samples, compute its new frames, score every window now complete."""
+        """Append at most one hop of samples; score every window now complete."""
         n = piece.shape[0]
-        # Samples before _s0 belong to no window (only when hop > window); skip them.
+        # Samples before _s0 belong to no window (only when hop > window); the quality buffer skips them.
         skip = min(max(self._s0 - self._total, 0), n)
         keep = piece[skip:]
         self._samples[self._slen:self._slen + keep.shape[0]] = keep
         self._slen += keep.shape[0]
+        self._pending[self._plen:self._plen + n] = piece
+        self._plen += n
         self._total += n
-        new = self._fe.push(piece)
+        while self._total >= self._next * self._hs + self._ws:
+            self._frontend()
+            self._emit(events)
+
+    def _frontend(self) -> None:
+        """Run the incremental front-end on the pending samples; keep the frames the next windows need."""
+        if not self._plen:
+            return
+        new = self._fe.push(self._pending[:self._plen])
+        self._plen = 0
         fabs = self._fe.frames_emitted - new.shape[0]  # absolute index of new[0]
         fskip = min(max(self._f0 - fabs, 0), new.shape[0])
         self._frames[self._flen:self._flen + new.shape[0] - fskip] = new[fskip:]
         self._flen += new.shape[0] - fskip
-        while self._total >= self._next * self._hs + self._ws:
-            self._emit(events)
 
     def _emit(self, events: list[Event]) -> None:
         k = self._next
