@@ -94,6 +94,7 @@ def export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str,
         manifest = bundle.build_manifest(info, target, precision, result, atomic.sha256_file(model_path), report,
                                          source_sha256, versions, extra)
         write_manifest(manifest, tmp)
+        bundle.set_default_permissions(tmp)
     for finding in result.findings:
         print(f"warning: {target} {precision}: {finding}", file=sys.stderr)
     return manifest

@@ -73,6 +73,19 @@ def build_manifest(info: CheckpointInfo, target: str, precision: str, result: Ta
     return manifest
 
 
+def set_default_permissions(folder: Path) -> None:
+    """Give the bundle folder and its files the usual umask permissions (temporary files are created 0600/0700),
+    so a bundle copied to a device or shared folder is readable like any other export."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            os.chmod(path, 0o666 & ~umask)
+
+
 def package_versions() -> dict[str, str]:
     """Versions of acula-edge, numpy and torch (targets add their converter and runtime)."""
     import torch

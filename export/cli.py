@@ -27,7 +27,7 @@ def _summary(path: str, manifest) -> str:
 
 @click.command()
 @click.argument("checkpoint_dir", type=click.Path(file_okay=False))
-@click.option("--target", type=click.Choice(TARGET_CHOICES), required=True, help="Export target, or all of them.")
+@click.option("--target", type=click.Choice(TARGET_CHOICES), required=True, help="Export target, or all (every target that exports the --quantize precision; tflm is int8 only).")
 @click.option("--quantize", type=click.Choice(("none", "int8")), default="none", show_default=True)
 @click.option("--calib-data", default=None, help="Dataset spec for int8 calibration (required for int8).")
 @click.option("--eval-data", default=None, help="Dataset spec for the parity gate (default: held-out part of "

@@ -210,3 +210,22 @@ def test_unknown_target_and_wrong_precision():
     with pytest.raises(ExportError, match="unknown export target 'coreml'; registered targets: "):
         get_target("coreml")
     assert get_target("tflm").precisions == ("int8",)
+
+
+def test_tflite_findings_report_float_tensors_and_transposes():
+    from acula_edge.export.targets import tflite
+
+    desc = {"float_tensors": ["conv/bias", "mean_out"], "ops": ["TRANSPOSE", "CONV_2D", "TRANSPOSE"]}
+    found = tflite.findings(desc, "int8")
+    assert found[0].startswith("2 float tensor(s) left in the full-int8 model (e.g. ['conv/bias', 'mean_out'])")
+    assert found[1].startswith("2 TRANSPOSE op(s) in the graph")
+    assert tflite.findings(desc, "fp32") == [found[1]]  # float tensors are expected in an fp32 model
+
+
+def test_tflm_resolver_names_and_c_strings():
+    from acula_edge.export.targets import tflm
+
+    assert [tflm.resolver_name(op) for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN",
+                                              "AVERAGE_POOL_2D", "BATCH_MATMUL", "RELU6")] == \
+        ["Conv2D", "DepthwiseConv2D", "FullyConnected", "Mean", "AveragePool2D", "BatchMatMul", "Relu6"]
+    assert tflm._c_string('a "b"\\?é') == '"a \\042b\\042\\134\\077\\303\\251"'
