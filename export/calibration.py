@@ -80,15 +80,25 @@ def select_windows(dataset: Dataset, frontend: FrontendConfig, windowing: Window
     per = per_recording or max(1, math.ceil(n_windows / len(dataset)))
     chosen = spread_recordings(dataset, max(1, math.ceil(n_windows / per)), seed)
     sub = dataset.subset(chosen, dataset.name)
+    # two extra evenly spaced windows, then drop the ends: a recording's first and last windows (onsets, clipping at
+    # the edges) are not what most of the recording looks like
     ws = extract_windows(sub, frontend, windowing, labels=tuple(labels), pad=True,
-                         max_windows_per_recording=per)
-    # interleave recordings so that a prefix of the batch is still spread over recordings and labels
-    rank = np.zeros(len(ws.x), dtype=np.int64)
+                         max_windows_per_recording=per + 2)
+    keep = []
     for r in np.unique(ws.recording):
         idx = np.flatnonzero(ws.recording == r)
+        if idx.size > per:
+            idx = idx[np.unique(np.linspace(0, idx.size - 1, per + 2)[1:-1].round().astype(int))]
+        keep.append(idx)
+    kept = np.concatenate(keep)
+    recording, y = ws.recording[kept], ws.y[kept]
+    # interleave recordings so that a prefix of the batch is still spread over recordings and labels
+    rank = np.zeros(kept.size, dtype=np.int64)
+    for r in np.unique(recording):
+        idx = np.flatnonzero(recording == r)
         rank[idx] = np.arange(idx.size)
-    order = np.lexsort((ws.recording, rank))[:n_windows]
-    order = np.sort(order)
+    order = np.sort(np.lexsort((recording, rank))[:n_windows])
+    order = kept[order]
     x = ws.x[order][:, None, :, :].astype(np.float32)
     return WindowBatch(x=x, recording=ws.recording[order], y=ws.y[order], source=dataset.name)
 
