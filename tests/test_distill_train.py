@@ -120,7 +120,11 @@ def test_interrupted_run_resumes_exactly(tmp_path, teacher_dir, monkeypatch):
 def test_run_folder_of_another_architecture_gives_a_mismatch_report(tmp_path, teacher_dir, capsys):
     args = ["distill", "--teacher", str(teacher_dir), "--data", DATA, "--out", str(tmp_path / "s"),
             "--epochs", "1", "--batch-size", "16", "--max-windows", "2", "--quiet"]
-    assert _cli(args + ["--student", "tiny"], capsys)[0] == 0
+    config = tmp_path / "distill.json"
+    config.write_text(json.dumps({"student": "tiny", "epochs": 7, "distill": {"temperature": 3.0}}))
+    assert _cli(args + ["--config", str(config)], capsys)[0] == 0  # flags override the file: 1 epoch
+    used = read_checkpoint_info(tmp_path / "s").extra["training_config"]
+    assert (used["student"], used["epochs"], used["distill"]["temperature"]) == ("tiny", 1, 3.0)
     code, io = _cli(args + ["--student", "small"], capsys)
     assert code == 2
     assert "weights do not match the architecture" in io.err and "other shapes" in io.err
