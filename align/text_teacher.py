@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -48,29 +49,55 @@ def _model_fingerprint(folder: Path) -> str:
 
 
 class TextTeacher:
-    """Frozen text encoder: ``encode(texts) -> (N, dim)`` float32 mean-pooled hidden states of ``layer``."""
+    """Frozen text encoder: ``encode(texts) -> (N, dim)`` float32 mean-pooled hidden states of ``layer``.
+
+    The model is loaded on the first :meth:`encode`; the cache key (:attr:`key`) needs only the files."""
 
     def __init__(self, path: str | os.PathLike | None = None, layer: int = -1, max_length: int = 128,
                  device: str = "cpu", batch_size: int = 32) -> None:
-        transformers = require("transformers", "train", "The text teacher")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # this stage never downloads
         self.path = Path(path).expanduser() if path else default_text_model_path()
-        if not (self.path / "config.json").is_file():
+        cfg_path = self.path / "config.json"
+        if not cfg_path.is_file():
             raise ConfigError(f"text model {self.path}: no config.json; give a local transformers model folder "
                               f"(e.g. made with save_pretrained); models are never downloaded")
         try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-            self.model = transformers.AutoModel.from_pretrained(str(self.path), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"text model {self.path} cannot be loaded offline ({e})") from e
-        self.model.eval().requires_grad_(False).to(device)
-        n_layers = int(getattr(self.model.config, "num_hidden_layers", 0))
-        if not -(n_layers + 1) <= layer <= n_layers:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{cfg_path}: unreadable ({e})") from e
+        n_layers = int(cfg.get("num_hidden_layers", 0))
+        if n_layers and not -(n_layers + 1) <= layer <= n_layers:
             raise ConfigError(f"text layer {layer} out of range for a {n_layers}-layer model (hidden states "
                               f"0..{n_layers}, or negative from the end)")
         self.layer, self.max_length, self.device, self.batch_size = layer, max_length, device, batch_size
-        self.dim = int(self.model.config.hidden_size)
+        self.dim = int(cfg.get("hidden_size", cfg.get("d_model", 0)))
         self.key = hashlib.sha256(f"{_model_fingerprint(self.path)}|{layer}|{max_length}".encode()).hexdigest()[:24]
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def _load(self) -> None:
+        """Load tokenizer and model (deferred: a fully cached run never imports transformers)."""
+        if self._model is not None:
+            return
+        transformers = require("transformers", "train", "The text teacher")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # this stage never downloads
+        try:
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+            model = transformers.AutoModel.from_pretrained(str(self.path), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"text model {self.path} cannot be loaded offline ({e})") from e
+        self._model = model.eval().requires_grad_(False).to(self.device)
+        self.dim = int(self._model.config.hidden_size)
+
+    @property
+    def model(self) -> Any:
+        """The frozen transformers model (loaded on first use)."""
+        self._load()
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        self._load()
+        return self._tokenizer
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32 embeddings (mask-aware mean of hidden_states[layer])."""

