@@ -89,3 +89,9 @@ def test_accumulator_excludes_bad_windows_and_debounces():
     r = acc.result(duration_s=7.0)
     assert r.n_windows == 4 and r.n_excluded == 1 and r.decision is False and r.label == "no"
     np.testing.assert_allclose(r.embedding, [2.0, 2.0, 2.0])  # windows 1..3
+    lean = RecordingAccumulator(("no", "yes"), 0.5, keep_windows=False)
+    for i, p in enumerate((0.9, 0.7, 0.1, 0.1)):
+        lean.add(_event(i, p, ok=i > 0))
+    slim = lean.result(duration_s=7.0)
+    assert slim.windows == () and (slim.n_windows, slim.n_excluded) == (4, 1)
+    np.testing.assert_allclose(slim.probabilities, r.probabilities)

@@ -101,8 +101,9 @@ class RecordingAccumulator:
     """
 
     def __init__(self, labels: tuple[str, ...], threshold: float, aggregation: str = "mean",
-                 ema_alpha: float = 0.3, decision: DecisionConfig | None = None) -> None:
+                 ema_alpha: float = 0.3, decision: DecisionConfig | None = None, keep_windows: bool = True) -> None:
         self.labels = labels
+        self.keep_windows = keep_windows  # False: only running sums are kept (memory independent of length)
         self.threshold = threshold
         self._included = Aggregator(aggregation, ema_alpha)
         self._all = Aggregator(aggregation, ema_alpha)
@@ -114,6 +115,7 @@ class RecordingAccumulator:
         self._all.reset()
         self._hysteresis.reset()
         self.windows: list[WindowEvent] = []
+        self.n_windows = 0
         self._emb_included: np.ndarray | None = None
         self._emb_all: np.ndarray | None = None
 
@@ -123,7 +125,7 @@ class RecordingAccumulator:
 
     @property
     def n_excluded(self) -> int:
-        return len(self.windows) - self._included.count
+        return self.n_windows - self._included.count
 
     def _current(self) -> tuple[np.ndarray, bool | None]:
         if self._included.count:
@@ -132,7 +134,9 @@ class RecordingAccumulator:
         return self._all.value, None
 
     def add(self, event: WindowEvent) -> RecordingUpdate:
-        self.windows.append(event)
+        self.n_windows += 1
+        if self.keep_windows:
+            self.windows.append(event)
         e64 = event.embedding.astype(np.float64)
         self._all.update(event.probabilities)
         self._emb_all = e64.copy() if self._emb_all is None else self._emb_all + e64
@@ -141,18 +145,19 @@ class RecordingAccumulator:
             self._emb_included = e64.copy() if self._emb_included is None else self._emb_included + e64
         p, raw = self._current()
         stable = self._hysteresis.update(float(p[-1])) if event.included else self._hysteresis.state
-        return RecordingUpdate(time_s=event.end_s, labels=self.labels, probabilities=p, n_windows=len(self.windows),
+        return RecordingUpdate(time_s=event.end_s, labels=self.labels, probabilities=p, n_windows=self.n_windows,
                                n_excluded=self.n_excluded, decision=stable, raw_decision=raw)
 
     def result(self, duration_s: float, source: str = "<buffer>") -> ClassificationResult:
-        if not self.windows:
+        if not self.n_windows:
             raise RuntimeError("no windows were accumulated")  # callers pad short input to one window
         p, decision = self._current()
         if self._included.count:
             emb = self._emb_included / self._included.count
         else:
-            emb = self._emb_all / len(self.windows)
+            emb = self._emb_all / self.n_windows
         return ClassificationResult(labels=self.labels, probabilities=p, decision=decision,
                                     threshold=self.threshold, embedding=emb.astype(np.float32),
-                                    windows=tuple(self.windows), n_excluded=self.n_excluded,
+                                    windows=tuple(self.windows), n_windows=self.n_windows,
+                                    n_excluded=self.n_excluded,
                                     duration_s=duration_s, aggregation=self.aggregation, source=source)

@@ -98,9 +98,10 @@ class EdgeModel:
                            probabilities=probs, embedding=emb,
                            quality=window_quality(samples, self.frontend, self.quality))
 
-    def accumulator(self, aggregation: str = "mean", ema_alpha: float = 0.3,
-                    decision: DecisionConfig | None = None) -> RecordingAccumulator:
-        return RecordingAccumulator(self.labels, self.manifest.threshold, aggregation, ema_alpha, decision)
+    def accumulator(self, aggregation: str = "mean", ema_alpha: float = 0.3, decision: DecisionConfig | None = None,
+                    keep_windows: bool = True) -> RecordingAccumulator:
+        return RecordingAccumulator(self.labels, self.manifest.threshold, aggregation, ema_alpha, decision,
+                                    keep_windows)
 
     # -- batch use --------------------------------------------------------------------------------------------
 
@@ -123,12 +124,14 @@ class EdgeModel:
         return acc.result(duration_s=n_in / sample_rate, source=source)
 
     def classify_file(self, path: str | os.PathLike, aggregation: str = "mean", ema_alpha: float = 0.3,
-                      pad: bool = True) -> ClassificationResult:
-        """Classify an audio file (WAV/FLAC/OGG), read from disk in blocks and streamed through a session (memory
-        independent of the file's length; any sample rate). Equals ``classify`` of the whole file."""
+                      pad: bool = True, keep_windows: bool = True) -> ClassificationResult:
+        """Classify an audio file (WAV/FLAC/OGG), read from disk in blocks and streamed through a session (any
+        sample rate). Equals ``classify`` of the whole file. ``keep_windows=False`` drops the per-window results
+        (the summary still counts them), so memory does not grow with the file's length (day-long recordings)."""
         p = Path(path)
         rate = file_sample_rate(p)
-        session = self.stream(aggregation=aggregation, ema_alpha=ema_alpha, pad=pad, source=str(p))
+        session = self.stream(aggregation=aggregation, ema_alpha=ema_alpha, pad=pad, source=str(p),
+                              keep_windows=keep_windows)
         for block in file_blocks(p, FILE_BLOCK_SAMPLES):
             session.push(block, rate)
         return session.finish()
@@ -170,12 +173,17 @@ class EdgeModel:
     # -- streaming --------------------------------------------------------------------------------------------
 
     def stream(self, aggregation: str = "mean", ema_alpha: float = 0.3, decision: DecisionConfig | None = None,
-               pad: bool = True, source: str = "<stream>") -> "StreamSession":
-        """A new streaming session (one recording) on this model; see :class:`StreamSession`."""
+               pad: bool = True, source: str = "<stream>", keep_windows: bool = True) -> "StreamSession":
+        """A new streaming session (one recording) on this model; see :class:`StreamSession`.
+
+        ``aggregation``: "mean" of the usable windows' probabilities, or "ema" (weight ``ema_alpha`` on the newest);
+        ``decision``: hysteresis/debounce of the live decision; ``pad``: zero-pad a recording shorter than one
+        window; ``keep_windows``: keep every WindowEvent for the summary (False: counts only, constant memory).
+        """
         from acula_edge.runtime.streaming import StreamSession
 
         return StreamSession(self, aggregation=aggregation, ema_alpha=ema_alpha, decision=decision, pad=pad,
-                             source=source)
+                             source=source, keep_windows=keep_windows)
 
 
 def file_sample_rate(path: Path) -> int:

@@ -91,15 +91,12 @@ class ClassificationResult:
     decision: bool | None
     threshold: float
     embedding: np.ndarray  # (D,) mean of the included windows' embeddings
-    windows: tuple[WindowEvent, ...]
+    windows: tuple[WindowEvent, ...]  # every window, in order (empty when the session kept none: keep_windows=False)
+    n_windows: int  # windows scored
     n_excluded: int  # windows left out of the aggregate for poor signal quality
     duration_s: float  # length of the input audio
     aggregation: str  # "mean" or "ema"
     source: str = "<buffer>"
-
-    @property
-    def n_windows(self) -> int:
-        return len(self.windows)
 
     @property
     def label(self) -> str | None:

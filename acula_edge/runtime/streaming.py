@@ -44,11 +44,12 @@ class StreamSession:
     """
 
     def __init__(self, model: "EdgeModel", aggregation: str = "mean", ema_alpha: float = 0.3,
-                 decision: DecisionConfig | None = None, pad: bool = True, source: str = "<stream>") -> None:
+                 decision: DecisionConfig | None = None, pad: bool = True, source: str = "<stream>",
+                 keep_windows: bool = True) -> None:
         self.model = model
         self.pad = pad
         self.source = source
-        self._acc = model.accumulator(aggregation, ema_alpha, decision)
+        self._acc = model.accumulator(aggregation, ema_alpha, decision, keep_windows)
         m = model
         self._fe = LogMelStream(m.frontend, m.logmel)
         self._ws, self._hs = m.window_samples, m.hop_samples
