@@ -28,6 +28,7 @@ def kind(request):
 
 
 def test_backend_matches_pytorch(kind):
+    pytest.importorskip("torch", reason="the PyTorch reference needs torch")
     bundle = rf.bundle_or_skip(kind)
     if kind == "onnx-int8":
         pytest.skip("onnxruntime QDQ int8 of the tiny fixture model misses parity (cosine ~0.89; see runtime_fixtures)")
