@@ -310,6 +310,11 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
     step, start_epoch = 0, 0
     best = {"score": -math.inf, "epoch": -1, "bad_epochs": 0, "stopped": False}
     state_path = run_dir / STATE_NAME
+    if not (resume and state_path.is_file()) and env.is_main:
+        for stale in (state_path, run_dir / BEST_NAME):  # a fresh run must never pick up an older run's weights
+            stale.unlink(missing_ok=True)
+    if env.distributed:
+        torch.distributed.barrier()
     if resume and state_path.is_file():
         _check_resume_state(model, state_path)
         step, start_epoch, extra = load_training_state(state_path, model=model, optimizer=opt, scheduler=sched)

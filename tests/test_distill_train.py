@@ -93,6 +93,10 @@ def test_resume_continues_from_the_saved_step(tmp_path, teacher_dir, capsys):
     assert resumed == [dict(resumed[0], step=first[0]["step"], epoch=1)]
     assert [r["epoch"] for r in epochs] == [1, 2] and epochs[1]["step"] == 2 * first[0]["step"]
     assert read_checkpoint_info(tmp_path / "s").extra["metrics"]["steps"] == 2 * first[0]["step"]
+    # --no-resume starts over: a new "start" record, and the step count restarts
+    assert _cli(args + ["--epochs", "1", "--no-resume"], capsys)[0] == 0
+    log = read_jsonl(tmp_path / "s.run" / "log.jsonl")
+    assert [r["event"] for r in log].count("start") == 2 and log[-2]["step"] == first[0]["step"]
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, teacher_dir, monkeypatch):
