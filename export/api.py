@@ -61,9 +61,15 @@ def export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str,
         raise ExportError(f"parity windows have shape {data.evaluation.x.shape[1:]}, the model's front-end gives "
                           f"{shape[1:]}")
     calib = None if data.calibration is None else np.ascontiguousarray(data.calibration.x, dtype=np.float32)
+    method, notes = calibration_method, []
+    if method not in tgt.calibration_methods:  # e.g. PT2E targets: min/max observers only
+        method = tgt.calibration_methods[0]
+        if precision == "int8":
+            notes.append(f"calibration method {calibration_method!r} is not offered by {target} "
+                         f"(offers {list(tgt.calibration_methods)}); used {method!r}")
     job = ExportJob(model=model, info=info, precision=precision, calibration=calib,
                     example=np.ascontiguousarray(data.evaluation.x[:1], dtype=np.float32),
-                    calibration_method=calibration_method)
+                    calibration_method=method)
     what = f"{target} {precision} export"
     out = Path(out)
     with atomic.atomic_dir(out) as tmp:
@@ -83,19 +89,19 @@ def export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str,
         bundle.write_reference(tmp / bundle.REFERENCE_FILE, ev.x[:k], {n: v[:k] for n, v in reference.items()})
         extra = dict(result.extra)
         extra.update(
-            findings=list(result.findings), export_seconds=round(seconds, 3),
+            findings=[*result.findings, *notes], export_seconds=round(seconds, 3),
             files=bundle.file_hashes(tmp, [*result.files, bundle.REFERENCE_FILE]),
             reference_file=bundle.REFERENCE_FILE, model_class=f"{type(model).__module__}:{type(model).__name__}",
             source_checkpoint=source_path or "", model_bytes=model_path.stat().st_size)
         if calib is not None:
             extra["calibration"] = {"windows": int(calib.shape[0]), "recordings": data.calibration.n_recordings,
-                                    "data": data.calibration.source, "method": calibration_method}
+                                    "data": data.calibration.source, "method": method}
         versions = {**bundle.package_versions(), **result.versions}
         manifest = bundle.build_manifest(info, target, precision, result, atomic.sha256_file(model_path), report,
                                          source_sha256, versions, extra)
         write_manifest(manifest, tmp)
         bundle.set_default_permissions(tmp)
-    for finding in result.findings:
+    for finding in manifest.extra["findings"]:
         print(f"warning: {target} {precision}: {finding}", file=sys.stderr)
     return manifest
 

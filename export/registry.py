@@ -66,6 +66,7 @@ class Target:
     export: Callable[[ExportJob, Path], TargetResult]  # writes into an existing empty folder
     run: Runner  # runs the written model in the target's runtime
     runtime: str  # human name of the runtime used by ``run``
+    calibration_methods: tuple[str, ...] = ("minmax",)  # int8 range methods it offers; the first is its default
 
 
 def _discover() -> dict[str, Target]:

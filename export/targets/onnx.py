@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from acula_edge.errors import ExportError
-from acula_edge.export.registry import INPUT_NAME, OUTPUT_NAMES, ExportJob, Target, TargetResult
+from acula_edge.export.registry import CALIBRATION_METHODS, INPUT_NAME, OUTPUT_NAMES, ExportJob, Target, TargetResult
 from acula_edge.export.runners import run_onnx
 from acula_edge.manifest import TensorSpec
 
@@ -91,4 +91,5 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
     return TargetResult(MODEL_FILE, inputs, outputs, _versions(), extra)
 
 
-TARGET = Target(name="onnx", precisions=("fp32", "int8"), export=export, run=run_onnx, runtime="onnxruntime")
+TARGET = Target(name="onnx", precisions=("fp32", "int8"), export=export, run=run_onnx, runtime="onnxruntime",
+                calibration_methods=CALIBRATION_METHODS)
