@@ -30,7 +30,8 @@ STAT_KEYS = ("n", "mean", "std", "p50", "p90", "p99", "min", "max")
 LATENCY_KEYS = ("schema", "schema_version", "created_utc", "config", "machine", "steady_seconds", "rounds",
                 "peak_rss_bytes", "bundles")
 LATENCY_BUNDLE_KEYS = ("bundle", "target", "precision", "runtime", "model_file", "model_bytes", "labels",
-                       "sample_rate", "window_s", "hop_s", "input_shape", "threads", "load_ms", "first_inference_ms",
+                       "sample_rate", "window_s", "hop_s", "input_shape", "threads", "cold_load_ms", "load_ms",
+                       "first_inference_ms",
                        "rss_after_load_bytes", "load_rss_delta_bytes", "peak_rss_after_load_bytes", "runs",
                        "stages_ms", "rtf", "samples_ms")
 ACCURACY_KEYS = ("schema", "schema_version", "created_utc", "data", "n_recordings", "label_counts", "config",
@@ -101,16 +102,16 @@ def latency_table(doc: dict[str, Any], markdown: bool = False) -> str:
     """One row per bundle: size, load, first call, p50 per stage, hop p90/p99, RTF and peak RSS after load."""
     bundles = doc["bundles"]
     names = short_names([b["bundle"] for b in bundles])
-    header = ["bundle", "target", "runtime", "size", "load ms", "1st ms", "front-end p50", "model p50",
-              "hop p50", "hop p90", "hop p99", "session p50", "RTF", "runs"]
+    header = ["bundle", "target", "runtime", "size", "cold load ms", "load ms", "1st ms", "front-end p50",
+              "model p50", "hop p50", "hop p90", "hop p99", "session p50", "RTF", "runs"]
     rows = []
     for name, b in zip(names, bundles):
         st = b["stages_ms"]
         rows.append([name, f"{b['target']} {b['precision']}", b["runtime"], human_bytes(b["model_bytes"]),
-                     fmt_ms(b["load_ms"]), fmt_ms(b["first_inference_ms"]), fmt_ms(st["frontend"]["p50"]),
-                     fmt_ms(st["model"]["p50"]), fmt_ms(st["hop"]["p50"]), fmt_ms(st["hop"]["p90"]),
-                     fmt_ms(st["hop"]["p99"]), fmt_ms(st["session"]["p50"]), f"{b['rtf']['session']['mean']:.2e}",
-                     str(b["runs"])])
+                     fmt_ms(b["cold_load_ms"]), fmt_ms(b["load_ms"]), fmt_ms(b["first_inference_ms"]),
+                     fmt_ms(st["frontend"]["p50"]), fmt_ms(st["model"]["p50"]), fmt_ms(st["hop"]["p50"]),
+                     fmt_ms(st["hop"]["p90"]), fmt_ms(st["hop"]["p99"]), fmt_ms(st["session"]["p50"]),
+                     f"{b['rtf']['session']['mean']:.2e}", str(b["runs"])])
     m = doc["machine"]
     cfg = doc["config"]
     foot = (f"times in ms per hop; RTF = session compute / hop duration; threads {cfg['threads']}; "
@@ -168,7 +169,8 @@ def agreement_table(doc: dict[str, Any], markdown: bool = False) -> str | None:
     rows = [[by_path[b["bundle"]], by_path.get(b["vs_first"]["bundle"], b["vs_first"]["bundle"]),
              f"{b['vs_first']['max_abs_probability_diff']:.2e}", f"{b['vs_first']['mean_abs_probability_diff']:.2e}",
              f"{b['vs_first']['decision_agreement']:.3f}", str(b["vs_first"]["decisions_differ"])] for b in bundles]
-    return _table(["bundle", "vs", "max abs dp", "mean abs dp", "same decision", "recordings differing"], rows, markdown)
+    return _table(["bundle", "vs", "max abs dp", "mean abs dp", "same decision", "recordings differing"], rows,
+                  markdown)
 
 
 def probe_table(doc: dict[str, Any], markdown: bool = False) -> str | None:
