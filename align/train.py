@@ -14,8 +14,9 @@ Pipeline (every step rank 0 does alone is followed by a barrier; the others read
 5. the teacher checkpoint ``OUT/teacher`` (:class:`.teacher.AlignedTeacher`) with projected label-prompt
    embeddings. CKA aligns the two spaces only up to a rotation and scale (CKA is invariant to them), so for
    zero-shot use the audio projection is followed by the orthogonal Procrustes map (plus scale and offset)
-   that best carries the training windows' audio projections onto their reports' text projections; it is folded
-   into the last projection layer (``calibration="procrustes"``).
+   that best carries the training windows' centred audio projections onto their reports' centred text
+   projections; it is folded into the last projection layer, and the prompt embeddings are centred by the same
+   text mean (``calibration="procrustes"``, the default for CKA).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ LOG_NAME = "train_log.jsonl"
 REPORTS_NAME = "reports.jsonl"
 TEXT_FEATURES_NAME = "text_features.npz"
 TEACHER_DIR = "teacher"
-CALIBRATIONS = ("procrustes", "none")
+CALIBRATIONS = ("auto", "procrustes", "none")
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class AlignConfig:
     mask_f: float = 0.3  # MAM: fraction of frequency patches hidden
     temperature: float = 0.07  # InfoNCE temperature
     logit_scale: float = 10.0  # teacher zero-shot logits = logit_scale * cosine
-    calibration: str = "procrustes"  # map the audio projection onto the text space after training (see module doc)
+    calibration: str = "auto"  # "procrustes": map audio onto the centred text space after training (module doc);
+    # "none"; "auto" = procrustes for the CKA loss (rotation-invariant), none for the contrastive ones
     # optimisation
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -417,12 +419,15 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
     if env.is_main:
         model.eval()
         teacher = _make_teacher(model, cfg, labels)
-        calib = {}
-        if cfg.calibration == "procrustes":
-            calib = _procrustes_calibrate(model, teacher, x_all, t_all, env.device, channels_last)
+        calib: dict[str, Any] = {}
+        text_mean = None
+        if cfg.calibration == "procrustes" or (cfg.calibration == "auto" and cfg.align_loss == "cka"):
+            calib, text_mean = _procrustes_calibrate(model, teacher, x_all, t_all, env.device, channels_last)
         with torch.no_grad():
-            # the text projection is the reference space (calibration moved the audio side onto it)
+            # the (centred) text projection is the reference space: calibration moved the audio side onto it
             prompts = model.text_proj(torch.from_numpy(text["prompts"]).float().to(env.device)).cpu()
+            if text_mean is not None:
+                prompts = prompts - text_mean.to(prompts.dtype)
         prompts = torch.nn.functional.normalize(prompts, dim=-1)
         teacher.set_label_embeddings(prompts, text["prompt_labels"])
         info = CheckpointInfo(
@@ -458,10 +463,12 @@ def _make_teacher(model: AlignmentModel, cfg: AlignConfig, labels: tuple[str, ..
 
 @torch.no_grad()
 def _procrustes_calibrate(model: AlignmentModel, teacher: AlignedTeacher, x: torch.Tensor, t: torch.Tensor,
-                          device: str, channels_last: bool, max_windows: int = 4096) -> dict[str, float]:
-    """Fold ``z -> c * (z - mu_a) R + mu_t`` into the teacher's last audio-projection layer, R the orthogonal
-    Procrustes rotation and c the scale carrying centred audio projections onto centred text projections of the
-    same windows (at most ``max_windows``, evenly spaced). Returns fit statistics."""
+                          device: str, channels_last: bool, max_windows: int = 4096
+                          ) -> tuple[dict[str, Any], torch.Tensor]:
+    """Fold ``z -> c * (z - mu_a) R`` into the teacher's last audio-projection layer, R the orthogonal Procrustes
+    rotation and c the scale carrying centred audio projections onto centred text projections of the same windows
+    (at most ``max_windows``, evenly spaced): the embedding lands in the batch-centred text space that CKA
+    compared. Returns (fit statistics, the text mean mu_t to subtract from projected prompts)."""
     idx = torch.linspace(0, len(x) - 1, min(len(x), max_windows)).round().long()
     za, zt = [], []
     for i in range(0, len(idx), 256):
@@ -479,6 +486,6 @@ def _procrustes_calibrate(model: AlignmentModel, teacher: AlignedTeacher, x: tor
     fc2 = teacher.audio_proj.fc2
     w, bias = fc2.weight.double(), fc2.bias.double()  # out = h W^T + b
     fc2.weight.copy_((c * (w.T @ r)).T.to(fc2.weight.dtype))
-    fc2.bias.copy_((c * ((bias - mu_a) @ r) + mu_b).to(fc2.bias.dtype))
+    fc2.bias.copy_((c * ((bias - mu_a) @ r)).to(fc2.bias.dtype))
     resid = ((c * ac @ r) - bc).square().sum() / bc.square().sum().clamp_min(1e-12)
-    return {"windows": int(len(idx)), "scale": float(c), "relative_residual": float(resid)}
+    return {"windows": int(len(idx)), "scale": float(c), "relative_residual": float(resid)}, mu_b.float()
