@@ -121,7 +121,8 @@ def classify(bundle: str, files: tuple[str, ...], fmt: str, windows: bool, threa
     from acula_edge.runtime.model import load
 
     model = load(bundle, num_threads=threads)
-    results = [model.classify_file(f, aggregation=aggregation) for f in files]
+    keep = windows and fmt == "json"  # per-window results only when printed: constant memory for long files
+    results = [model.classify_file(f, aggregation=aggregation, keep_windows=keep) for f in files]
     labels = list(model.labels)
     if fmt == "json":
         for r in results:

@@ -136,7 +136,9 @@ class StreamSession:
                 raise AudioError(f"{self.source}: the recording has {self._total} samples at "
                                  f"{self.model.sample_rate} Hz but one window needs {self._ws}; use a longer "
                                  f"recording or pad=True")
-            self._feed(np.zeros(self._ws - self._total, dtype=np.float32), tail)
+            zeros = np.zeros(self._ws - self._total, dtype=np.float32)
+            for start in range(0, zeros.shape[0], self._hs):
+                self._feed(zeros[start:start + self._hs], tail)
         self.tail_events = tail
         self._finished = True
         return self._acc.result(duration_s=duration, source=self.source)
