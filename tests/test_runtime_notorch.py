@@ -65,3 +65,16 @@ def test_onnx_and_tflite_bundles_run_without_torch(tmp_path):
         assert got["events"] == 2 * 3  # 3 windows, each a WindowEvent and a RecordingUpdate
         np.testing.assert_allclose(got["offline"], expected, atol=1e-6)
         np.testing.assert_allclose(got["streamed"], expected, atol=1e-5)
+
+
+def test_importing_the_runtime_is_light():
+    """``import acula_edge.runtime`` (and its CLI) loads numpy only: runtimes, scipy and soundfile load on use."""
+    code = ("import sys, acula_edge.runtime, acula_edge.runtime.cli; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'soundfile', 'onnxruntime', "
+            "'ai_edge_litert', 'tflite_runtime', 'executorch', 'tflite_micro'}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+    import acula_edge.runtime as rt
+
+    assert all(hasattr(rt, name) for name in rt.__all__)
