@@ -36,10 +36,10 @@ class PipelineConfig:
     group_by: str = "subset"  # metadata column whose groups are held out whole
     test_group: str | None = None  # the held-out group (None: last in sorted order)
     align_preset: str = "tiny"  # acula_edge.align.train presets
-    align_epochs: int = 2
+    align_epochs: int = 3
     students: tuple[str, ...] = ("small",)  # acula_edge.distill.students presets
-    distill_epochs: int = 4
-    max_windows_per_recording: int = 6  # training windows per recording (evenly spaced)
+    distill_epochs: int = 12
+    max_windows_per_recording: int = 8  # training windows per recording (evenly spaced)
     targets: tuple[str, ...] = ("onnx", "tflite", "executorch", "tflm")
     precisions: tuple[str, ...] = ("fp32", "int8")
     latency_runs: int = 100
