@@ -27,7 +27,7 @@ from acula_edge.data import load_dataset
 from acula_edge.errors import ParityError
 from acula_edge.export.api import export_model
 from acula_edge.export.calibration import prepare_data
-from acula_edge.export.registry import target_precisions
+from acula_edge.export.registry import target_precisions, targets
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "physionet2016"
@@ -84,11 +84,13 @@ def main() -> None:
         model, info = load_checkpoint(ckpt)
         data = prepare_data(info, "int8", str(train_csv), str(test_csv), args.calib_windows, args.eval_windows)
         params = sum(p.numel() for p in model.parameters())
-        for target, precision in target_precisions():
-            out = work / "bundles" / ckpt.name / f"{target}-{precision}"
+        runs = [(t, p, "minmax") for t, p in target_precisions()]
+        runs += [(t.name, "int8", m) for t in targets().values() for m in t.calibration_methods if m != "minmax"]
+        for target, precision, method in runs:
+            out = work / "bundles" / ckpt.name / f"{target}-{precision}-{method}"
             start = time.perf_counter()
             try:
-                manifest = export_model(model, info, out, target, precision, data=data,
+                manifest = export_model(model, info, out, target, precision, data=data, calibration_method=method,
                                         source_sha256=weights_sha256(ckpt), source_path=str(ckpt))
                 report, status, size = manifest.parity, "pass", manifest.extra["model_bytes"]
                 findings = manifest.extra.get("findings", [])
@@ -99,6 +101,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             auc = report.get("auroc", {})
             row = {"student": ckpt.name, "params": params, "target": target, "precision": precision,
+                   "calibration": method if precision == "int8" else "",
                    "status": status, "kib": None if size is None else size / 1024, "export_s": seconds,
                    "emb_cos": report.get("outputs", {}).get("embedding", {}).get("cosine_mean"),
                    "emb_maxabs": report.get("outputs", {}).get("embedding", {}).get("max_abs_error"),
@@ -134,16 +137,18 @@ def write_results(path: Path, rows: list[dict], args, supervised: bool, command:
         "- AUROC: recording level (mean over a recording's windows of P(abnormal)), exported model in its runtime vs "
         "the PyTorch fp32 model on the same windows; cosine: mean per-window cosine of the embedding output",
         "",
-        "| student | params | target | precision | size KiB | export s | emb. cosine | emb. max abs err | "
+        "| student | params | target | precision | calibration | size KiB | export s | emb. cosine | emb. max abs err | "
         "logit max abs err | AUROC runtime | AUROC fp32 torch | Δ AUROC | TFLM arena B | gate |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['student']} | {r['params']} | {r['target']} | {r['precision']} | {_fmt(r['kib'], '.1f')} | "
+        lines.append(f"| {r['student']} | {r['params']} | {r['target']} | {r['precision']} | {r['calibration']} | "
+                     f"{_fmt(r['kib'], '.1f')} | "
                      f"{r['export_s']:.1f} | {_fmt(r['emb_cos'], '.5f')} | {_fmt(r['emb_maxabs'], '.3g')} | "
                      f"{_fmt(r['logit_maxabs'], '.3g')} | {_fmt(r['auroc'], '.4f')} | {_fmt(r['auroc_fp32'], '.4f')} | "
                      f"{_fmt(r['auroc_delta'], '+.4f')} | {_fmt(r['arena_bytes'], 'd')} | {r['status']} |")
-    findings = [(r["student"], r["target"], r["precision"], f) for r in rows for f in r["findings"]]
+    findings = [(r["student"], r["target"], r["precision"], f) for r in rows for f in r["findings"]
+                if not f.startswith("calibration method")]
     lines += ["", "Findings reported at export time: " + ("none" if not findings else "")]
     lines += [f"- {s} {t}-{p}: {f}" for s, t, p, f in findings]
     recs = next((r["recordings"] for r in rows if r["recordings"]), None)

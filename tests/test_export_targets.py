@@ -27,7 +27,7 @@ DATA = "synthetic:heart?n=16&seed=1"
 
 
 class TinyDSCNN(nn.Module):
-    """conv -> depthwise conv -> pointwise conv (each BN + ReLU) -> global mean -> embedding -> logits."""
+    """conv -> depthwise conv -> pointwise conv (each BN + ReLU) -> global mean -> dropout -> embedding -> logits."""
 
     def __init__(self, channels: int = 8, embedding_dim: int = 16, num_classes: int = 2) -> None:
         super().__init__()
@@ -38,12 +38,13 @@ class TinyDSCNN(nn.Module):
 
         self.trunk = nn.Sequential(*block(1, channels, 3, 2, 1), *block(channels, channels, 3, 1, channels),
                                    *block(channels, channels, 1, 1, 1))
+        self.dropout = nn.Dropout(0.1)  # identity at export; litert-torch int8 mis-scaled the next FC's bias with it
         self.embed = nn.Linear(channels, embedding_dim)
         self.head = nn.Linear(embedding_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(x).mean(dim=(2, 3), keepdim=True).flatten(1)
-        e = self.embed(h)
+        e = self.embed(self.dropout(h))
         return e, self.head(e)
 
 

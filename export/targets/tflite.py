@@ -48,7 +48,9 @@ def convert(job: ExportJob, path: Path) -> None:
 
             quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
                                                                                       is_dynamic=False))
-            prepared = prepare_pt2e(torch.export.export(job.model.eval(), (example,)).module(), quantizer)
+            graph = torch.export.export(job.model.eval(), (example,)).module()
+            remove_dropout(graph)  # see remove_dropout: works around a mis-scaled FC bias
+            prepared = prepare_pt2e(graph, quantizer)
             with torch.no_grad():
                 for i in range(job.calibration.shape[0]):
                     prepared(torch.from_numpy(job.calibration[i:i + 1]))
@@ -58,6 +60,29 @@ def convert(job: ExportJob, path: Path) -> None:
     except Exception as e:  # the converter raises many internal types; keep the cause
         raise ExportError(f"litert_torch conversion ({job.precision}) failed for {type(job.model).__name__}: "
                           f"{e}") from e
+
+
+def remove_dropout(graph: Any) -> int:
+    """Drop the (eval-mode, identity) dropout nodes of an exported graph module, in place; returns how many.
+
+    Why: with litert-torch 0.10's PT2E flow, an int8 FULLY_CONNECTED fed through a dropout node gets a bias scale
+    that does not match its input scale, so the bias is mis-scaled (a distill/ student's embedding cosine fell to
+    0.77-0.84 vs PyTorch; 0.999 once the dropout node is gone; measured 2026-11-23). In eval mode dropout is the
+    identity, so removing it changes no value.
+    """
+    import torch
+
+    dropouts = {torch.ops.aten.dropout.default, torch.ops.aten.dropout_.default}
+    count = 0
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target in dropouts:
+            node.replace_all_uses_with(node.args[0])
+            graph.graph.erase_node(node)
+            count += 1
+    if count:
+        graph.graph.lint()
+        graph.recompile()
+    return count
 
 
 def describe(path: Path) -> dict[str, Any]:
