@@ -1,7 +1,8 @@
 """Distillation on PhysioNet 2016, leave-one-subset-out: teacher vs student from scratch vs distilled student.
 
     python benchmarks/distill_physionet.py [--folds b a] [--sizes tiny small base] [--epochs 3]
-        [--teacher-epochs 4] [--max-windows 2] [--ablations] [--work /tmp/distill-bench] [--json FILE]
+        [--teacher-epochs 4] [--max-windows 2] [--ablations] [--reuse-teacher] [--work /tmp/distill-bench]
+        [--json FILE]
 
 For every held-out subset (the whole subset is the test set; nothing of it is seen in training, validation, probe
 fitting or threshold choice):
@@ -69,7 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--folds", nargs="+", default=["b", "a"])
-    ap.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
+    ap.add_argument("--sizes", nargs="*", default=["tiny", "small", "base"], help="none: only the ablations")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--teacher", default=None, help="an align/ teacher checkpoint (default: train a base CNN)")
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--test-windows", type=int, default=8, help="test windows per recording")
     ap.add_argument("--normalisation", default="per_window")
     ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--reuse-teacher", action="store_true", help="reuse the base teacher a previous run trained")
     ap.add_argument("--work", default="/tmp/distill-bench")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -109,6 +111,10 @@ def main() -> None:
         if args.teacher:
             teacher_dir = Path(args.teacher)
             rows.append({"fold": fold, "model": "teacher(align)", **evaluate(teacher_dir, test_ds, args.test_windows)})
+        elif args.reuse_teacher and (work / fold / "teacher(base-supervised)" / "config.json").is_file():
+            teacher_dir = work / fold / "teacher(base-supervised)"
+            rows.append({"fold": fold, "model": "teacher(base-supervised)",
+                         **evaluate(teacher_dir, test_ds, args.test_windows)})
         else:
             cfg = dataclasses.replace(base, student="base", epochs=args.teacher_epochs)
             teacher_dir = run(fold, "teacher(base-supervised)", cfg, None, train_ds, test_ds)
