@@ -198,7 +198,7 @@ def file_sample_rate(path: Path) -> int:
         raise AudioError(f"{path}: the file is empty (0 bytes)")
     try:
         rate = sf.info(str(path)).samplerate
-    except (sf.LibsndfileError, RuntimeError) as e:
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:  # TypeError: headerless (RAW) data
         raise AudioError(f"{path}: cannot decode as audio ({e}); supported: WAV, FLAC, OGG/Vorbis") from e
     check_sample_rate(rate, str(path))
     return int(rate)
