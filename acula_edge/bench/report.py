@@ -2,8 +2,9 @@
 
 Latency JSON (``schema`` = :data:`LATENCY_SCHEMA`): top-level keys :data:`LATENCY_KEYS`; one entry per bundle in
 ``bundles`` with :data:`LATENCY_BUNDLE_KEYS`; ``stages_ms[stage]`` (stage in ``model_switch``, ``frontend``,
-``model``, ``hop``, ``session``; see :mod:`acula_edge.bench.latency`) holds :data:`STAT_KEYS` in milliseconds, ``samples_ms[stage]`` every timed run, ``rtf`` the
-real-time factor (compute per hop / hop duration) of ``hop`` and ``session``.
+``model``, ``hop``, ``session``, ``hop_cpu``, ``session_cpu``; see :mod:`acula_edge.bench.latency`) holds
+:data:`STAT_KEYS` in milliseconds, ``samples_ms[stage]`` every timed run, ``rtf`` the real-time factor (compute
+per hop / hop duration) of ``hop``, ``session`` and ``session_cpu``.
 
 Accuracy JSON (``schema`` = :data:`ACCURACY_SCHEMA`): top-level keys :data:`ACCURACY_KEYS`; per bundle
 :data:`ACCURACY_BUNDLE_KEYS`; ``pooled[class][metric]`` = ``{"value", "ci95": [lo, hi], "n_boot"}`` (null where
@@ -103,7 +104,8 @@ def latency_table(doc: dict[str, Any], markdown: bool = False) -> str:
     bundles = doc["bundles"]
     names = short_names([b["bundle"] for b in bundles])
     header = ["bundle", "target", "runtime", "size", "cold load ms", "load ms", "1st ms", "front-end p50",
-              "model p50", "hop p50", "hop p90", "hop p99", "session p50", "RTF", "switch p50", "runs"]
+              "model p50", "hop p50", "hop p90", "hop p99", "session p50", "session cpu p50", "RTF", "switch p50",
+              "runs"]
     rows = []
     for name, b in zip(names, bundles):
         st = b["stages_ms"]
@@ -111,7 +113,8 @@ def latency_table(doc: dict[str, Any], markdown: bool = False) -> str:
                      fmt_ms(b["cold_load_ms"]), fmt_ms(b["load_ms"]), fmt_ms(b["first_inference_ms"]),
                      fmt_ms(st["frontend"]["p50"]), fmt_ms(st["model"]["p50"]), fmt_ms(st["hop"]["p50"]),
                      fmt_ms(st["hop"]["p90"]), fmt_ms(st["hop"]["p99"]), fmt_ms(st["session"]["p50"]),
-                     f"{b['rtf']['session']['mean']:.2e}", fmt_ms(st["model_switch"]["p50"]), str(b["runs"])])
+                     fmt_ms(st["session_cpu"]["p50"]), f"{b['rtf']['session']['mean']:.2e}",
+                     fmt_ms(st["model_switch"]["p50"]), str(b["runs"])])
     m = doc["machine"]
     cfg = doc["config"]
     foot = (f"times in ms per hop; RTF = session compute / hop duration; switch = the model's first call after "
