@@ -87,7 +87,15 @@ class EdgeModel:
         """A normalised log-mel window (frames, n_mels) -> (embedding (D,), probabilities (C,)), float32."""
         x = np.ascontiguousarray(window, dtype=np.float32).reshape(1, 1, self.frames_per_window,
                                                                     self.frontend.n_mels)
+        if not np.isfinite(x).all():  # finite audio of magnitude ~1e16+ overflows the float32 power spectrum
+            raise AudioError("a log-mel window is not finite: the audio's magnitude is beyond what the front-end "
+                             "can represent (about 1e16 or more; full scale is 1.0); check the input's scaling")
         emb, logits = self.backend.run(x)
+        if not (np.isfinite(emb).all() and np.isfinite(logits).all()):
+            # A corrupt weight (a flipped exponent bit under a recomputed checksum) would otherwise give NaN
+            # probabilities and a silent "negative" decision.
+            raise BundleError(f"{self.backend.path}: the model gave NaN or Inf outputs for a finite input window; "
+                              f"the model file is corrupt or was exported wrongly; re-export the bundle")
         return emb, softmax(logits)
 
     def score_window(self, index: int, window: np.ndarray, samples: np.ndarray) -> WindowEvent:
