@@ -102,7 +102,8 @@ def test_bench_latency_document_matches_the_schema(bundles):
         parts = np.array(b["samples_ms"]["frontend"]) + np.array(b["samples_ms"]["model"])
         np.testing.assert_allclose(hop, parts, atol=2e-6)  # one span = its two parts (rounded to 1 ns)
         assert b["rtf"]["hop"]["mean"] == pytest.approx(b["stages_ms"]["hop"]["mean"] / 1e3 / b["hop_s"])
-        assert b["cold_load_ms"] > 0 and b["load_ms"] > 0 and b["first_inference_ms"] > 0 and b["peak_rss_after_load_bytes"] > 0
+        assert b["cold_load_ms"] > 0 and b["load_ms"] > 0 and b["first_inference_ms"] > 0
+        assert b["peak_rss_after_load_bytes"] > 0
     assert doc["peak_rss_bytes"] >= doc["bundles"][-1]["peak_rss_after_load_bytes"]
     table = latency_table(doc)
     assert "onnx fp32" in table and "tflite int8" in table and "RTF" in table
