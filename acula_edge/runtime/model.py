@@ -87,9 +87,9 @@ class EdgeModel:
         """A normalised log-mel window (frames, n_mels) -> (embedding (D,), probabilities (C,)), float32."""
         x = np.ascontiguousarray(window, dtype=np.float32).reshape(1, 1, self.frames_per_window,
                                                                     self.frontend.n_mels)
-        if not np.isfinite(x).all():  # finite audio of magnitude ~1e16+ overflows the float32 power spectrum
+        if not np.isfinite(x).all():  # so that a front-end overflow is never blamed on the model file below
             raise AudioError("a log-mel window is not finite: the audio's magnitude is beyond what the front-end "
-                             "can represent (about 1e16 or more; full scale is 1.0); check the input's scaling")
+                             "can represent (full scale is 1.0); check the input's scaling")
         emb, logits = self.backend.run(x)
         if not (np.isfinite(emb).all() and np.isfinite(logits).all()):
             # A corrupt weight (a flipped exponent bit under a recomputed checksum) would otherwise give NaN
