@@ -101,16 +101,17 @@ CPU revision	: 3
 Hardware	: BCM2835
 Model		: Raspberry Pi 4 Model B (QEMU emulation)
 CPUINFO
-cleanup() {
+cleanup() {  # rbind mounts have submounts: unmount recursively, and never leave /dev or /sys bound in the rootfs
   if [ "${KEEP_MOUNTS:-0}" != 1 ]; then
-    umount "$ROOTFS/proc/cpuinfo" 2>/dev/null || true
-    umount "$ROOTFS/proc" 2>/dev/null || true
-    umount "$ROOTFS/sys" 2>/dev/null || true
-    umount "$ROOTFS/dev" 2>/dev/null || true
+    for m in proc/cpuinfo proc sys dev; do
+      if mountpoint -q "$ROOTFS/$m"; then umount -R "$ROOTFS/$m" || umount -R -l "$ROOTFS/$m" || true; fi
+    done
   fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 mountpoint -q "$ROOTFS/proc" || mount -t proc proc "$ROOTFS/proc"
 mountpoint -q "$ROOTFS/sys" || mount --rbind /sys "$ROOTFS/sys"
 mountpoint -q "$ROOTFS/dev" || mount --rbind /dev "$ROOTFS/dev"
