@@ -60,8 +60,9 @@ def _cv_score(x: np.ndarray, y: np.ndarray, n_classes: int, k: int, rng: np.rand
         te, tr = fold == f, fold != f
         if not te.any():
             continue
-        alpha = alphas[0]
-        if len(alphas) > 1 and np.unique(y[tr]).shape[0] > 1:
+        alpha = alphas[len(alphas) // 2]  # too few recordings to choose: the middle strength
+        counts = np.bincount(y[tr])
+        if len(alphas) > 1 and (counts[counts > 0] >= 3).all() and (counts > 0).sum() > 1:
             inner = stratified_folds(y[tr], 3, rng)
             scores = []
             for a in alphas:
