@@ -141,6 +141,9 @@ def load_training_state(path: str | os.PathLike, *, model: torch.nn.Module, opti
     except Exception as e:  # torch raises several types for corrupt or unsafe files
         raise CheckpointError(f"{path}: cannot load training state safely ({type(e).__name__}: {e}); delete it to "
                               f"start over") from e
+    from acula_edge.checkpoint import check_state_dict
+
+    check_state_dict(unwrap(model), state["model"], str(path))  # a run of another architecture: a mismatch report
     unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
