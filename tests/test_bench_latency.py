@@ -73,7 +73,13 @@ def test_hop_bench_windows_equal_the_offline_front_end(bundles):
     from acula_edge.runtime.model import load
 
     model = load(bundles[0], num_threads=1)
+    calls = []
+    run = model.backend.run
+    model.backend.run = lambda x: calls.append(1) or run(x)
     bench = HopBench(model, seed=3)
+    assert calls == []  # the first inference is timed on a model that was never called
+    bench.first_inference_ns()
+    assert len(calls) == 1
     for _ in range(70):  # past the end of the looped signal
         bench.step()
     fed = np.concatenate([bench.signal[:bench.window],
