@@ -154,6 +154,10 @@ def test_onnx_and_executorch_int8_keep_float_io_and_report_delegation(bundles):
     assert onnx.extra["calibration"] == {"windows": 32, "recordings": onnx.extra["calibration"]["recordings"],
                                          "data": f"{DATA}[train]", "method": "percentile"}
     assert et.extra["calibration"]["method"] == "minmax" and et.extra["findings"] == []
+    # ONNX weights: per channel or per tensor, whichever matched fp32 better on calibration windows
+    selection = onnx.extra["weight_selection"]
+    assert selection["weights"] == max(selection["selection_cosine"], key=selection["selection_cosine"].get)
+    assert onnx.extra["quantization"].startswith(f"QDQ static, {selection['weights']} symmetric int8 weights")
 
 
 @pytest.mark.slow
