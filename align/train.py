@@ -87,13 +87,14 @@ class AlignConfig:
     embedding_dim: int = 128  # shared-space size (the teacher's embedding_dim)
     align_loss: str = "cka"  # one of ALIGN_LOSSES
     lambda_align: float = 1.0
+    lambda_contrastive: float = 0.0  # extra InfoNCE term with align_loss="cka": anchors the orientation for zero-shot
     lambda_mam: float = 1.0  # masked-spectrogram modelling weight (used only if the encoder has a decoder)
     mask_t: float = 0.7  # MAM: fraction of time patches hidden
     mask_f: float = 0.3  # MAM: fraction of frequency patches hidden
     temperature: float = 0.07  # InfoNCE temperature
     logit_scale: float = 10.0  # teacher zero-shot logits = logit_scale * cosine
     calibration: str = "auto"  # "procrustes": map audio onto the centred text space after training (module doc);
-    # "none"; "auto" = procrustes for the CKA loss (rotation-invariant), none for the contrastive ones
+    # "none"; "auto" = procrustes for the CKA loss alone (rotation-invariant), none when a contrastive term exists
     # optimisation
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -196,6 +197,10 @@ class AlignmentModel(torch.nn.Module):
         align = alignment_loss(cfg.align_loss, a, t, cfg.temperature, groups)
         loss = cfg.lambda_align * align
         parts = {"align": align.detach()}
+        if cfg.lambda_contrastive > 0 and cfg.align_loss == "cka":
+            con = alignment_loss("infonce", a, t, cfg.temperature, groups)
+            loss = loss + cfg.lambda_contrastive * con
+            parts["contrastive"] = con.detach()
         if self.use_mam:
             mam = self.encoder.mae_loss(x, cfg.mask_t, cfg.mask_f)
             loss = loss + cfg.lambda_mam * mam
@@ -421,7 +426,8 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
         teacher = _make_teacher(model, cfg, labels)
         calib: dict[str, Any] = {}
         text_mean = None
-        if cfg.calibration == "procrustes" or (cfg.calibration == "auto" and cfg.align_loss == "cka"):
+        if cfg.calibration == "procrustes" or (cfg.calibration == "auto" and cfg.align_loss == "cka"
+                                                and cfg.lambda_contrastive == 0):
             calib, text_mean = _procrustes_calibrate(model, teacher, x_all, t_all, env.device, channels_last)
         with torch.no_grad():
             # the (centred) text projection is the reference space: calibration moved the audio side onto it

@@ -150,6 +150,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--encoder", default=None, help="override the preset's encoder (cnn, mae-vit)")
     ap.add_argument("--loss", default=None, help="override the alignment loss (cka, infonce, siglip)")
+    ap.add_argument("--contrastive", type=float, default=None, help="lambda of an extra InfoNCE term (CKA loss)")
     ap.add_argument("--normalisation", default=None, help="front-end normalisation override (per_window, global)")
     ap.add_argument("--exclude", nargs="*", default=None, help="metadata columns left out of the reports")
     ap.add_argument("--work", default="/tmp/acula-align-bench")
@@ -163,6 +164,8 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, encoder=args.encoder)
     if args.loss:
         cfg = dataclasses.replace(cfg, align_loss=args.loss)
+    if args.contrastive is not None:
+        cfg = dataclasses.replace(cfg, lambda_contrastive=args.contrastive)
     if args.normalisation:
         cfg = dataclasses.replace(cfg, frontend_normalisation=args.normalisation)
     if args.exclude is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import os
 import platform
 import time
 
@@ -80,9 +81,12 @@ def main() -> None:
         steps = args.steps if "ViT-S" not in name else max(2, args.steps // 2)
         rate, params = measure(preset, overrides, batch, steps)
         shape = f"{cfg.frontend_preset}: {win.frames_per_window(fe)} x {fe.n_mels}"
-        print(f"| {name} | {shape} | {params / 1e6:.2f} M | {batch} | {rate:.1f} |", flush=True)
+        if cfg.encoder == "mae-vit" and cfg.vit_frames:
+            shape += f" (padded to {cfg.vit_frames})"
+        print(f"| {name} | {shape} | {params / 1e6:.3f} M | {batch} | {rate:.3g} |", flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{dt.datetime.now(dt.timezone.utc).isoformat(timespec='minutes')}, {platform.platform()}, "
-          f"torch {torch.__version__}, {args.threads} thread(s)")
+          f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load:.1f}")
 
 
 if __name__ == "__main__":

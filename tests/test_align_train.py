@@ -151,3 +151,28 @@ def test_cli_user_error_is_one_line(tmp_path, capsys):
         main(["--data", DATA, "--out", str(tmp_path / "x"), "--config", str(bad)])
     assert e.value.code == 2
     assert capsys.readouterr().err.startswith("error: unknown AlignConfig keys ['nope']")
+
+
+def test_procrustes_calibration_folds_into_the_projection():
+    from acula_edge.align.train import AlignmentModel, _make_teacher, _procrustes_calibrate, build_audio_encoder
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset_config("tiny"), embedding_dim=6)
+    enc, _ = build_audio_encoder(cfg, 40, 32)
+    model = AlignmentModel(enc, 10, cfg).eval()
+    teacher = _make_teacher(model, cfg, ("normal", "abnormal"))
+    x, t = torch.randn(64, 1, 40, 32), torch.randn(64, 10)
+    with torch.no_grad():
+        before = teacher.embed(x).double()
+        target = model.text_proj(t).double()
+    stats, text_mean = _procrustes_calibrate(model, teacher, x, t, "cpu", channels_last=False)
+    with torch.no_grad():
+        after = teacher.embed(x).double()
+    torch.testing.assert_close(text_mean.double(), target.mean(0), atol=1e-5, rtol=1e-5)
+    assert after.mean(0).abs().max() < 1e-4  # lands in the centred text space
+    # the map is a scaled rotation of the centred embedding: pairwise distances scale uniformly
+    d0, d1 = torch.cdist(before, before), torch.cdist(after, after)
+    ratio = d1[d0 > 0] / d0[d0 > 0]
+    torch.testing.assert_close(ratio, torch.full_like(ratio, stats["scale"]), atol=1e-4, rtol=1e-4)
+    resid = (after - (target - target.mean(0))).square().sum() / (target - target.mean(0)).square().sum()
+    assert stats["relative_residual"] == pytest.approx(float(resid), rel=1e-4)
