@@ -44,15 +44,17 @@ def main() -> None:
         test = ds.where("subset", [fold])
         folders = sorted(p.parent for p in (Path(args.work) / fold).rglob("config.json") if ".run" not in str(p))
         scores: dict[str, np.ndarray] = {}
-        windows = None
+        windows: dict[str, object] = {}  # per front-end: models may differ in normalisation
         y = None
         for folder in folders:
             model, info = load_checkpoint(folder)
-            if windows is None:
-                windows = extract_keyed(test, info.frontend, info.windowing, info.labels, args.test_windows)
-                y = np.array([info.labels.index(r.label) for r in test]) == 1
-            _, logits = predict(model, windows.x)
-            _, p = recording_means(softmax(logits), windows.recording)
+            key = info.frontend.to_json() + str(info.windowing)
+            if key not in windows:
+                windows[key] = extract_keyed(test, info.frontend, info.windowing, info.labels, args.test_windows)
+            y = np.array([info.labels.index(r.label) for r in test]) == 1
+            w = windows[key]
+            _, logits = predict(model, w.x)
+            _, p = recording_means(softmax(logits), w.recording)
             scores[str(folder.relative_to(Path(args.work) / fold))] = p[:, 1]
         pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
         boots = [np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(args.n)]
