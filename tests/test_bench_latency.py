@@ -142,3 +142,15 @@ def test_cpu_model_and_flags_from_cpuinfo_text():
     assert cpu_flags(x86) == ["avx2", "avx512_vnni", "avx512f"]
     assert cpu_model(pi4) == "Raspberry Pi 4 Model B Rev 1.4" and cpu_flags(pi4) == ["asimd"]
     assert cpu_model(arm) == "ARM implementer 0x41 part 0xd08"
+
+
+def test_bench_modules_import_neither_torch_nor_matplotlib():
+    import subprocess
+
+    code = ("import sys\n"
+            "import acula_edge.bench.cli, acula_edge.bench.latency, acula_edge.bench.accuracy\n"
+            "import acula_edge.bench.metrics, acula_edge.bench.report, acula_edge.bench.plots\n"
+            "import acula_edge.bench.probe, acula_edge.bench.fingerprint\n"
+            "print(sorted(m for m in ('torch', 'matplotlib', 'onnxruntime') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
