@@ -11,6 +11,10 @@ import numpy as np
 
 from acula_edge.frontend import FrontendConfig, analysis_window, mel_filterbank
 
+# Frames per FFT batch when a whole signal is computed at once: the float64 work arrays cost ~40x the audio, so an
+# hour at 2 kHz in one batch would need ~1 GB; batches keep it to a few MB (each frame's arithmetic is unchanged).
+FRAMES_PER_BATCH = 2048
+
 
 class LogMel:
     """Log-mel spectrogram of float audio at ``cfg.sample_rate``. Output shape (frames, n_mels), float32.
@@ -69,7 +73,12 @@ class LogMel:
         frames = np.lib.stride_tricks.as_strided(
             x, shape=(n, self.cfg.win_length), strides=(x.strides[0] * self.cfg.hop_length, x.strides[0]),
             writeable=False)
-        return self.frames_to_logmel(frames)
+        if n <= FRAMES_PER_BATCH:
+            return self.frames_to_logmel(frames)
+        out = np.empty((n, self.cfg.n_mels), dtype=np.float32)
+        for start in range(0, n, FRAMES_PER_BATCH):
+            out[start:start + FRAMES_PER_BATCH] = self.frames_to_logmel(frames[start:start + FRAMES_PER_BATCH])
+        return out
 
 
 def normalise_window(window: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
