@@ -42,7 +42,9 @@ class StudentConfig:
     embedding_dim: int = 384  # width of the embedding output: the teacher's shared space
     num_classes: int = 2  # width of the logits output
     activation: str = "relu"  # one of ACTIVATIONS
-    input_norm: bool = True  # batch-norm on the single input channel (learned scale/offset of the log-mel)
+    # batch-norm on the single input channel. Off by default: it cannot be folded into the padded stem conv, so it
+    # stays a float op in full-int8 TFLite/TFLM models (export finding); the stem's own batch-norm absorbs the scale
+    input_norm: bool = False
     dropout: float = 0.1  # before the embedding projection (training only)
 
     def __post_init__(self) -> None:

@@ -70,6 +70,10 @@ def test_forward_shapes_and_only_int8_friendly_operations():
     assert functions <= {"adaptive_avg_pool2d", "add"}, functions
     assert "adaptive_avg_pool2d" in functions
     assert methods <= {"flatten"}, methods
+    # the input goes straight into the stem conv: a batch-norm before a padded conv cannot be folded at export
+    first = next(n for n in graph.nodes
+                 if n.op == "call_module" and not isinstance(modules[n.target], torch.nn.Identity))
+    assert isinstance(modules[first.target], torch.nn.Conv2d), first.target
 
 
 def test_checkpoint_round_trip_rebuilds_the_student(tmp_path):
