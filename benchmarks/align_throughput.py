@@ -83,7 +83,7 @@ def main() -> None:
         shape = f"{cfg.frontend_preset}: {win.frames_per_window(fe)} x {fe.n_mels}"
         if cfg.encoder == "mae-vit" and cfg.vit_frames:
             shape += f" (padded to {cfg.vit_frames})"
-        print(f"| {name} | {shape} | {params / 1e6:.3f} M | {batch} | {rate:.3g} |", flush=True)
+        print(f"| {name} | {shape} | {params:,} | {batch} | {rate:.3g} |", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{dt.datetime.now(dt.timezone.utc).isoformat(timespec='minutes')}, {platform.platform()}, "
           f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load:.1f}")
