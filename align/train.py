@@ -126,6 +126,8 @@ class AlignConfig:
             problems.append("mask_t and mask_f must be in [0, 1)")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.max_steps < 0:
             problems.append("lr must be > 0; weight_decay, warmup_steps and max_steps >= 0")
+        if min(self.lambda_align, self.lambda_mam, self.lambda_contrastive) < 0:
+            problems.append("lambda_align, lambda_mam and lambda_contrastive must be >= 0")
         if problems:
             raise ConfigError("invalid AlignConfig: " + "; ".join(problems))
 

@@ -116,3 +116,15 @@ def test_causal_lm_generator_is_deterministic(tmp_path):
     assert gen.name == "lm:gpt"
     with pytest.raises(ConfigError, match="no config.json"):
         rep.CausalLMReportGenerator(tmp_path)
+
+
+@pytest.mark.shared_data
+def test_physionet_reports_name_the_stethoscope_and_a_plausible_heart_rate(physionet_dir):
+    data = load_dataset(physionet_dir)
+    gen = rep.TemplateReportGenerator(rep.template_for(data.name))
+    for r in data.where("subset", ["a", "b"]).recordings[::200]:
+        samples = r.load(2000)
+        text = gen(r, samples, 2000)
+        assert ("Welch Allyn Meditron" in text) == (r.metadata["subset"] == "a")
+        bpm = rep.estimate_heart_rate(samples, 2000)
+        assert bpm is not None and 40 <= bpm <= 200

@@ -176,3 +176,18 @@ def test_procrustes_calibration_folds_into_the_projection():
     torch.testing.assert_close(ratio, torch.full_like(ratio, stats["scale"]), atol=1e-4, rtol=1e-4)
     resid = (after - (target - target.mean(0))).square().sum() / (target - target.mean(0)).square().sum()
     assert stats["relative_residual"] == pytest.approx(float(resid), rel=1e-4)
+
+
+def test_hf_ast_teacher_rebuilds_without_the_model_folder(tiny_cfg, tmp_path):
+    import shutil
+
+    from acula_edge.align.tiny_models import build_tiny_ast
+
+    folder = build_tiny_ast(tmp_path / "ast", frames=196, n_mels=32)
+    cfg = dataclasses.replace(tiny_cfg, encoder=f"hf:{folder}", max_steps=1)
+    result = train_alignment(cfg, DATA, tmp_path / "run")
+    shutil.rmtree(folder)  # the teacher must not need it
+    model, info = load_checkpoint(result.teacher_dir)
+    assert info.model_config["encoder_type"] == "hf-ast"
+    emb, logits = model(torch.randn(2, 1, 196, 32))
+    assert emb.shape == (2, cfg.embedding_dim) and logits.shape == (2, 2)
