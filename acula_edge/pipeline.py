@@ -187,11 +187,14 @@ class Pipeline:
         return outputs
 
     def export(self) -> dict[str, Any]:
+        """Every student to every target and precision. A bundle that fails its parity gate is not written; the
+        failure is recorded (and shown in the report) and the other exports go on."""
+        from acula_edge.errors import ParityError
         from acula_edge.export.api import export_checkpoint
         from acula_edge.export.registry import get_target
 
-        calib, evaluation = self.train_spec, self.test_spec
         written: dict[str, Any] = {}
+        failed: dict[str, str] = {}
         for size in self.cfg.students:
             for precision, quantize in (("fp32", "none"), ("int8", "int8")):
                 if precision not in self.cfg.precisions:
@@ -202,13 +205,22 @@ class Pipeline:
                         continue  # e.g. TFLite Micro runs int8 only
                     if (dest / "manifest.json").is_file():
                         continue  # resumed: this bundle was completed before
-                    manifests = export_checkpoint(self.student_dir(size), dest, target=target, quantize=quantize,
-                                                  calib_data=calib, eval_data=evaluation)
+                    try:
+                        manifests = export_checkpoint(self.student_dir(size), dest, target=target,
+                                                      quantize=quantize, calib_data=self.train_spec,
+                                                      eval_data=self.test_spec)
+                    except ParityError as e:
+                        failed[str(dest)] = str(e)
+                        self.echo(f"    PARITY GATE FAILED, not written: {dest}\n      "
+                                  + "\n      ".join(e.mismatches))
+                        continue
                     for path, manifest in manifests.items():
                         written[str(path)] = {"target": manifest.target, "precision": manifest.precision,
                                               "parity": manifest.parity}
                     self.echo(f"    exported {dest}")
-        return {"bundles": written}
+        if not self.bundles():
+            raise AculaEdgeError("no bundle passed its parity gate:\n  " + "\n  ".join(failed.values()))
+        return {"bundles": written, "failed": failed}
 
     def verify(self) -> dict[str, Any]:
         from acula_edge.export.verify import verify_bundle
@@ -252,7 +264,8 @@ class Pipeline:
     def report(self) -> dict[str, Any]:
         from acula_edge.pipeline_report import write_report
 
-        path = write_report(self.out, self.cfg, self.train_spec, self.test_spec)
+        failed = self.state.stages.get("export", {}).get("outputs", {}).get("failed", {})
+        path = write_report(self.out, self.cfg, self.train_spec, self.test_spec, failed)
         self.echo(f"report: {path}")
         return {"report": str(path)}
 

@@ -38,8 +38,11 @@ def summary_rows(out: Path, accuracy: dict[str, Any], latency: dict[str, Any]) -
     return rows
 
 
-def write_report(out: Path, config: Any, train_spec: str, test_spec: str) -> Path:
-    """Write OUT/report.md from OUT/accuracy.json and OUT/latency.json; returns its path."""
+def write_report(out: Path, config: Any, train_spec: str, test_spec: str,
+                 failed_exports: dict[str, str] | None = None) -> Path:
+    """Write OUT/report.md from OUT/accuracy.json and OUT/latency.json; returns its path.
+
+    ``failed_exports``: bundle path -> parity-gate message, for exports that were refused."""
     accuracy = json.loads((out / "accuracy.json").read_text(encoding="utf-8"))
     latency = json.loads((out / "latency.json").read_text(encoding="utf-8"))
     header = ["model", "runtime / precision", "parameters", "size", "ms per hop (p50)", "RTF", "AUROC (held out)"]
@@ -54,7 +57,11 @@ def write_report(out: Path, config: Any, train_spec: str, test_spec: str) -> Pat
         f"{', '.join(config.students)}, {config.distill_epochs} epochs",
         "- ms per hop: front-end + model for one hop of live audio in a streaming session; RTF = that time / hop "
         "duration; AUROC on recordings (window probabilities averaged), bootstrap intervals in the detail below",
-        "", *table, "", "---", "",
+        "", *table, "",
+        *(["## Exports refused by the parity gate (not written)", ""]
+          + [f"- `{os.path.relpath(p, out)}`: {msg.splitlines()[0]}" for p, msg in sorted((failed_exports or {}).items())]
+          + [""] if failed_exports else []),
+        "---", "",
         markdown_report(accuracy, latency, accuracy.get("plots"), None),
     ]
     path = out / "report.md"

@@ -1,0 +1,69 @@
+"""The main job end to end on a tiny config: stages run in order, the report has one row per artifact, a re-run
+resumes, a changed config is refused, and a failing stage is named."""
+
+import dataclasses
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from acula_edge.errors import AculaEdgeError, ConfigError  # noqa: E402
+from acula_edge.pipeline import Pipeline, PipelineConfig  # noqa: E402
+
+TINY = PipelineConfig(data="synthetic:heart?n=16&seed=3", align_epochs=1, students=("tiny",), distill_epochs=1,
+                      max_windows_per_recording=2, targets=("onnx",), precisions=("fp32",), latency_runs=5,
+                      latency_seconds=0.05)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    messages: list[str] = []
+    report = Pipeline(TINY, out, echo=messages.append).run()
+    return out, report, messages
+
+
+def test_runs_every_stage_and_writes_the_report(finished_run):
+    out, report, messages = finished_run
+    state = json.loads((out / "pipeline.json").read_text())
+    assert list(state["stages"]) == ["align", "distill", "export", "verify", "bench-latency", "bench-accuracy",
+                                     "report"]
+    assert all(stage["done"] for stage in state["stages"].values())
+    text = report.read_text()
+    assert "| teacher | PyTorch fp32 |" in text and "| student-tiny | PyTorch fp32 |" in text
+    assert "bundles/tiny/onnx-fp32 | onnx fp32 |" in text
+    assert "[subset=D]" in text  # the held-out site is named
+    accuracy = json.loads((out / "accuracy.json").read_text())
+    assert set(accuracy["checkpoints"]) == {"teacher", "student-tiny"}
+    assert (out / "plots" / "roc.png").stat().st_size > 1000
+
+
+def test_rerun_resumes_without_redoing_stages(finished_run):
+    out, _, _ = finished_run
+    messages: list[str] = []
+    Pipeline(TINY, out, echo=messages.append).run()
+    assert sum("done earlier, skipped" in m for m in messages) == 7
+
+
+def test_another_config_in_the_same_folder_is_refused(finished_run):
+    out, _, _ = finished_run
+    with pytest.raises(ConfigError, match="another configuration"):
+        Pipeline(dataclasses.replace(TINY, distill_epochs=2), out).run()
+
+
+def test_a_failing_stage_is_named(tmp_path, monkeypatch):
+    pipeline = Pipeline(TINY, tmp_path, echo=lambda _m: None)
+
+    def broken() -> dict:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(pipeline, "align", broken)
+    with pytest.raises(AculaEdgeError, match="pipeline stage 'align' failed .*disk on fire"):
+        pipeline.run()
+
+
+def test_data_without_the_group_column_gets_a_clear_error(tmp_path):
+    with pytest.raises(AculaEdgeError, match="no metadata column 'hospital'"):
+        Pipeline(dataclasses.replace(TINY, group_by="hospital"), tmp_path)
