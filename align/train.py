@@ -357,6 +357,9 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
             raise ConfigError(f"{state_path} was written by a different configuration; delete it (or pass "
                               f"resume=False / --no-resume) to start over")
         epoch_step = int(extra.get("epoch_step", 0))
+        rank_rng = _rank_rng_path(state_path, env)
+        if not env.is_main and rank_rng.is_file():  # rank 0's RNG came back with the state itself
+            torch.set_rng_state(torch.load(rank_rng, weights_only=True))
         log.write(event="resume", step=step, epoch=epoch, epoch_step=epoch_step)
     elif env.is_main:
         log.write(event="start", config=cfg.to_dict(), windows=len(x_all), recordings=len(dataset),
@@ -410,15 +413,12 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
                 elapsed = time.perf_counter() - t0
                 log.write(event="step", step=step, epoch=epoch, lr=sched.get_last_lr()[0],
                           windows_per_s=seen * env.world_size / max(elapsed, 1e-9), **sums)
-            if step % cfg.checkpoint_every == 0 and env.is_main:
-                save_training_state(state_path, model=model, optimizer=opt, scheduler=sched, step=step, epoch=epoch,
-                                    extra={"epoch_step": epoch_step, "resume_key": cfg.resume_key()})
+            if step % cfg.checkpoint_every == 0:
+                _checkpoint(state_path, env, model, opt, sched, step, epoch, epoch_step, cfg)
         if epoch_step >= steps_per_epoch:
             epoch, epoch_step = epoch + 1, 0
             log.write(event="epoch", epoch=epoch, step=step, loss=last_loss)
-        if env.is_main:
-            save_training_state(state_path, model=model, optimizer=opt, scheduler=sched, step=step, epoch=epoch,
-                                extra={"epoch_step": epoch_step, "resume_key": cfg.resume_key()})
+        _checkpoint(state_path, env, model, opt, sched, step, epoch, epoch_step, cfg)
     if bar is not None:
         bar.close()
 
@@ -457,6 +457,23 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
 
         shutdown_distributed()
     return AlignResult(teacher_dir, out / LOG_NAME, out / REPORTS_NAME, step, last_loss)
+
+
+def _rank_rng_path(state_path: Path, env: DistEnv) -> Path:
+    return state_path.with_name(f"{state_path.stem}.rank{env.rank}.rng")
+
+
+def _checkpoint(state_path: Path, env: DistEnv, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                step: int, epoch: int, epoch_step: int, cfg: AlignConfig) -> None:
+    """Rank 0 writes the exact-resume state; every other rank writes its own torch RNG state beside it (MAM masks
+    differ per rank), so a resumed multi-process run draws the same masks as an uninterrupted one."""
+    if env.is_main:
+        save_training_state(state_path, model=model, optimizer=opt, scheduler=sched, step=step, epoch=epoch,
+                            extra={"epoch_step": epoch_step, "resume_key": cfg.resume_key()})
+    else:
+        buf = io.BytesIO()
+        torch.save(torch.get_rng_state(), buf)
+        atomic.write_bytes(_rank_rng_path(state_path, env), buf.getvalue())
 
 
 def _make_teacher(model: AlignmentModel, cfg: AlignConfig, labels: tuple[str, ...]) -> AlignedTeacher:
