@@ -28,8 +28,8 @@ def finished_run(tmp_path_factory):
 def test_runs_every_stage_and_writes_the_report(finished_run):
     out, report, messages = finished_run
     state = json.loads((out / "pipeline.json").read_text())
-    assert list(state["stages"]) == ["align", "distill", "export", "verify", "bench-latency", "bench-accuracy",
-                                     "report"]
+    assert set(state["stages"]) == {"align", "distill", "export", "verify", "bench-latency", "bench-accuracy",
+                                    "report"}
     assert all(stage["done"] for stage in state["stages"].values())
     text = report.read_text()
     assert "| teacher | PyTorch fp32 |" in text and "| student-tiny | PyTorch fp32 |" in text
