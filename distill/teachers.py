@@ -258,7 +258,7 @@ class HFAudioTeacher(Teacher):
                 else:
                     inputs = {"input_values": torch.from_numpy(chunk)}
                 try:
-                    out = self.model(**inputs, output_hidden_states=not self.labels)
+                    out = self.model(**inputs, output_hidden_states=True)
                 except (RuntimeError, ValueError) as e:
                     raise ConfigError(f"{self.folder}: the model rejected inputs of shape "
                                       f"{tuple(next(iter(inputs.values())).shape)} ({e}); without a "

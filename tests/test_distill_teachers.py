@@ -176,6 +176,24 @@ def test_transformers_ast_teacher_from_a_local_folder(tmp_path, data):
                                                max_windows_per_recording=1)
 
 
+def test_transformers_classifier_with_its_own_feature_extractor(tmp_path, data):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32, conv_dim=(8, 8), conv_kernel=(10, 3), conv_stride=(5, 2),
+                                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_labels=2,
+                                      id2label={0: "normal", 1: "abnormal"}, label2id={"normal": 0, "abnormal": 1})
+    torch.manual_seed(0)
+    transformers.Wav2Vec2ForSequenceClassification(cfg).save_pretrained(tmp_path / "w2v")
+    transformers.Wav2Vec2FeatureExtractor(sampling_rate=4000).save_pretrained(tmp_path / "w2v")
+    t = load_teacher(tmp_path / "w2v")
+    assert isinstance(t, HFAudioTeacher) and t.labels == ("normal", "abnormal")
+    out = t.compute(data, FE, WIN, max_windows_per_recording=2)
+    # the model heard 4 kHz audio windows, keyed like the student's log-mel windows
+    keys = extract_keyed(data, FE, WIN, max_windows_per_recording=2).keys()
+    assert list(zip(out.record_ids.tolist(), out.window_index.tolist())) == keys
+    assert out.embedding.shape == (len(keys), 16) and out.logits.shape == (len(keys), 2)
+
+
 def test_probe_fits_separable_data_and_picks_c_from_training_folds():
     rng = np.random.default_rng(0)
     n = 120
