@@ -508,9 +508,14 @@ def _procrustes_calibrate(model: AlignmentModel, teacher: AlignedTeacher, x: tor
     u, s, vh = torch.linalg.svd(ac.T @ bc)
     r = u @ vh
     c = s.sum() / ac.square().sum().clamp_min(1e-12)
+    # Then one more scalar so the teacher's embeddings have unit RMS on these windows: zero-shot scores are cosines
+    # (scale-free), while a student distilled from this teacher starts at unit scale; centred text projections of
+    # near-identical reports are ~1e-3 in size, which left students 300x off target at initialisation.
+    rms = (c * ac @ r).square().mean().sqrt().clamp_min(1e-12)
     fc2 = teacher.audio_proj.fc2
     w, bias = fc2.weight.double(), fc2.bias.double()  # out = h W^T + b
-    fc2.weight.copy_((c * (w.T @ r)).T.to(fc2.weight.dtype))
-    fc2.bias.copy_((c * ((bias - mu_a) @ r)).to(fc2.bias.dtype))
     resid = ((c * ac @ r) - bc).square().sum() / bc.square().sum().clamp_min(1e-12)
-    return {"windows": int(len(idx)), "scale": float(c), "relative_residual": float(resid)}, mu_b.float()
+    fc2.weight.copy_((c / rms * (w.T @ r)).T.to(fc2.weight.dtype))
+    fc2.bias.copy_((c / rms * ((bias - mu_a) @ r)).to(fc2.bias.dtype))
+    return {"windows": int(len(idx)), "scale": float(c), "unit_rms_factor": float(1.0 / rms),
+            "relative_residual": float(resid)}, mu_b.float()

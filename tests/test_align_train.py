@@ -173,8 +173,10 @@ def test_procrustes_calibration_folds_into_the_projection():
     # the map is a scaled rotation of the centred embedding: pairwise distances scale uniformly
     d0, d1 = torch.cdist(before, before), torch.cdist(after, after)
     ratio = d1[d0 > 0] / d0[d0 > 0]
-    torch.testing.assert_close(ratio, torch.full_like(ratio, stats["scale"]), atol=1e-4, rtol=1e-4)
-    resid = (after - (target - target.mean(0))).square().sum() / (target - target.mean(0)).square().sum()
+    factor = stats["unit_rms_factor"]
+    torch.testing.assert_close(ratio, torch.full_like(ratio, stats["scale"] * factor), atol=1e-4, rtol=1e-4)
+    assert float(after.square().mean().sqrt()) == pytest.approx(1.0, rel=1e-4)  # unit RMS for students
+    resid = (after / factor - (target - target.mean(0))).square().sum() / (target - target.mean(0)).square().sum()
     assert stats["relative_residual"] == pytest.approx(float(resid), rel=1e-4)
 
 
