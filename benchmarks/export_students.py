@@ -31,6 +31,7 @@ from acula_edge.export.registry import target_precisions, targets
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "physionet2016"
+NOTES_MARKER = "## Observations"
 
 
 def write_split_csvs(data: Path, holdout: str, work: Path) -> tuple[Path, Path]:
@@ -154,7 +155,10 @@ def write_results(path: Path, rows: list[dict], args, supervised: bool, command:
     recs = next((r["recordings"] for r in rows if r["recordings"]), None)
     if recs:
         lines += ["", f"Held-out recordings per class (normal, abnormal): {recs}."]
-    path.write_text("\n".join(lines) + "\n")
+    notes = ""  # hand-written observations below the marker survive a re-run
+    if path.is_file() and NOTES_MARKER in path.read_text():
+        notes = "\n" + NOTES_MARKER + path.read_text().split(NOTES_MARKER, 1)[1]
+    path.write_text("\n".join(lines) + "\n" + notes)
 
 
 if __name__ == "__main__":

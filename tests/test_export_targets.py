@@ -173,6 +173,7 @@ def test_tflm_bundle_has_measured_arena_and_compiling_c_files(bundles, tmp_path)
     header = (out / "model_data.h").read_text()
     assert f"#define ACULA_MODEL_ARENA_BYTES {manifest.extra['arena_bytes']}u" in header
     assert f"#define ACULA_MODEL_INPUT_ZERO_POINT ({manifest.inputs[0].zero_point})" in header
+    assert "#define ACULA_MODEL_INPUT_INT8 1" in header and "#define ACULA_MODEL_LOGITS_INT8 1" in header
     assert "X(Conv2D)" in header and "X(DepthwiseConv2D)" in header and "X(FullyConnected)" in header
     data = (out / "model.tflite").read_bytes()
     assert f"acula_model_data[{len(data)}]" in (out / "model_data.c").read_text()

@@ -150,6 +150,9 @@ def render_header(data_len: int, inputs: tuple[TensorSpec, ...], outputs: tuple[
         f"#define ACULA_MODEL_INPUT_SHAPE {{{', '.join(str(s) for s in x.shape)}}}",
         f"#define ACULA_MODEL_INPUT_FRAMES {x.shape[-2]}",
         f"#define ACULA_MODEL_INPUT_MELS {x.shape[-1]}",
+        "/* 1: the input tensor is int8 (quantize as above); 0: it is float32 (copy the frames as they are; the",
+        " * model quantizes inside, see the bundle manifest's findings) */",
+        f"#define ACULA_MODEL_INPUT_INT8 {int(x.dtype == 'int8')}",
         f"#define ACULA_MODEL_INPUT_SCALE {_c_float(x.scale or 0.0)}",
         f"#define ACULA_MODEL_INPUT_ZERO_POINT ({int(x.zero_point or 0)})",
         "",
@@ -157,6 +160,7 @@ def render_header(data_len: int, inputs: tuple[TensorSpec, ...], outputs: tuple[
     for k, spec in enumerate(outputs):
         m = f"ACULA_MODEL_{_macro(spec.name)}"
         lines += [f"#define {m}_OUTPUT_INDEX {k}",
+                  f"#define {m}_INT8 {int(spec.dtype == 'int8')}",
                   f"#define {m}_SIZE {int(np.prod(spec.shape))}",
                   f"#define {m}_SCALE {_c_float(spec.scale or 0.0)}",
                   f"#define {m}_ZERO_POINT ({int(spec.zero_point or 0)})", ""]
