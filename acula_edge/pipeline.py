@@ -35,7 +35,7 @@ class PipelineConfig:
     data: str = "synthetic:heart?n=96"  # dataset spec (acula_edge.data)
     group_by: str = "subset"  # metadata column whose groups are held out whole
     test_group: str | None = None  # the held-out group (None: last in sorted order)
-    align_preset: str = "tiny"  # acula_edge.align.train presets
+    align_preset: str = "cpu"  # acula_edge.align.train presets
     align_epochs: int = 3
     students: tuple[str, ...] = ("small",)  # acula_edge.distill.students presets
     distill_epochs: int = 12

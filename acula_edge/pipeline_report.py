@@ -21,7 +21,7 @@ def _auroc(block: dict[str, Any]) -> str:
 
 def summary_rows(out: Path, accuracy: dict[str, Any], latency: dict[str, Any]) -> list[list[str]]:
     rows = []
-    for name, ck in accuracy.get("checkpoints", {}).items():
+    for name, ck in sorted(accuracy.get("checkpoints", {}).items(), key=lambda kv: kv[0] != "teacher"):
         weights = Path(ck["checkpoint"]) / "model.safetensors"
         size = human_bytes(weights.stat().st_size) if weights.is_file() else "n/a"
         au = "n/a" if ck.get("auroc") is None else f"{ck['auroc']:.3f}"
@@ -59,7 +59,8 @@ def write_report(out: Path, config: Any, train_spec: str, test_spec: str,
         "duration; AUROC on recordings (window probabilities averaged), bootstrap intervals in the detail below",
         "", *table, "",
         *(["## Exports refused by the parity gate (not written)", ""]
-          + [f"- `{os.path.relpath(p, out)}`: {msg.splitlines()[0]}" for p, msg in sorted((failed_exports or {}).items())]
+          + [f"- `{os.path.relpath(p, out)}`: " + "; ".join(line.strip() for line in msg.splitlines()[1:])
+             for p, msg in sorted((failed_exports or {}).items())]
           + [""] if failed_exports else []),
         "---", "",
         markdown_report(accuracy, latency, accuracy.get("plots"), None),
