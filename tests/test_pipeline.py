@@ -13,8 +13,8 @@ from acula_edge.errors import AculaEdgeError, ConfigError  # noqa: E402
 from acula_edge.pipeline import Pipeline, PipelineConfig  # noqa: E402
 
 TINY = PipelineConfig(data="synthetic:heart?n=16&seed=3", align_preset="tiny", align_epochs=1, students=("tiny",),
-                      distill_epochs=1, max_windows_per_recording=2, targets=("onnx",), precisions=("fp32",), latency_runs=5,
-                      latency_seconds=0.05)
+                      distill_epochs=1, max_windows_per_recording=2, targets=("onnx",), precisions=("fp32",),
+                      latency_runs=5, latency_seconds=0.05)
 
 
 @pytest.fixture(scope="module")
