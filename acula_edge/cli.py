@@ -72,10 +72,10 @@ def features(audio_file: str, preset: str, as_json: bool) -> None:
             click.echo(f"{key:>22}: {value}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the CLI, turning user errors into one line on stderr and exit status 2."""
+def run(command: click.Command, argv: list[str] | None, prog_name: str) -> None:
+    """Run a click command, turning user errors into one line on stderr and exit status 2 (no traceback)."""
     try:
-        cli.main(args=argv, prog_name="acula-edge", standalone_mode=False)
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except AculaEdgeError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -87,3 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point of ``acula-edge``."""
+    run(cli, argv, "acula-edge")

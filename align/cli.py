@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from acula_edge.errors import AculaEdgeError, ConfigError
+from acula_edge.errors import ConfigError
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
@@ -86,16 +85,9 @@ def align(data: str, out_dir: str, preset: str, config_file: str | None, epochs:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m acula_edge.align.cli`` (and torchrun) entry: user errors print one line and exit 2."""
-    try:
-        align.main(args=argv, prog_name="acula-edge align", standalone_mode=False)
-    except AculaEdgeError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+    from acula_edge.cli import run
+
+    run(align, argv, "acula-edge align")
 
 
 if __name__ == "__main__":
