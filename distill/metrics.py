@@ -26,20 +26,11 @@ def recording_means(values: np.ndarray, recording: np.ndarray) -> tuple[np.ndarr
 
 
 def auroc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (ties count one half); NaN when only one class is present."""
-    y = np.asarray(y_true).astype(bool)
-    s = np.asarray(score, np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """Area under the ROC curve (ties count one half); NaN when only one class is present.
+    The one definition lives in acula_edge.bench.metrics."""
+    from acula_edge.bench.metrics import auroc as _auroc
+
+    return _auroc(np.asarray(y_true).astype(bool), score)
 
 
 def binary_metrics(y_true: np.ndarray, p_pos: np.ndarray, threshold: float = 0.5) -> dict[str, float]:

@@ -43,23 +43,11 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties count half); None unless both classes are present."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(scores.size, dtype=np.float64)
-    sorted_scores = scores[order]
-    i = 0
-    while i < scores.size:  # average ranks over ties
-        j = i
-        while j + 1 < scores.size and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """Area under the ROC curve (acula_edge.bench.metrics, the one definition); None unless both classes occur."""
+    from acula_edge.bench.metrics import auroc as _auroc
+
+    value = _auroc(np.asarray(positive, dtype=bool), scores)
+    return None if np.isnan(value) else value
 
 
 def recording_scores(logits: np.ndarray, recording: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
