@@ -32,7 +32,7 @@ STATE_NAME = "pipeline.json"
 class PipelineConfig:
     """What the main job runs. Presets size it: "demo" (minutes on 2 CPU cores), "physionet2016" (real data)."""
 
-    data: str = "synthetic:heart?n=96"  # dataset spec (acula_edge.data)
+    data: str = "synthetic:heart?n=160"  # dataset spec (acula_edge.data); 40 recordings per site
     group_by: str = "subset"  # metadata column whose groups are held out whole
     test_group: str | None = None  # the held-out group (None: last in sorted order)
     align_preset: str = "cpu"  # acula_edge.align.train presets
