@@ -18,14 +18,7 @@ from acula_edge.distill.metrics import auroc, binary_metrics, recording_metrics
 FE, WIN = preset("heart")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on this shared 2-core machine a second thread slows small kernels down ~10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_kd_is_zero_for_equal_logits_and_matches_t2_scaled_kl():

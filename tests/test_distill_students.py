@@ -16,14 +16,7 @@ FE, WIN = preset("heart")
 FRAMES = WIN.frames_per_window(FE)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on this shared 2-core machine a second thread slows small kernels down ~10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_heart_window_shape_is_196_by_32():

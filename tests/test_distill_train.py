@@ -25,14 +25,7 @@ DATA = "synthetic:heart?n=16&seed=1"
 FAST = dict(student="tiny", epochs=1, batch_size=16, max_windows_per_recording=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on this shared 2-core machine a second thread slows small kernels down ~10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
