@@ -65,6 +65,7 @@ def _quantize(job: ExportJob, fp32: Path, out: Path, work: Path) -> dict:
 
     pre = work / "preprocessed.onnx"
     quant_pre_process(str(fp32), str(pre))
+    op_types = _op_types_to_quantize(pre)
     from acula_edge.export.parity import cosine_rows, torch_outputs
     from acula_edge.export.runners import run_onnx
 
@@ -77,12 +78,29 @@ def _quantize(job: ExportJob, fp32: Path, out: Path, work: Path) -> dict:
         path = work / f"int8-{granularity}.onnx"
         quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=granularity == "per-channel", activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[job.calibration_method])
+                        weight_type=QuantType.QInt8, calibrate_method=methods[job.calibration_method],
+                        op_types_to_quantize=op_types)
         got = run_onnx(path, probe, spec_in, spec_out)["embedding"]
         scores[granularity] = float(cosine_rows(reference, got).mean())
     best = max(scores, key=lambda k: scores[k])
     shutil.copyfile(work / f"int8-{best}.onnx", out)
     return {"weights": best, "selection_cosine": scores, "selection_windows": int(probe.shape[0])}
+
+
+def _op_types_to_quantize(model_path: Path) -> list[str] | None:
+    """The quantizer's default op list, less Relu when a graph output also feeds a Relu.
+
+    ORT's QDQ quantizer gives a tensor feeding a Relu the Relu's [0, max] range; when that tensor is also a graph
+    output (the embedding, say), its negative values come out as 0 (seen: embedding cosine 0.89). Leaving Relu
+    unquantized keeps the output's own range. None = the quantizer's default (nothing to avoid)."""
+    import onnx
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    graph = onnx.load(str(model_path)).graph
+    outputs = {o.name for o in graph.output}
+    if not any(node.op_type == "Relu" and outputs & set(node.input) for node in graph.node):
+        return None
+    return sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) - {"Relu"})
 
 
 def export(job: ExportJob, folder: Path) -> TargetResult:
