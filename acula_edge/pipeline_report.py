@@ -26,13 +26,16 @@ def summary_rows(out: Path, accuracy: dict[str, Any], latency: dict[str, Any]) -
         size = human_bytes(weights.stat().st_size) if weights.is_file() else "n/a"
         au = "n/a" if ck.get("auroc") is None else f"{ck['auroc']:.3f}"
         rows.append([name, "PyTorch fp32", f"{ck['parameters']:,}", size, "-", "-", au])
+    params = {name: ck["parameters"] for name, ck in accuracy.get("checkpoints", {}).items()}
     lat = {str(Path(b["bundle"]).resolve()): b for b in latency.get("bundles", [])}
     for b in accuracy.get("bundles", []):
         path = Path(b["bundle"]).resolve()
         lb = lat.get(str(path), {})
         hop = lb.get("stages_ms", {}).get("session", {}).get("p50")
         rtf = lb.get("rtf", {}).get("session", {}).get("mean")
-        rows.append([os.path.relpath(path, out.resolve()), f"{b['target']} {b['precision']}", "",
+        student = params.get(f"student-{path.parent.name}")  # bundles live in OUT/bundles/<size>/<target-precision>
+        rows.append([os.path.relpath(path, out.resolve()), f"{b['target']} {b['precision']}",
+                     "" if student is None else f"{student:,}",
                      human_bytes(lb.get("model_bytes")), "n/a" if hop is None else f"{hop:.3f}",
                      "n/a" if rtf is None else f"{rtf:.1e}", _auroc(b.get("pooled", {}))])
     return rows
