@@ -70,10 +70,8 @@ def check_samples(x: np.ndarray, source: str = "<buffer>", min_samples: int = 1)
                          f"{min_samples}; use a longer recording or ask for padding (pad=True / --pad)")
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read a wav/flac/ogg file as float32 mono at its own rate; returns (samples, sample_rate)."""
-    import soundfile as sf
-
+def check_audio_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path after checking it exists, is a file and is not empty (AudioError otherwise)."""
     p = Path(path)
     if not p.exists():
         raise AudioError(f"{p}: no such file")
@@ -81,6 +79,14 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise AudioError(f"{p}: is a folder, expected an audio file")
     if p.stat().st_size == 0:
         raise AudioError(f"{p}: the file is empty (0 bytes)")
+    return p
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read a wav/flac/ogg file as float32 mono at its own rate; returns (samples, sample_rate)."""
+    import soundfile as sf
+
+    p = check_audio_file(path)
     try:
         with sf.SoundFile(str(p)) as f:
             rate = f.samplerate

@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from acula_edge.audio import check_sample_rate, prepare_samples, to_mono_float
+from acula_edge.audio import check_audio_file, check_sample_rate, prepare_samples, to_mono_float
 from acula_edge.errors import AudioError, BundleError, ConfigError
 from acula_edge.features import LogMel
 from acula_edge.manifest import Manifest, read_manifest, verify_model_file
@@ -198,12 +198,7 @@ def file_sample_rate(path: Path) -> int:
     """The sample rate of an audio file, after checking it exists, is a non-empty file and decodes."""
     import soundfile as sf
 
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, expected an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: the file is empty (0 bytes)")
+    check_audio_file(path)
     try:
         rate = sf.info(str(path)).samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:  # TypeError: headerless (RAW) data
