@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from acula_edge.errors import ConfigError
+from acula_edge.errors import ConfigError, check_config_keys
 
 WINDOWS = ("hann", "hamming")
 NORMALISATIONS = ("global", "per_window")
@@ -83,10 +83,7 @@ class FrontendConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FrontendConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown front-end config keys {unknown}; allowed: {sorted(known)}")
+        check_config_keys(cls, data, "front-end config")
         return cls(**data)
 
     def to_json(self) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from acula_edge.errors import ConfigError
+from acula_edge.errors import ConfigError, check_config_keys
 
 # encoder type -> (module, class); imported only when that type is built.
 ENCODER_TYPES: dict[str, tuple[str, str]] = {
@@ -76,10 +76,8 @@ def build_encoder(encoder_type: str, config: dict[str, Any]) -> AudioEncoder:
 
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
     """Build the frozen dataclass ``cls`` from a JSON dict: unknown keys are refused, lists become tuples."""
+    check_config_keys(cls, d, cls.__name__)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; allowed: {sorted(fields)}")
     return cls(**{k: (tuple(v) if isinstance(v, list) and str(fields[k].type).startswith("tuple") else v)
                   for k, v in d.items()})
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from acula_edge.errors import ConfigError
+from acula_edge.errors import ConfigError, check_config_keys
 
 ARCHITECTURE = "acula_edge.distill.students:DSCNNStudent"
 ACTIVATIONS = ("relu", "relu6", "hardswish")
@@ -75,10 +75,7 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown student config keys {unknown}; allowed: {sorted(known)}")
+        check_config_keys(cls, d, "student config")
         d = dict(d)
         if "channels" in d:
             d["channels"] = tuple(int(c) for c in d["channels"])

@@ -25,7 +25,7 @@ import torch
 
 from acula_edge.checkpoint import CheckpointInfo, check_state_dict, save_checkpoint
 from acula_edge.data import Dataset, load_dataset, stratified_holdout
-from acula_edge.errors import CheckpointError, ConfigError
+from acula_edge.errors import CheckpointError, ConfigError, check_config_keys
 from acula_edge.frontend import FrontendConfig, Windowing, preset
 from acula_edge.manifest import Prompts
 from acula_edge.training import (DistEnv, JsonlLog, init_distributed, load_training_state, save_training_state,
@@ -87,17 +87,11 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Build from a (possibly partial) dict such as a JSON config file; unknown keys are refused."""
         nested = {"distill": DistillConfig, "augment": AugmentConfig, "probe": ProbeConfig}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown training config keys {unknown}; allowed: {sorted(known)}")
+        check_config_keys(cls, d, "training config")
         kw = dict(d)
         for name, sub in nested.items():
             if name in kw and isinstance(kw[name], dict):
-                sub_known = {f.name for f in dataclasses.fields(sub)}
-                bad = sorted(set(kw[name]) - sub_known)
-                if bad:
-                    raise ConfigError(f"unknown {name} config keys {bad}; allowed: {sorted(sub_known)}")
+                check_config_keys(sub, kw[name], f"{name} config")
                 fields = {k: tuple(v) if isinstance(v, list) else v for k, v in kw[name].items()}
                 kw[name] = sub(**fields)
         return cls(**kw)

@@ -91,7 +91,7 @@ def select_windows(dataset: Dataset, frontend: FrontendConfig, windowing: Window
             idx = idx[np.unique(np.linspace(0, idx.size - 1, per + 2)[1:-1].round().astype(int))]
         keep.append(idx)
     kept = np.concatenate(keep)
-    recording, y = ws.recording[kept], ws.y[kept]
+    recording = ws.recording[kept]
     # interleave recordings so that a prefix of the batch is still spread over recordings and labels
     rank = np.zeros(kept.size, dtype=np.int64)
     for r in np.unique(recording):

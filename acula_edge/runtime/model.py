@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from acula_edge.runtime.backends import Backend, open_backend
 from acula_edge.runtime.quality import QualityConfig, window_quality
 from acula_edge.runtime.results import ClassificationResult, WindowEvent, ZeroShotResult
 from acula_edge.windows import frame_windows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from acula_edge.runtime.streaming import StreamSession
 
 # Samples read per block when classify_file streams a file from disk (2M samples: 8 MB of float32).
 FILE_BLOCK_SAMPLES = 1 << 21

@@ -167,7 +167,7 @@ def render_header(data_len: int, inputs: tuple[TensorSpec, ...], outputs: tuple[
     names = sorted({resolver_name(op) for op in ops})
     lines += [
         f"#define ACULA_MODEL_NUM_LABELS {len(labels)}",
-        f"/* decision threshold on the probability (softmax of logits) of the last label */",
+        "/* decision threshold on the probability (softmax of logits) of the last label */",
         f"#define ACULA_MODEL_THRESHOLD {_c_float(threshold)}",
         "",
         f"/* TFLite builtin ops used: {', '.join(sorted(set(ops)))} */",
