@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from acula_edge.frontend import FrontendConfig, analysis_window, mel_filterbank
+from acula_edge.frontend import WINDOW_NORMALISATIONS, FrontendConfig, analysis_window, mel_filterbank
 
 # Frames per FFT batch when a whole signal is computed at once: the float64 work arrays cost ~40x the audio, so an
 # hour at 2 kHz in one batch would need ~1 GB; batches keep it to a few MB (each frame's arithmetic is unchanged).
@@ -19,8 +19,8 @@ FRAMES_PER_BATCH = 2048
 class LogMel:
     """Log-mel spectrogram of float audio at ``cfg.sample_rate``. Output shape (frames, n_mels), float32.
 
-    Normalisation "global" is applied per frame here; "per_window" depends on the model window and is applied by
-    :func:`normalise_window` when windows are cut.
+    Normalisation "global" is applied per frame here; the window normalisations depend on the model window and are
+    applied by :func:`normalise_window` when windows are cut.
     """
 
     def __init__(self, cfg: FrontendConfig) -> None:
@@ -82,15 +82,17 @@ class LogMel:
 
 
 def normalise_window(window: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
-    """Apply window-level normalisation (cfg.normalisation == "per_window"); identity otherwise.
+    """Apply window-level normalisation (cfg.normalisation in WINDOW_NORMALISATIONS); identity otherwise.
 
-    ``window`` has shape (..., frames, n_mels); each window is scaled to zero mean, unit std over both axes.
+    ``window`` has shape (..., frames, n_mels). "per_window": zero mean, unit std over both axes.
+    "per_window_band": each mel band to zero mean over the window's frames, then unit std over both axes.
     """
-    if cfg.normalisation != "per_window":
+    if cfg.normalisation not in WINDOW_NORMALISATIONS:
         return window
-    mean = window.mean(axis=(-2, -1), keepdims=True)
-    std = window.std(axis=(-2, -1), keepdims=True)
-    return ((window - mean) / np.maximum(std, 1e-5)).astype(np.float32)
+    axes = (-2,) if cfg.normalisation == "per_window_band" else (-2, -1)
+    centred = window - window.mean(axis=axes, keepdims=True)
+    std = np.sqrt((centred * centred).mean(axis=(-2, -1), keepdims=True))
+    return (centred / np.maximum(std, 1e-5)).astype(np.float32)
 
 
 class LogMelStream:

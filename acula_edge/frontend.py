@@ -21,7 +21,11 @@ import numpy as np
 from acula_edge.errors import ConfigError, check_config_keys
 
 WINDOWS = ("hann", "hamming")
-NORMALISATIONS = ("global", "per_window")
+# "global": (x - norm_mean) / norm_std per frame. "per_window": each model window to zero mean, unit std.
+# "per_window_band": each mel band of a window to zero mean (the window's mean spectrum is removed: a fixed
+# microphone/stethoscope response is an additive offset per band in log-mel), then the window to unit std.
+NORMALISATIONS = ("global", "per_window", "per_window_band")
+WINDOW_NORMALISATIONS = ("per_window", "per_window_band")  # applied to whole model windows, not per frame
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class FrontendConfig:
     power: float = 2.0  # 2 = power spectrum, 1 = magnitude
     log_floor: float = 1e-8  # mel energies are clamped to at least this before log (~90 dB below full scale)
     log_offset: float = 0.0  # added to mel energies before log (0 = pure log)
-    normalisation: str = "global"  # "global": (x - norm_mean) / norm_std; "per_window": each window to zero mean, unit std
+    normalisation: str = "global"  # one of NORMALISATIONS (see there)
     norm_mean: float = 0.0  # subtracted from log-mel (global normalisation)
     norm_std: float = 1.0  # log-mel is divided by it (global normalisation)
 
@@ -139,9 +143,11 @@ class Windowing:
 # Presets. "heart": PCG at 2 kHz (PhysioNet 2016 rate), 100 ms windows every 20 ms, 32 mel bands over 25-800 Hz
 # (heart sounds and most murmurs). "heart-4k": the same analysis at 4 kHz (digital stethoscopes often record
 # 4 kHz), wider band for high-pitched murmurs. "acula": AcuLa / OPERA-GT: 16 kHz, n_fft 1024, hop 512, 64 mel
-# bands over 50-8000 Hz, 8 s clips.
+# bands over 50-8000 Hz, 8 s clips. "heart-band": "heart" limited to the physiological band of heart sounds,
+# 25-400 Hz (less of the device's hiss and high-frequency colouring; loses the highest murmur components).
 PRESETS: dict[str, tuple[FrontendConfig, Windowing]] = {
     "heart": (FrontendConfig(), Windowing(window_s=4.0, hop_s=1.0)),
+    "heart-band": (FrontendConfig(fmax=400.0), Windowing(window_s=4.0, hop_s=1.0)),
     "heart-4k": (FrontendConfig(sample_rate=4000, n_fft=512, win_length=400, hop_length=80, n_mels=40,
                                 fmin=25.0, fmax=1000.0), Windowing(window_s=4.0, hop_s=1.0)),
     "lung": (FrontendConfig(sample_rate=4000, n_fft=512, win_length=400, hop_length=80, n_mels=40,

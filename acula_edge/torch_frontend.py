@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from acula_edge.frontend import FrontendConfig, analysis_window, mel_filterbank
+from acula_edge.frontend import WINDOW_NORMALISATIONS, FrontendConfig, analysis_window, mel_filterbank
 
 
 class TorchLogMel(torch.nn.Module):
@@ -44,8 +44,9 @@ class TorchLogMel(torch.nn.Module):
 
 def normalise_window(window: torch.Tensor, cfg: FrontendConfig) -> torch.Tensor:
     """Torch twin of acula_edge.features.normalise_window: (..., frames, n_mels)."""
-    if cfg.normalisation != "per_window":
+    if cfg.normalisation not in WINDOW_NORMALISATIONS:
         return window
-    mean = window.mean(dim=(-2, -1), keepdim=True)
-    std = window.std(dim=(-2, -1), keepdim=True, unbiased=False)
-    return (window - mean) / std.clamp_min(1e-5)
+    dims = (-2,) if cfg.normalisation == "per_window_band" else (-2, -1)
+    centred = window - window.mean(dim=dims, keepdim=True)
+    std = centred.square().mean(dim=(-2, -1), keepdim=True).sqrt()
+    return centred / std.clamp_min(1e-5)

@@ -62,7 +62,7 @@ class AlignConfig:
 
     # data and front-end
     frontend_preset: str = "heart"  # acula_edge.frontend preset name
-    frontend_normalisation: str = ""  # "" = the preset's; "global" or "per_window" (each window to zero mean, unit std)
+    frontend_normalisation: str = ""  # "" = the preset's; else one of acula_edge.frontend.NORMALISATIONS
     max_windows_per_recording: int = 8  # evenly spaced windows kept per recording (0 = all)
     sound_type: str = "heart"  # body-sound type used in reports and prompts
     report_template: str = "auto"  # "auto" (by dataset folder name), "generic" or a REPORT_TEMPLATES key

@@ -23,6 +23,7 @@ import torch
 
 from acula_edge.errors import ConfigError
 from acula_edge.frontend import FrontendConfig
+from acula_edge.torch_frontend import normalise_window
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,6 @@ class Augmenter:
         # log-mel units per dB of power: ln(10)/10 for power spectra, ln(10)/20 for magnitude
         per_db = math.log(10.0) / (10.0 if frontend.power == 2.0 else 20.0)
         self.units_per_db = per_db / (frontend.norm_std if frontend.normalisation == "global" else 1.0)
-        self.per_window = frontend.normalisation == "per_window"
 
     def _mask(self, b: int, p: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
         return (torch.rand(b, generator=g) < p).to(device)
@@ -112,11 +112,7 @@ class Augmenter:
             for _ in range(c.freq_masks):
                 keep &= ~_band_mask(b, f, c.max_freq_mask, on, g)[:, None, None, :]
             x = torch.where(keep.to(dev), x, fill)
-        if self.per_window:
-            mean = x.mean(dim=(2, 3), keepdim=True)
-            std = x.std(dim=(2, 3), keepdim=True, unbiased=False).clamp_min(1e-5)
-            x = (x - mean) / std
-        return x
+        return normalise_window(x, self.frontend)  # the front-end's window normalisation, if it has one
 
     def eq_response(self, b: int, n_bins: int, g: torch.Generator) -> torch.Tensor:
         """(B, n_bins) random smooth responses in model-input units: tilt plus low-order cosines."""

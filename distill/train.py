@@ -60,7 +60,7 @@ class TrainConfig:
     group_column: str | None = "subset"  # validation takes whole groups of this metadata column when all have it
     patience: int = 5  # epochs without a better validation score before stopping (0 = never stop early)
     frontend_preset: str | None = None  # student front-end; None: the teacher's, or "heart" if it fixes none
-    normalisation: str | None = None  # override the front-end normalisation ("global" or "per_window")
+    normalisation: str | None = None  # override the front-end normalisation (acula_edge.frontend.NORMALISATIONS)
     embedding_dim: int = 384  # student embedding width when the teacher gives none (teacher "none")
     dropout: float = 0.1
     channels_last: bool = True  # ~7x faster training on x86 CPUs (see FACTS)

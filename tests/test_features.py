@@ -99,6 +99,33 @@ def test_per_window_normalisation_gives_zero_mean_unit_std():
     assert normalise_window(w, FrontendConfig()) is w
 
 
+def test_per_window_band_normalisation_removes_a_fixed_channel_response():
+    """A stethoscope's fixed response adds a constant per mel band to log-mel: per-band normalisation cancels it."""
+    fe = FrontendConfig(normalisation="per_window_band")
+    rng = np.random.default_rng(1)
+    w = rng.normal(0.0, 2.0, size=(3, 20, fe.n_mels)).astype(np.float32)
+    response = rng.normal(0.0, 4.0, size=(1, 1, fe.n_mels)).astype(np.float32)
+    out = normalise_window(w, fe)
+    np.testing.assert_allclose(out.mean(axis=1), 0.0, atol=1e-5)  # every band, every window
+    np.testing.assert_allclose(out.std(axis=(1, 2)), 1.0, atol=1e-4)
+    np.testing.assert_allclose(normalise_window(w + response, fe), out, atol=1e-5)
+    # plain per-window normalisation keeps the response's shape
+    per_window = FrontendConfig(normalisation="per_window")
+    assert np.abs(normalise_window(w + response, per_window) - normalise_window(w, per_window)).max() > 0.1
+
+
+@pytest.mark.parametrize("mode", ["per_window", "per_window_band"])
+def test_window_normalisation_torch_twin_matches_numpy(mode):
+    import torch
+
+    from acula_edge.torch_frontend import normalise_window as torch_normalise_window
+
+    fe = FrontendConfig(normalisation=mode)
+    w = np.random.default_rng(2).normal(-3.0, 2.0, size=(2, 1, 15, fe.n_mels)).astype(np.float32)
+    np.testing.assert_allclose(torch_normalise_window(torch.from_numpy(w), fe).numpy(), normalise_window(w, fe),
+                               atol=1e-5)
+
+
 def test_file_round_trip_through_soundfile(tmp_path):
     fe = CONFIGS["heart"]
     x = synthetic_audio(4000, seconds=2.0)

@@ -32,6 +32,8 @@ static int16_t samples_s16[ACULA_HOP_LENGTH];
  *      q = round(x / scale) + zero_point with the input tensor's scale and zero point;
  *      with ACULA_NORM_GLOBAL == 0 (per-window normalisation), first scale the window to zero mean and unit
  *      standard deviation (std floored at 1e-5) while copying, as acula_edge.features.normalise_window does;
+ *      with ACULA_NORM_PER_BAND == 1, subtract each mel band's mean over the window first, then divide by
+ *      the window's standard deviation;
  *   2. call interpreter.Invoke();
  *   3. read interpreter.output(0) (class scores or an embedding).
  * Here it prints the window's mean log-mel value instead. */

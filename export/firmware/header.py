@@ -208,6 +208,8 @@ def render_frontend_header(cfg: FrontendConfig, windowing: Windowing | None = No
         f"#define ACULA_LOG_OFFSET {_c_float(cfg.log_offset)}",
         f"#define ACULA_NORM_GLOBAL {int(cfg.normalisation == 'global')} "
         "/* 1: frames are (log - mean) / std; 0: per-window normalisation is the caller's */",
+        f"#define ACULA_NORM_PER_BAND {int(cfg.normalisation == 'per_window_band')} "
+        "/* 1: the caller removes each mel band's window mean before the window's std (see main.c) */",
         f"#define ACULA_NORM_MEAN {_c_float(cfg.norm_mean)}",
         f"#define ACULA_NORM_STD {_c_float(cfg.norm_std)}",
         f"#define ACULA_MEL_N_WEIGHTS {mem32['mel_weights']} /* non-zero filterbank weights */",
