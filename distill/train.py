@@ -30,7 +30,9 @@ from acula_edge.frontend import FrontendConfig, Windowing, preset
 from acula_edge.manifest import Prompts
 from acula_edge.training import (DistEnv, JsonlLog, init_distributed, load_training_state, save_training_state,
                                  seed_everything, unwrap, warmup_cosine)
+from acula_edge.distill.adversary import SiteAdversary, ramp
 from acula_edge.distill.augment import AugmentConfig, Augmenter
+from acula_edge.distill.device_sim import DeviceSimConfig, simulated_copies
 from acula_edge.distill.losses import DistillConfig, distill_loss
 from acula_edge.distill.metrics import recording_metrics, selection_score
 from acula_edge.distill.probe import ProbeConfig, class_weights, fit_probe
@@ -40,6 +42,7 @@ from acula_edge.distill.windows import KeyedWindows, extract_keyed
 
 STATE_NAME = "state.pt"
 BEST_NAME = "best.safetensors"
+ADVERSARY_NAME = "adversary.safetensors"  # the site-adversarial head's weights (exact resume; not in the checkpoint)
 LOG_NAME = "log.jsonl"
 
 
@@ -65,9 +68,15 @@ class TrainConfig:
     dropout: float = 0.1
     channels_last: bool = True  # ~7x faster training on x86 CPUs (see FACTS)
     teacher_batch_size: int = 32
+    # cross-site options (issue 9; measured in benchmarks/RESULTS_cross_site.md)
+    device_copies: int = 0  # extra copies of every training recording through simulated device chains (device_sim)
+    balance_column: str | None = None  # metadata column (e.g. "subset"): sample every (value, label) cell equally
+    adversary_column: str | None = None  # metadata column the site-adversarial head must not find in the embedding
+    adversary_weight: float = 0.0  # weight of the adversary's loss (its gradient reversal ramps up from 0 to this)
     distill: DistillConfig = field(default_factory=DistillConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    device_sim: DeviceSimConfig = field(default_factory=DeviceSimConfig)
 
     def __post_init__(self) -> None:
         problems = []
@@ -77,6 +86,11 @@ class TrainConfig:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")
+        if self.device_copies < 0 or self.adversary_weight < 0:
+            problems.append(f"device_copies and adversary_weight must be >= 0, got {self.device_copies}, "
+                            f"{self.adversary_weight}")
+        if self.adversary_weight > 0 and not self.adversary_column:
+            problems.append("adversary_weight > 0 needs adversary_column (the metadata column naming the site)")
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
 
@@ -86,7 +100,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Build from a (possibly partial) dict such as a JSON config file; unknown keys are refused."""
-        nested = {"distill": DistillConfig, "augment": AugmentConfig, "probe": ProbeConfig}
+        nested = {"distill": DistillConfig, "augment": AugmentConfig, "probe": ProbeConfig,
+                  "device_sim": DeviceSimConfig}
         check_config_keys(cls, d, "training config")
         kw = dict(d)
         for name, sub in nested.items():
@@ -188,6 +203,38 @@ def _teacher_targets(teacher: Teacher, dataset: Dataset, train: KeyedWindows, sp
     return result, info
 
 
+def _group_index(windows: KeyedWindows, column: str) -> tuple[np.ndarray, list[str]]:
+    """(N,) index of every window's value of metadata ``column`` (sorted values), and the values."""
+    recs = windows.dataset.recordings
+    missing = [r.record_id for r in recs if column not in r.metadata]
+    if missing:
+        raise ConfigError(f"{windows.dataset.name}: {len(missing)} training recording(s) have no {column!r} metadata "
+                          f"(e.g. {missing[:3]}); balance_column/adversary_column must name a column every "
+                          f"recording has")
+    names = sorted({str(r.metadata[column]) for r in recs})
+    per_recording = np.array([names.index(str(r.metadata[column])) for r in recs], dtype=np.int64)
+    return per_recording[windows.recording], names
+
+
+def _with_device_copies(windows: KeyedWindows, dataset: Dataset, fe: FrontendConfig, win: Windowing,
+                        config: TrainConfig) -> KeyedWindows:
+    """The clean training windows plus the same windows of ``config.device_copies`` simulated-device copies."""
+    copies = simulated_copies(dataset, fe.sample_rate, config.device_copies, config.device_sim, config.seed)
+    parts = [windows] + [extract_keyed(c, fe, win, windows.labels, config.max_windows_per_recording) for c in copies]
+    return KeyedWindows(np.concatenate([w.x for w in parts]), np.concatenate([w.recording for w in parts]),
+                        np.concatenate([w.window_index for w in parts]), np.concatenate([w.y for w in parts]),
+                        windows.labels, dataset)
+
+
+def _epoch_order(n: int, config: TrainConfig, epoch: int, cells: np.ndarray | None) -> np.ndarray:
+    """Window indices for one epoch: a permutation, or ``n`` draws in which every cell is equally likely."""
+    rng = np.random.default_rng([config.seed, epoch])
+    if cells is None:
+        return rng.permutation(n)
+    p = 1.0 / np.bincount(cells)[cells]
+    return rng.choice(n, size=n, replace=True, p=p / p.sum())
+
+
 def _to_input(x: np.ndarray, device: str, channels_last: bool) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x))[:, None].to(device)
     return t.contiguous(memory_format=torch.channels_last) if channels_last else t
@@ -221,13 +268,23 @@ def _evaluate(model: torch.nn.Module, split: _Split, config: TrainConfig, device
     return m
 
 
-def _save_best(model: torch.nn.Module, path: Path) -> None:
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save
 
     from acula_edge import atomic
 
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     atomic.write_bytes(path, save(state))
+
+
+def _load_adversary(adversary: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        adversary.load_state_dict(load_file(str(path)))
+    except Exception as e:  # missing file, corrupt file or another head shape
+        raise CheckpointError(f"{path}: cannot restore the site-adversarial head ({type(e).__name__}: {e}); delete "
+                              f"{path.parent} to start over") from e
 
 
 def _check_resume_state(model: torch.nn.Module, state_path: Path) -> None:
@@ -273,6 +330,8 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
     train_ds, val_ds, split_how = split_validation(dataset, config)
     mw = config.max_windows_per_recording
     train_w = extract_keyed(train_ds, fe, win, labels, mw)
+    if config.device_copies:
+        train_w = _with_device_copies(train_w, train_ds, fe, win, config)
     val_w = extract_keyed(val_ds, fe, win, labels, mw) if val_ds is not None else None
     teacher_info: dict[str, Any] = {}
     if teacher is not None:
@@ -293,31 +352,51 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
     frames = win.frames_per_window(fe)
     report = model_report(model, frames, fe.n_mels)
     ddp = (torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    cells = None
+    if config.balance_column:
+        group, _ = _group_index(tr.windows, config.balance_column)
+        cells = group * len(labels) + np.maximum(tr.windows.y, 0)
+        cells = np.unique(cells, return_inverse=True)[1]
+    adversary, adv_ddp, site_of_window, site_names = None, None, None, []
+    if config.adversary_weight > 0:
+        groups, site_names = _group_index(tr.windows, str(config.adversary_column))
+        if len(site_names) < 2:
+            raise ConfigError(f"the site-adversarial head needs at least two values of {config.adversary_column!r} "
+                              f"in the training data, found {site_names}")
+        site_of_window = torch.from_numpy(groups)
+        adversary = SiteAdversary(emb_dim, len(site_names)).to(env.device)
+        adv_ddp = torch.nn.parallel.DistributedDataParallel(adversary) if env.distributed else adversary
+    params = list(model.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     n = len(tr.windows)
     per_rank = n // env.world_size
     steps_per_epoch = max(1, math.ceil(per_rank / config.batch_size))
     total_steps = steps_per_epoch * max(1, config.epochs)
     sched = warmup_cosine(opt, min(config.warmup_steps, total_steps // 5), total_steps)
     cw = torch.from_numpy(class_weights(tr.windows.y, len(labels))).to(env.device)
+    if cells is not None:
+        cw = torch.ones_like(cw)  # the sampling balances the labels already
 
     step, start_epoch = 0, 0
     best = {"score": -math.inf, "epoch": -1, "bad_epochs": 0, "stopped": False}
     state_path = run_dir / STATE_NAME
     if not (resume and state_path.is_file()) and env.is_main:
-        for stale in (state_path, run_dir / BEST_NAME):  # a fresh run must never pick up an older run's weights
+        # a fresh run must never pick up an older run's weights
+        for stale in (state_path, run_dir / BEST_NAME, run_dir / ADVERSARY_NAME):
             stale.unlink(missing_ok=True)
     if env.distributed:
         torch.distributed.barrier()
     if resume and state_path.is_file():
         _check_resume_state(model, state_path)
         step, start_epoch, extra = load_training_state(state_path, model=model, optimizer=opt, scheduler=sched)
+        if adversary is not None:
+            _load_adversary(adversary, run_dir / ADVERSARY_NAME)
         best.update(extra.get("best", {}))
         log.write(event="resume", step=step, epoch=start_epoch)
     else:
         log.write(event="start", config=config.to_dict(), student=report, n_train_windows=n,
                   n_val_windows=len(val.windows) if val else 0, split=split_how, world_size=env.world_size,
-                  teacher=teacher.name if teacher else "none", **teacher_info)
+                  teacher=teacher.name if teacher else "none", adversary_groups=site_names, **teacher_info)
     augment = Augmenter(config.augment, fe)
     t_emb = torch.from_numpy(tr.t_emb) if tr.t_emb is not None else None
     t_logits = torch.from_numpy(tr.t_logits) if tr.t_logits is not None else None
@@ -328,7 +407,7 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
     for epoch in range(start_epoch, config.epochs):
         if best["stopped"]:
             break
-        perm = np.random.default_rng([config.seed, epoch]).permutation(n)[:per_rank * env.world_size]
+        perm = _epoch_order(n, config, epoch, cells)[:per_rank * env.world_size]
         mine = perm[env.rank::env.world_size]
         gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + epoch * 101 + env.rank)
         ddp.train()
@@ -349,6 +428,11 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
                 t_emb[ti].to(env.device) if t_emb is not None else None,
                 t_logits[ti].to(env.device) if t_logits is not None else None,
                 has_t[ti].to(env.device) if has_t is not None else None, t_scale)
+            if adv_ddp is not None:
+                site_logits = adv_ddp(emb, ramp(step / total_steps))
+                adv_loss = torch.nn.functional.cross_entropy(site_logits, site_of_window[ti].to(env.device))
+                loss = loss + config.adversary_weight * adv_loss
+                parts["adversary"] = float(adv_loss.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
@@ -372,7 +456,7 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
             if not math.isnan(score) and score > best["score"]:
                 best.update(score=score, epoch=epoch + 1, bad_epochs=0)
                 if env.is_main:
-                    _save_best(model, run_dir / BEST_NAME)
+                    _save_weights(model, run_dir / BEST_NAME)
             else:
                 best["bad_epochs"] += 1
                 if config.patience and best["bad_epochs"] >= config.patience:
@@ -380,6 +464,8 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
             record["best_epoch"] = best["epoch"]
         log.write(**record)
         if env.is_main:
+            if adversary is not None:  # before the state: a resume never pairs a newer state with an older head
+                _save_weights(adversary, run_dir / ADVERSARY_NAME)
             save_training_state(state_path, model=model, optimizer=opt, scheduler=sched, step=step,
                                 epoch=epoch + 1, extra={"best": best})
         if best["stopped"]:
