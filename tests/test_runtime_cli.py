@@ -39,9 +39,36 @@ def test_info_prints_manifest_and_tflm_memory_budget():
     text = out.stdout.decode()
     assert "target: tflm (int8)" in text and "labels: normal, abnormal  (decision: p(abnormal) >= 0.5)" in text
     assert "input: logmel [1, 1, 196, 32] int8, scale" in text
-    assert "memory budget: flash" in text and "tensor arena" in text
     as_json = json.loads(cli("info", str(bundle), "--json").stdout)
     assert as_json["target"] == "tflm" and as_json["labels"] == ["normal", "abnormal"]
+    # the firmware budget: each total with its parts, in bytes, and the parts add up to the total
+    extra, fe = as_json["extra"], as_json["extra"]["frontend_memory"]
+    model, tables = extra["model_bytes"], fe["flash_bytes"]
+    arena, state, window = extra["arena_bytes"], fe["ram_bytes"], fe["window_bytes"]
+    assert window == 196 * 32 * 4 and arena == extra["arena_bytes_measured"] + 1024
+    assert extra["memory"]["flash_bytes"] == model + tables
+    assert extra["memory"]["ram_bytes"] == arena + state + window
+    lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in text.splitlines()}
+    flash, ram = model + tables, arena + state + window
+    assert lines["firmware flash"] == (f"{flash:,} B ({flash / 1024:.1f} KiB) = model {model:,} B "
+                                       f"({model / 1024:.1f} KiB) + front-end tables {tables:,} B "
+                                       f"({tables / 1024:.1f} KiB)  (code not included)")
+    assert lines["firmware RAM"].startswith(f"{ram:,} B ({ram / 1024:.1f} KiB) = tensor arena {arena:,} B")
+    assert f"+ front-end state {state:,} B" in lines["firmware RAM"]
+    assert lines["firmware RAM"].endswith(f"+ input window {window:,} B ({window / 1024:.1f} KiB)")
+    assert lines["tensor arena"].startswith(f"{extra['arena_bytes_measured']:,} B measured")
+
+
+def test_info_prints_no_firmware_budget_for_other_targets():
+    from acula_edge.runtime.cli import firmware_budget_rows
+
+    assert firmware_budget_rows({"model_bytes": 1000}) == []
+    # a tflm manifest without the C front-end (optional) still shows the model and arena parts
+    rows = dict(firmware_budget_rows({"memory": {"flash_bytes": 5000, "ram_bytes": 9000}, "model_bytes": 5000,
+                                      "arena_bytes": 9000, "arena_bytes_measured": 7976}))
+    assert rows["firmware flash"] == "5,000 B (4.9 KiB) = model 5,000 B (4.9 KiB)  (code not included)"
+    assert rows["firmware RAM"] == "9,000 B (8.8 KiB) = tensor arena 9,000 B (8.8 KiB)"
+    assert rows["tensor arena"].startswith("7,976 B measured") and rows["tensor arena"].endswith("+ 1,024 B margin")
 
 
 def test_classify_table_json_csv(recording):

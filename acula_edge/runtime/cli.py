@@ -42,6 +42,40 @@ def _parity_line(parity: dict) -> str:
     return "; ".join(parts) + (f"  [{parity['data']}]" if parity.get("data") else "")
 
 
+# manifest extra keys shown by firmware_budget_rows rather than one by one
+FIRMWARE_KEYS = ("memory", "frontend_memory")
+
+
+def _bytes(n: int) -> str:
+    return f"{n:,} B ({_size(n)})" if n >= 1024 else f"{n} B"
+
+
+def firmware_budget_rows(extra: dict[str, Any]) -> list[tuple[str, str]]:
+    """A tflm bundle's firmware budget as (label, text) rows: flash = model + front-end tables, RAM = tensor arena
+    + front-end state + model-input window, each total with its parts, in bytes, as the export wrote them into the
+    manifest's ``extra``. No rows for bundles without a memory budget (every target but tflm)."""
+    memory = extra.get("memory")
+    if not isinstance(memory, dict):
+        return []
+    fe = extra.get("frontend_memory") if isinstance(extra.get("frontend_memory"), dict) else {}
+
+    def line(total: Any, parts: list[tuple[str, Any]]) -> str:
+        shown = " + ".join(f"{name} {_bytes(int(v))}" for name, v in parts if isinstance(v, int))
+        return (_bytes(int(total)) if isinstance(total, int) else "unknown") + (f" = {shown}" if shown else "")
+
+    flash = line(memory.get("flash_bytes"), [("model", extra.get("model_bytes")),
+                                             ("front-end tables", fe.get("flash_bytes"))])
+    ram = line(memory.get("ram_bytes"), [("tensor arena", extra.get("arena_bytes")),
+                                         ("front-end state", fe.get("ram_bytes")),
+                                         ("input window", fe.get("window_bytes"))])
+    arena, measured = extra.get("arena_bytes"), extra.get("arena_bytes_measured")
+    rows = [("firmware flash", flash + "  (code not included)"), ("firmware RAM", ram)]
+    if isinstance(arena, int) and isinstance(measured, int):
+        rows.append(("tensor arena", f"{measured:,} B measured (smallest arena tflite_micro allocates on a 64-bit "
+                                     f"host) + {arena - measured:,} B margin"))
+    return rows
+
+
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as one JSON object.")
@@ -78,14 +112,9 @@ def info(bundle: str, as_json: bool) -> None:
         rows.append(("parity", _parity_line(m.parity)))
     if m.versions:
         rows.append(("versions", ", ".join(f"{k} {v}" for k, v in sorted(m.versions.items()))))
-    memory = m.extra.get("memory")
-    if isinstance(memory, dict):  # TFLM: the firmware's memory budget
-        parts = [f"{k.replace('_bytes', '')} {_size(int(v))}" for k, v in sorted(memory.items())
-                 if k.endswith("_bytes") and isinstance(v, (int, float))]
-        arena = m.extra.get("arena_bytes")
-        rows.append(("memory budget", ", ".join(parts) + (f" (tensor arena {_size(int(arena))})" if arena else "")))
+    rows += firmware_budget_rows(m.extra)
     for key, value in sorted(m.extra.items()):
-        if key == "memory":
+        if key in FIRMWARE_KEYS:
             continue
         if isinstance(value, int) and "bytes" in key:
             value = f"{value} ({_size(value)})"
