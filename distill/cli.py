@@ -2,7 +2,9 @@
 
 Runs single-process or under ``torchrun --nproc-per-node N $(which acula-edge) distill ...`` (data-parallel).
 Settings come from the TrainConfig defaults, then ``--config FILE`` (JSON object of TrainConfig fields, nested
-``distill``/``augment``/``probe`` objects allowed), then the flags given on the command line.
+``distill``/``augment``/``probe``/``device_sim`` objects allowed), then the flags given on the command line.
+Cross-site options (benchmarks/RESULTS_cross_site.md): ``--normalisation``, ``--device-copies``, ``--balance-by``,
+``--adversary-by``/``--adversary-weight``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 
 import click
 
+from acula_edge.frontend import NORMALISATIONS
 from acula_edge.distill.students import PRESETS
 
 
@@ -29,6 +32,16 @@ from acula_edge.distill.students import PRESETS
 @click.option("--max-windows", type=int, default=None, help="Windows kept per recording (evenly spaced).")
 @click.option("--frontend", "frontend_preset", default=None,
               help="Student front-end preset (default: the teacher's, or 'heart').")
+@click.option("--normalisation", type=click.Choice(NORMALISATIONS), default=None,
+              help="Override the front-end normalisation (per_window_band removes each window's mean spectrum).")
+@click.option("--device-copies", type=int, default=None,
+              help="Extra copies of every training recording through simulated device chains [default: 0].")
+@click.option("--balance-by", "balance_column", default=None,
+              help="Metadata column (e.g. subset): sample every (value, label) cell equally.")
+@click.option("--adversary-by", "adversary_column", default=None,
+              help="Metadata column (e.g. subset) a site-adversarial head keeps out of the embedding.")
+@click.option("--adversary-weight", type=float, default=None,
+              help="Weight of the site-adversarial loss (needs --adversary-by) [default: 0.3 with --adversary-by].")
 @click.option("--seed", type=int, default=None)
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Resume state and log folder [default: OUT.run].")
@@ -40,7 +53,8 @@ from acula_edge.distill.students import PRESETS
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs: int | None,
             config_file: str | None, batch_size: int | None, max_windows: int | None, frontend_preset: str | None,
-            seed: int | None, run_dir: str | None, cache_dir: str | None, no_resume: bool, threads: int | None,
+            normalisation: str | None, device_copies: int | None, balance_column: str | None,
+            adversary_column: str | None, adversary_weight: float | None, seed: int | None, run_dir: str | None, cache_dir: str | None, no_resume: bool, threads: int | None,
             device: str, quiet: bool) -> None:
     """Distill TEACHER into a student checkpoint at OUT."""
     import torch
@@ -53,7 +67,11 @@ def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs:
         torch.set_num_threads(threads)
     settings = load_config_file(config_file) if config_file else {}
     flags = {"student": student, "epochs": epochs, "batch_size": batch_size,
-             "max_windows_per_recording": max_windows, "frontend_preset": frontend_preset, "seed": seed}
+             "max_windows_per_recording": max_windows, "frontend_preset": frontend_preset, "seed": seed,
+             "normalisation": normalisation, "device_copies": device_copies, "balance_column": balance_column,
+             "adversary_column": adversary_column, "adversary_weight": adversary_weight}
+    if adversary_column and adversary_weight is None and "adversary_weight" not in settings:
+        flags["adversary_weight"] = 0.3
     settings.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(settings)
     env = init_distributed(device)

@@ -127,3 +127,21 @@ def test_cross_site_options_fail_clearly(tmp_path):
     with pytest.raises(ConfigError, match="at least two values"):
         train_student(TrainConfig(**FAST, adversary_column="subset", adversary_weight=1.0), None, one_site,
                       tmp_path / "s", progress=False)
+
+
+def test_cli_flags_reach_the_training_config(tmp_path, capsys):
+    from acula_edge.checkpoint import read_checkpoint_info
+    from acula_edge.cli import main
+
+    out = tmp_path / "s"
+    try:
+        main(["distill", "--teacher", "none", "--data", DATA, "--student", "tiny", "--out", str(out), "--epochs", "1",
+              "--batch-size", "16", "--max-windows", "1", "--quiet", "--normalisation", "per_window_band",
+              "--device-copies", "1", "--balance-by", "subset", "--adversary-by", "subset"])
+    except SystemExit as e:
+        assert e.code == 0, capsys.readouterr().err
+    info = read_checkpoint_info(out)
+    used = info.extra["training_config"]
+    assert (used["device_copies"], used["balance_column"], used["adversary_column"], used["adversary_weight"]) == (
+        1, "subset", "subset", 0.3)
+    assert info.frontend.normalisation == "per_window_band"  # the device runtime normalises as in training

@@ -1,0 +1,205 @@
+"""Cross-site robustness on PhysioNet 2016, leave-one-subset-out: which training options help on an unseen site.
+
+    python benchmarks/cross_site.py --variants baseline band-norm ... [--folds a b d f] [--epochs 6]
+        [--max-windows 4] [--seeds 0] [--int8] [--work /tmp/xsite] [--json FILE]
+
+For every held-out subset (the whole subset is the test set: another site and stethoscope; nothing of it is used
+for training, validation, model selection or thresholds) and every variant, a ``small`` student is trained from
+scratch (labels only: distillation from a supervised teacher did not change the cross-site picture, see
+RESULTS_distill.md) on the other four subsets, subset ``c`` always in training. Reported per run:
+
+- recording-level AUROC on the held-out subset (mean window probability over up to ``--test-windows`` windows),
+  Se / Sp / MAcc at the 0.5 threshold (training is class-balanced; no threshold is tuned);
+- the site-shortcut probe (``acula_edge.bench.probe.site_probe``): balanced accuracy of a cross-validated linear
+  probe predicting the subset from the model's recording embedding (mean window embedding), over all five subsets,
+  and the same inside each label (which removes the route through the site's label balance); chance is 0.20;
+- the untrained (random-initialised) student's probe as the floor any front-end gives.
+
+A variant is a "+"-joined list of options (:data:`OPTIONS`), e.g. ``band-norm+device-sim``. ``--int8`` also
+exports every trained student to a full-int8 LiteRT (TFLite) bundle, calibrated on windows of its training subsets,
+and scores the held-out subset and the probe through the LiteRT runtime. One torch thread; run several processes
+(e.g. one per fold) to use more cores. Run folders go to ``--work`` (outside the repo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from acula_edge.bench.probe import site_probe
+from acula_edge.checkpoint import load_checkpoint, weights_sha256
+from acula_edge.data import Dataset, Recording, load_dataset
+from acula_edge.frontend import preset
+from acula_edge.distill.augment import AugmentConfig
+from acula_edge.distill.metrics import recording_means, recording_metrics
+from acula_edge.distill.students import DSCNNStudent
+from acula_edge.distill.train import TrainConfig, predict, train_student
+from acula_edge.distill.windows import KeyedWindows, extract_keyed
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "physionet2016"
+GROUP = "subset"
+
+# Training options measured here: TrainConfig overrides.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "baseline": {},  # per-window normalisation, default log-mel augmentation (gain, shift, noise, EQ, masks)
+    "no-aug": {"augment": AugmentConfig.off()},
+    "band-norm": {"normalisation": "per_window_band"},  # remove each window's mean spectrum
+    "band-limit": {"frontend_preset": "heart-band"},  # 25-400 Hz instead of 25-800 Hz
+    "device-sim": {"device_copies": 1},  # a simulated-device copy of every training recording
+    "balanced": {"balance_column": GROUP},  # every subset x label cell sampled equally
+    "adversary": {"adversary_column": GROUP, "adversary_weight": 0.3},  # site-adversarial head
+    "adversary-strong": {"adversary_column": GROUP, "adversary_weight": 1.0},
+}
+
+
+def variant_config(base: TrainConfig, variant: str) -> TrainConfig:
+    overrides: dict[str, Any] = {}
+    for name in variant.split("+"):
+        if name not in OPTIONS:
+            raise SystemExit(f"unknown option {name!r} in variant {variant!r}; choose from {sorted(OPTIONS)}")
+        overrides.update(OPTIONS[name])
+    return dataclasses.replace(base, **overrides)
+
+
+_WINDOWS: dict[str, KeyedWindows] = {}
+
+
+def all_windows(ds: Dataset, info: Any, n: int) -> KeyedWindows:
+    """Up to ``n`` evenly spaced windows of every recording, for one front-end (cached per front-end)."""
+    key = info.frontend.to_json() + json.dumps(info.windowing.to_dict())
+    if key not in _WINDOWS:
+        _WINDOWS[key] = extract_keyed(ds, info.frontend, info.windowing, info.labels, n)
+    return _WINDOWS[key]
+
+
+def score(emb: np.ndarray, logits: np.ndarray, w: KeyedWindows, fold: str) -> dict[str, Any]:
+    """Held-out AUROC etc. and the site probe, from per-window outputs on every recording of the dataset."""
+    groups = np.array([r.metadata[GROUP] for r in w.dataset])
+    labels = [r.label for r in w.dataset]
+    test = groups[w.recording] == fold
+    rec_idx = np.flatnonzero(groups == fold)
+    remap = np.full(len(groups), -1)
+    remap[rec_idx] = np.arange(len(rec_idx))
+    rec_labels = np.array([w.labels.index(labels[i]) for i in rec_idx])
+    m = recording_metrics(logits[test], remap[w.recording[test]], rec_labels, threshold=0.5)
+    ids, rec_emb = recording_means(emb, w.recording)
+    assert np.array_equal(ids, np.arange(len(groups))), "every recording has at least one (padded) window"
+    probe = site_probe(rec_emb, groups, labels)
+    return {**{k: m[k] for k in ("auroc", "se", "sp", "macc", "n", "n_pos")},
+            "site_probe": probe["balanced_accuracy"], "site_probe_within_label": probe.get("within_label_mean")}
+
+
+def evaluate_torch(folder: Path, ds: Dataset, fold: str, n: int) -> dict[str, Any]:
+    model, info = load_checkpoint(folder)
+    w = all_windows(ds, info, n)
+    emb, logits = predict(model, w.x)
+    rep = info.extra.get("model_report", {})
+    return {**score(emb, logits, w, fold), "params": rep.get("parameters"),
+            "best_epoch": info.extra.get("metrics", {}).get("best_epoch")}
+
+
+def evaluate_untrained(base: TrainConfig, ds: Dataset, fold: str, n: int, seed: int) -> dict[str, Any]:
+    """The random-initialised student: the probe floor of the front-end alone."""
+    from acula_edge.distill.students import student_config
+
+    torch.manual_seed(seed)
+    fe, win = preset(base.frontend_preset or "heart")
+    fe = dataclasses.replace(fe, normalisation=base.normalisation or fe.normalisation)
+    model = DSCNNStudent(student_config(base.student, base.embedding_dim, 2))
+    info = type("Info", (), {"frontend": fe, "windowing": win, "labels": ds.labels})()
+    w = all_windows(ds, info, n)
+    emb, logits = predict(model, w.x)
+    return score(emb, logits, w, fold)
+
+
+def evaluate_int8(folder: Path, data: str, ds: Dataset, fold: str, n: int, work: Path) -> dict[str, Any]:
+    """Export to a full-int8 LiteRT bundle (calibrated on the training subsets) and score through LiteRT."""
+    from acula_edge.export.api import export_model
+    from acula_edge.export.calibration import prepare_data
+    from acula_edge.manifest import read_manifest
+    from acula_edge.runtime import load
+
+    model, info = load_checkpoint(folder)
+    bundle = work / "int8-tflite"
+    if not (bundle / "manifest.json").is_file():
+        edata = prepare_data(info, "int8", f"{data}[{GROUP}!={fold}]", f"{data}[{GROUP}={fold}]", 300, 400)
+        export_model(model, info, bundle, "tflite", "int8", data=edata, source_sha256=weights_sha256(folder),
+                     source_path=str(folder))
+    manifest = read_manifest(bundle)
+    edge = load(bundle, num_threads=1)
+    w = all_windows(ds, info, n)
+    t0 = time.perf_counter()
+    outs = [edge.run_window(x) for x in w.x]
+    seconds = time.perf_counter() - t0
+    emb = np.stack([o[0] for o in outs])
+    probs = np.stack([o[1] for o in outs])
+    return {**score(emb, np.log(np.clip(probs, 1e-7, 1.0)), w, fold), "model_bytes": manifest.extra["model_bytes"],
+            "parity": manifest.parity, "ms_per_window": 1e3 * seconds / len(outs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--folds", nargs="+", default=["a", "b", "d", "f"])
+    ap.add_argument("--variants", nargs="+", default=["baseline"])
+    ap.add_argument("--student", default="small")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--max-windows", type=int, default=4, help="training windows per recording")
+    ap.add_argument("--test-windows", type=int, default=8, help="windows per recording for scoring and the probe")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--int8", action="store_true", help="also export int8 LiteRT bundles and score them")
+    ap.add_argument("--untrained", action="store_true", help="also probe the random-initialised student")
+    ap.add_argument("--work", default="/tmp/xsite")
+    ap.add_argument("--json", default=None, help="append one JSON line per run to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    ds = load_dataset(args.data)
+    rate = preset("heart")[0].sample_rate  # every option's front-end runs at the heart preset's rate
+    ds = Dataset(ds.name, tuple(Recording(r.record_id, r.label, dict(r.metadata), samples=r.load(rate),
+                                          sample_rate=rate) for r in ds))  # decode once
+    base = TrainConfig(student=args.student, epochs=args.epochs, max_windows_per_recording=args.max_windows,
+                       group_column=None, normalisation="per_window", patience=0, batch_size=32, lr=3e-3)
+    host = f"{platform.node()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"
+
+    def emit(row: dict[str, Any]) -> None:
+        row["utc"] = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with open(args.json, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    for fold in args.folds:
+        train_ds = ds.where(GROUP, [fold], keep=False)
+        if args.untrained:
+            for v in args.variants:
+                emit({"fold": fold, "variant": v, "model": "untrained", "host": host,
+                      **evaluate_untrained(variant_config(base, v), ds, fold, args.test_windows, 0)})
+        for seed in args.seeds:
+            for v in args.variants:
+                cfg = dataclasses.replace(variant_config(base, v), seed=seed)
+                out = work / fold / f"{v}-s{seed}" / "student"
+                t0 = time.time()
+                if not (out / "config.json").is_file():
+                    train_student(cfg, None, train_ds, out, progress=False, resume=True)
+                row = {"fold": fold, "variant": v, "seed": seed, "model": "torch", "train_s": round(time.time() - t0),
+                       "host": host, **evaluate_torch(out, ds, fold, args.test_windows)}
+                emit(row)
+                if args.int8:
+                    emit({"fold": fold, "variant": v, "seed": seed, "model": "int8-tflite", "host": host,
+                          **evaluate_int8(out, args.data, ds, fold, args.test_windows, out.parent)})
+
+
+if __name__ == "__main__":
+    main()
