@@ -10,7 +10,8 @@ recurrent or attention layers, no data-dependent shapes.
 shared (text-aligned) space; the logits are a linear head on that embedding, so a student trained without a
 teacher still trains its embedding head (through the classification loss).
 
-Sizes (:data:`PRESETS`): ``tiny`` (<= 30K parameters), ``small`` (<= 150K) and ``base`` (<= 1M), budgets that hold
+Sizes (:data:`PRESETS`): ``tiny`` (<= 30K parameters), ``small`` (<= 150K), ``small-mcu`` (<= 150K; ``small``
+re-shaped so its int8 model fits a 128 KB-RAM microcontroller) and ``base`` (<= 1M), budgets that hold
 for embeddings up to 384 wide (all-MiniLM-L6-v2's width) and 2 classes; :func:`model_report` gives parameters and
 multiply-accumulates per window.
 """
@@ -29,7 +30,7 @@ from acula_edge.errors import ConfigError, check_config_keys
 ARCHITECTURE = "acula_edge.distill.students:DSCNNStudent"
 ACTIVATIONS = ("relu", "relu6", "hardswish")
 # Parameter budget per named size (the issue's device classes).
-PARAM_BUDGETS = {"tiny": 30_000, "small": 150_000, "base": 1_000_000}
+PARAM_BUDGETS = {"tiny": 30_000, "small": 150_000, "small-mcu": 150_000, "base": 1_000_000}
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,21 @@ PRESETS: dict[str, StudentConfig] = {
     "tiny": StudentConfig(channels=(40, 40, 40, 40, 40), strides=((4, 2), (1, 1), (2, 2), (1, 1), (2, 1))),
     "small": StudentConfig(channels=(64, 96, 96, 128, 128, 128),
                            strides=((4, 2), (1, 1), (2, 2), (1, 1), (2, 2), (1, 1))),
+    # small's depth and strides with a narrow start and no residual block at the end, sized for a 128 KB-RAM MCU
+    # (TFLite Micro arena + C front-end + window buffer; benchmarks/RESULTS_firmware.md). The arena peak of an int8
+    # student is set by (1) the explicit PAD TFLite inserts before every stride-2 depthwise conv (PyTorch's
+    # symmetric padding is not TF "SAME" on even sizes), which copies the largest activation: 24/32 channels at
+    # 49 x 16 instead of small's 64/96; and (2) a final residual add, which the full-int8 conversion leaves in
+    # float32 (DEQUANTIZE -> ADD -> MEAN, 4x the bytes): the last block widens 128 -> 160 instead.
+    "small-mcu": StudentConfig(channels=(24, 32, 96, 128, 128, 160),
+                               strides=((4, 2), (1, 1), (2, 2), (1, 1), (2, 2), (1, 1))),
     "base": StudentConfig(channels=(96, 128, 128, 256, 256, 256, 384, 384),
                           strides=((4, 2), (1, 1), (2, 2), (1, 1), (2, 2), (1, 1), (2, 1), (1, 1))),
 }
 
 
 def student_config(size: str, embedding_dim: int, num_classes: int, **overrides: Any) -> StudentConfig:
-    """The preset ``size`` ("tiny", "small", "base") sized for the given embedding and class count."""
+    """The preset ``size`` ("tiny", "small", "small-mcu", "base") sized for the given embedding and class count."""
     if size not in PRESETS:
         raise ConfigError(f"unknown student size {size!r}; choose one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[size], embedding_dim=int(embedding_dim), num_classes=int(num_classes),

@@ -39,6 +39,10 @@ ARENA_GRANULARITY = 16  # bytes; TFLM aligns arena allocations to 16
 ARENA_START = 16 * 1024  # first size tried
 ARENA_MAX = 256 * 1024 * 1024  # give up above this
 ARENA_MARGIN_BYTES = 1024  # added to the measured size in the header (host vs MCU allocator differences)
+# The reference MCU class of issue 7 (a Cortex-M4/M7 digital stethoscope): what a firmware student must fit, with
+# flash = model + front-end tables and RAM = arena + front-end state + input window, as in extra["memory"].
+MCU_FLASH_BYTES = 256 * 1024
+MCU_RAM_BYTES = 128 * 1024
 ALIGNMENT = 16  # bytes, of the model array (TFLM requires at least 4; 16 suits SIMD loads)
 # MicroMutableOpResolver method names that do not follow the CamelCase rule of the builtin op name
 _RESOLVER_EXCEPTIONS = {"BATCH_MATMUL": "BatchMatMul", "LOG_SOFTMAX": "LogSoftmax", "L2_POOL_2D": "L2Pool2D"}
