@@ -11,7 +11,12 @@ recording database/device, duration, heart rate and signal quality), then on the
   recordings (never on the held-out subset);
 - linear-probe AUROC of the teacher embedding (projected, shared space) after alignment;
 - zero-shot AUROC after alignment: the teacher's logit difference abnormal - normal from the label prompts (no
-  held-out labels and no probe used).
+  held-out labels and no probe used);
+- with ``--supervised``: the same encoder from the same initial weights trained on the labels instead (a linear
+  head, class-balanced cross-entropy, the same windows, epochs, batch, learning rate and warm-up), its own head's
+  AUROC and the same linear probe on its output: alignment vs supervised training of one encoder;
+- the site-shortcut probe (acula_edge.bench.probe.site_probe) of every encoder output: balanced accuracy of
+  predicting the subset from the recording embedding, over the training and held-out subsets (chance 0.20).
 
 Runs with one thread (``torch.set_num_threads(1)``). Run folders go to ``--work`` (outside the repo). Prints a
 markdown table and writes JSON to ``--json``.
@@ -31,10 +36,12 @@ import numpy as np
 import torch
 
 from acula_edge.align.text_teacher import TextTeacher
+from acula_edge.bench.metrics import auroc as metrics_auroc
+from acula_edge.bench.probe import site_probe
 from acula_edge.align.train import align_frontend, build_audio_encoder, preset_config, train_alignment
 from acula_edge.checkpoint import load_checkpoint
 from acula_edge.data import Dataset, load_dataset
-from acula_edge.training import seed_everything
+from acula_edge.training import seed_everything, warmup_cosine
 from acula_edge.windows import extract_windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,22 +49,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "physionet2016"
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve (ties count half), positive = boolean array."""
-    pos, neg = scores[positive], scores[~positive]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    # average ranks for ties
-    i = 0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
-        i = j + 1
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    """The project's AUROC (acula_edge.bench.metrics) with this script's argument order."""
+    return metrics_auroc(np.asarray(positive, dtype=bool), scores)
 
 
 def per_recording(values: np.ndarray, recording: np.ndarray, n: int) -> np.ndarray:
@@ -102,7 +95,47 @@ def embed_windows(fn, x: np.ndarray, batch: int = 256, channels_last: bool = Fal
     return np.concatenate(out)
 
 
-def run_fold(dataset: Dataset, holdout: str, cfg, work: Path, teacher_text: TextTeacher) -> dict:
+def train_supervised(cfg, w_train, positive: int, w_test, y_test: np.ndarray) -> tuple[torch.nn.Module, float, float]:
+    """The alignment run's encoder, from the same initial weights, trained on the labels with a linear head."""
+    seed_everything(cfg.seed, 0)
+    frames, n_mels = w_train.x.shape[1], w_train.x.shape[2]
+    enc, _ = build_audio_encoder(cfg, frames, n_mels)
+    head = torch.nn.Linear(enc.dim, 2)
+    params = list(enc.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    y = torch.from_numpy((w_train.y == positive).astype(np.int64))
+    batch = cfg.batch_size * cfg.accumulation
+    steps = cfg.epochs * -(-len(y) // batch)
+    sched = warmup_cosine(opt, min(cfg.warmup_steps, steps // 5), steps)
+    weight = (len(y) / (2.0 * torch.bincount(y, minlength=2).clamp_min(1))).float()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    enc.train()
+    done = 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), batch):
+            if cfg.max_steps and done >= cfg.max_steps:  # as the alignment run stops
+                break
+            done += 1
+            idx = order[i:i + batch]
+            x = torch.from_numpy(w_train.x[idx.numpy()]).unsqueeze(1)
+            loss = torch.nn.functional.cross_entropy(head(enc.embed(x)), y[idx], weight=weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+    seconds = time.perf_counter() - t0
+    enc.eval()
+    logits = embed_windows(lambda x: head(enc.embed(x)), w_test.x)
+    score = per_recording(logits[:, 1] - logits[:, 0], w_test.recording, int(w_test.recording.max()) + 1)
+    return enc, auroc(score, y_test), seconds
+
+
+def run_fold(dataset: Dataset, holdout: str, cfg, work: Path, teacher_text: TextTeacher,
+             supervised: bool = False) -> dict:
     train, test = dataset.where("subset", [holdout], keep=False), dataset.where("subset", [holdout], keep=True)
     fe, win = align_frontend(cfg)
     labels = dataset.labels
@@ -120,20 +153,28 @@ def run_fold(dataset: Dataset, holdout: str, cfg, work: Path, teacher_text: Text
     res: dict = {"holdout": holdout, "train_recordings": len(train), "test_recordings": len(test),
                  "test_abnormal": int(y_test.sum()), "train_windows": len(w_train.x)}
 
-    def probe(fn, channels_last: bool) -> float:
+    groups = [r.metadata["subset"] for r in train] + [r.metadata["subset"] for r in test]
+    rec_labels = [r.label for r in train] + [r.label for r in test]
+
+    def probe(fn, channels_last: bool, name: str) -> float:
         f_tr = per_recording(embed_windows(fn, w_train.x, channels_last=channels_last), w_train.recording, len(train))
         f_te = per_recording(embed_windows(fn, w_test.x, channels_last=channels_last), w_test.recording, len(test))
+        res[f"site_{name}"] = site_probe(np.concatenate([f_tr, f_te]), groups, rec_labels)["balanced_accuracy"]
         return auroc(logistic_probe(f_tr, y_train.astype(float), f_te), y_test)
 
-    res["probe_before"] = probe(before.embed, cl)
+    res["probe_before"] = probe(before.embed, cl, "before")
+    if supervised:
+        enc, head_auroc, seconds = train_supervised(cfg, w_train, labels.index("abnormal"), w_test, y_test)
+        res.update(supervised_head=head_auroc, supervised_train_s=seconds)
+        res["probe_supervised"] = probe(enc.embed, cl, "supervised")
     t0 = time.perf_counter()
     result = train_alignment(cfg, train, work / f"fold-{holdout}", resume=False, text_teacher=teacher_text)
     res["train_s"] = time.perf_counter() - t0
     res["steps"] = result.steps
     res["final_loss"] = result.final_loss
     teacher, info = load_checkpoint(result.teacher_dir)
-    res["probe_after"] = probe(teacher.encoder.embed, cl)
-    res["probe_after_shared"] = probe(teacher.embed, cl)
+    res["probe_after"] = probe(teacher.encoder.embed, cl, "after")
+    res["probe_after_shared"] = probe(teacher.embed, cl, "after_shared")
     logits = embed_windows(lambda x: teacher(x)[1], w_test.x, channels_last=cl)
     diff = per_recording(logits[:, labels.index("abnormal")] - logits[:, labels.index("normal")],
                          w_test.recording, len(test))
@@ -153,6 +194,7 @@ def main() -> None:
     ap.add_argument("--contrastive", type=float, default=None, help="lambda of an extra InfoNCE term (CKA loss)")
     ap.add_argument("--normalisation", default=None, help="front-end normalisation override (per_window, global)")
     ap.add_argument("--exclude", nargs="*", default=None, help="metadata columns left out of the reports")
+    ap.add_argument("--supervised", action="store_true", help="also train the same encoder on the labels")
     ap.add_argument("--work", default="/tmp/acula-align-bench")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -175,7 +217,7 @@ def main() -> None:
     rows = []
     started = time.perf_counter()
     for h in args.holdout:
-        row = run_fold(dataset, h, cfg, Path(args.work), text)
+        row = run_fold(dataset, h, cfg, Path(args.work), text, args.supervised)
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"), "machine": platform.platform(),
@@ -184,12 +226,14 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "folds": rows}, indent=2))
     print("\n| held out | train rec | test rec (abn) | probe before | probe after (encoder) | probe after (shared) "
-          "| zero-shot | steps | train s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| zero-shot | supervised: head / probe | site probe: before / aligned / supervised | steps | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        sup = (f"{r['supervised_head']:.3f} / {r['probe_supervised']:.3f}" if "supervised_head" in r else "")
+        site = " / ".join(f"{r[k]:.3f}" for k in ("site_before", "site_after", "site_supervised") if k in r)
         print(f"| {r['holdout']} | {r['train_recordings']} | {r['test_recordings']} ({r['test_abnormal']}) "
               f"| {r['probe_before']:.3f} | {r['probe_after']:.3f} | {r['probe_after_shared']:.3f} "
-              f"| {r['zero_shot']:.3f} | {r['steps']} | {r['train_s']:.0f} |")
+              f"| {r['zero_shot']:.3f} | {sup} | {site} | {r['steps']} | {r['train_s']:.0f} |")
     print(f"\n{meta['date']}, {meta['machine']}, torch {meta['torch']}, 1 thread, wall {meta['wall_s']:.0f} s")
 
 
