@@ -3,6 +3,10 @@
 Files are written to a temporary sibling and ``os.replace``-d into place; folders (bundles, checkpoints) are built
 in a temporary sibling folder and swapped with the target in one step (Linux ``renameat2`` RENAME_EXCHANGE) only
 after the caller's checks passed.
+
+Temporary names carry the writer's process id (``.<name>.<pid>.<random>.partial`` / ``.tmp``): a writer killed
+mid-write (SIGKILL, power loss) leaves its temporary behind, and the next write of the same target on this machine
+removes temporaries whose process is gone.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -50,7 +55,8 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    remove_stale_temporaries(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".partial", dir=target.parent))
     try:
         yield tmp
     except BaseException:
@@ -73,6 +79,51 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's live process, or not a pid at all
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``target`` left by writers that no longer run; returns what was removed.
+
+    A folder write killed between its two fallback renames leaves the previous folder at ``.<name>.old-<pid>``
+    and no ``target``: that folder is put back. Temporaries of running writers are never touched."""
+    target = Path(target)
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    prefix = f".{target.name}."
+    for entry in target.parent.iterdir():
+        name = entry.name
+        if not name.startswith(prefix):
+            continue
+        rest = name[len(prefix):]
+        if rest.startswith("old-") and rest[4:].isdigit():
+            if not _pid_alive(int(rest[4:])):
+                if not target.exists():
+                    os.replace(entry, target)  # the interrupted write's previous folder, back in place
+                else:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+            continue
+        pid = rest.split(".", 1)[0]
+        if not (name.endswith(".partial") or name.endswith(".tmp")) or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
 
 
 def _exchange(a: Path, b: Path) -> bool:

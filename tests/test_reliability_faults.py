@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import runtime_fixtures as rf  # noqa: E402
 
 import acula_edge  # noqa: E402
+from acula_edge import atomic  # noqa: E402
 from acula_edge.errors import BundleError, CheckpointError  # noqa: E402
 
 torch = pytest.importorskip("torch")
@@ -190,6 +191,8 @@ def test_killed_file_write_keeps_the_old_file(tmp_path):
     assert target.read_bytes() == b"old"
     leftovers = [p.name for p in tmp_path.iterdir() if p != target]
     assert len(leftovers) == 1 and leftovers[0].startswith(".cache.npz.") and leftovers[0].endswith(".tmp")
+    atomic.write_bytes(target, b"next")  # the next write of the same file removes the dead writer's temporary
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.npz"] and target.read_bytes() == b"next"
 
 
 @pytest.mark.parametrize("where,expected", [("before the swap", "old"), ("after the swap", "new")])
@@ -203,6 +206,19 @@ def test_killed_folder_swap_leaves_a_whole_folder_at_its_path(tmp_path, where, e
     leftovers = list(tmp_path.glob(".bundle.*.partial"))
     other = {"old": "new", "new": "old"}[expected]
     assert len(leftovers) == 1 and (leftovers[0] / "manifest.json").read_text() == other
+    with atomic.atomic_dir(target) as new:  # the next write of the folder removes the dead writer's temporary
+        (new / "manifest.json").write_text("next")
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_temporaries_of_running_writers_are_left_alone(tmp_path):
+    live = tmp_path / f".bundle.{os.getpid()}.abc.partial"
+    live.mkdir()
+    other_name = tmp_path / ".other.999999999.abc.partial"  # another target's temporary: not this write's business
+    other_name.mkdir()
+    with atomic.atomic_dir(tmp_path / "bundle") as new:
+        (new / "manifest.json").write_text("x")
+    assert live.is_dir() and other_name.is_dir()
 
 
 def test_without_renameat2_a_kill_between_the_renames_keeps_the_old_folder_aside(tmp_path):
@@ -213,6 +229,10 @@ def test_without_renameat2_a_kill_between_the_renames_keeps_the_old_folder_aside
     assert _run_until_killed("between the two renames", str(target)) == -signal.SIGKILL
     aside = list(tmp_path.glob(".bundle.old-*"))
     assert not target.exists() and len(aside) == 1 and (aside[0] / "manifest.json").read_text() == "old"
+    # the next write of the folder first puts the old folder back (a reader in between finds it again)
+    atomic.remove_stale_temporaries(target)
+    assert (target / "manifest.json").read_text() == "old"
+    assert not list(tmp_path.glob(".bundle.old-*"))
 
 
 def test_cache_writer_killed_at_random_moments_leaves_a_whole_file(tmp_path):
