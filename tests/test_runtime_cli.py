@@ -106,6 +106,9 @@ def test_stream_file_and_stdin_json(recording):
     summary = json.loads(out.stdout.decode().splitlines()[-1])
     assert summary["n_windows"] == 4 and summary["source"] == "<stdin>"
     assert summary["probabilities"]["abnormal"] == pytest.approx(float(expected.probabilities[1]), abs=0.01)
+    odd = cli("stream", str(bundle), "-", "--json", stdin=pcm + b"\x01")  # a truncated last int16 sample
+    assert odd.returncode == 0 and json.loads(odd.stdout.decode().splitlines()[-1])["n_windows"] == 4
+    assert b"warning: stdin ended with 1 byte(s) that are not a whole int16 sample" in odd.stderr
     f32 = cli("stream", str(bundle), "-", "--pcm-format", "float32", "--sample-rate", "2000",
               stdin=x.astype("<f4").tobytes())
     text = f32.stdout.decode()

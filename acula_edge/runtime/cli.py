@@ -227,6 +227,9 @@ def stream(bundle: str, audio: str, as_json: bool, chunk_ms: int, sample_rate: i
             usable = len(data) - len(data) % dtype.itemsize
             pending = data[usable:]
             emit(session.push(np.frombuffer(data[:usable], dtype=dtype), rate))
+        if pending:  # a truncated last sample: say so rather than drop it silently
+            click.echo(f"warning: stdin ended with {len(pending)} byte(s) that are not a whole {pcm_format} sample "
+                       f"({dtype.itemsize} bytes); they were ignored. Is --pcm-format right?", err=True)
     else:
         rate = file_sample_rate(Path(audio))
         step = max(1, rate * chunk_ms // 1000)
