@@ -32,6 +32,15 @@ ATOL = 1e-3  # every value: synthetic audio (either build), real recordings with
 # loud bands, ~1e-7 of a frame's energy: up to ~4e-3 measured (numpy's float32 rfft is off by ~2e-3 there too).
 FLOAT32_RANGE_DB = 40.0
 FLOAT32_ALL_ATOL = 1e-2
+# The -DACULA_Q15=1 build (Q15 samples, window and block-floating-point FFT; float mel and log) on the real
+# recordings below, measured 2026-11-30 (the test prints them): max abs log-mel error in bands within
+# FLOAT32_RANGE_DB of the frame's loudest band / over every value: heart 0.247 / 1.45, acula 1.26 / 8.1, custom
+# 0.052 / 0.052. On synthetic audio bands within 40 dB are within 6e-4. Fixed point has ~90 dB of range below the
+# frame's *whole* spectrum: PhysioNet frames whose energy sits below fmin (DC, < 25 Hz: not in any mel band) push
+# the mel bands down that range (heart), and audio upsampled to 16 kHz (acula) leaves the bands above the source's
+# Nyquist frequency empty (numpy sees them at -100 dB and lower, Q15 sees rounding noise). Bounds: those figures
+# rounded up; a power scale off by 2 would add 0.69 to every value.
+Q15_ATOL = {"heart": (0.3, 1.6), "acula": (1.5, 9.0), "custom": (0.1, 0.1)}
 
 CONFIGS = {
     "heart": preset("heart")[0],
@@ -55,12 +64,12 @@ def build_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def c_frontends(build_dir):
-    cache: dict[tuple[str, bool], cbuild.CFrontend] = {}
+    cache: dict[tuple[str, bool, bool], cbuild.CFrontend] = {}
 
-    def get(name: str, fft_double: bool = False) -> cbuild.CFrontend:
-        key = (name, fft_double)
+    def get(name: str, fft_double: bool = False, q15: bool = False) -> cbuild.CFrontend:
+        key = (name, fft_double, q15)
         if key not in cache:
-            cache[key] = cbuild.CFrontend(CONFIGS[name], build_dir, fft_double=fft_double)
+            cache[key] = cbuild.CFrontend(CONFIGS[name], build_dir, fft_double=fft_double, q15=q15)
         fe = cache[key]
         fe.reset()
         return fe
@@ -152,11 +161,46 @@ def test_real_recordings_match_numpy(c_frontends, real_recordings, name, fft_dou
         assert worst_all <= FLOAT32_ALL_ATOL, f"{name}: max abs log-mel error {worst_all:.2e} > {FLOAT32_ALL_ATOL}"
 
 
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", list(Q15_ATOL))
+def test_q15_real_recordings_match_numpy(c_frontends, real_recordings, name):
+    cfg = CONFIGS[name]
+    fe, ref = c_frontends(name, q15=True), LogMel(cfg)
+    worst_loud = worst_all = 0.0
+    for path, x in real_recordings(cfg.sample_rate):
+        fe.reset()
+        got, want = fe.push(x), ref(x)
+        assert got.shape == want.shape, path
+        err = np.abs(got - want)
+        worst_loud = max(worst_loud, float(err[db_below_peak(want, cfg) <= FLOAT32_RANGE_DB].max()))
+        worst_all = max(worst_all, float(err.max()))
+    print(f"Q15 {name}: max abs log-mel error {worst_loud:.3g} within {FLOAT32_RANGE_DB:g} dB of the frame peak, "
+          f"{worst_all:.3g} over all values")
+    loud_atol, all_atol = Q15_ATOL[name]
+    assert worst_loud <= loud_atol and worst_all <= all_atol, (worst_loud, worst_all)
+
+
+def test_q15_int16_and_float_input_agree_and_state_is_smaller(c_frontends):
+    cfg = CONFIGS["heart"]
+    pcm = (synthetic(cfg, 1.0, seed=4) * 20000).astype(np.int16)
+    fe = c_frontends("heart", q15=True)
+    from_int = fe.push_int16(pcm)
+    fe.reset()
+    np.testing.assert_array_equal(from_int, fe.push(pcm.astype(np.float32) / 32768.0))  # exact in Q15
+    assert fe.state_bytes == header.frontend_memory(cfg, q15=True)["ram_bytes"] < c_frontends("heart").state_bytes
+
+
+def test_q15_and_double_builds_exclude_each_other(build_dir):
+    with pytest.raises(ExportError, match="ACULA_FFT_DOUBLE or ACULA_Q15"):
+        cbuild.CFrontend(CONFIGS["heart"], build_dir, fft_double=True, q15=True)
+
+
+@pytest.mark.parametrize("q15", [False, True], ids=["float32", "q15"])
 @pytest.mark.parametrize("name", ["heart", "custom", "gap"])
-def test_streaming_any_chunks_equals_offline(c_frontends, name):
+def test_streaming_any_chunks_equals_offline(c_frontends, name, q15):
     cfg = CONFIGS[name]
     x = synthetic(cfg, seconds=2.0, seed=1)
-    fe = c_frontends(name)
+    fe = c_frontends(name, q15=q15)
     offline = fe.push(x)
     rng = np.random.default_rng(7)
     sizes = [1, 1, 3, 7, cfg.win_length + 13, 1, cfg.hop_length - 1, 2 * cfg.win_length + 5, 0, 17]
@@ -262,18 +306,20 @@ def test_memory_budget_formula_for_heart():
     assert wide["ram_bytes"] == mem["ram_bytes"] + 4 * cfg.n_fft + (-(mem["ram_bytes"] + 4 * cfg.n_fft) % 8)
 
 
-@pytest.mark.parametrize("fft_double", [False, True], ids=["float32", "double"])
+@pytest.mark.parametrize("fft_double,q15", [(False, False), (True, False), (False, True)],
+                         ids=["float32", "double", "q15"])
 @pytest.mark.parametrize("name", ["heart", "acula"])
-def test_memory_budget_matches_compiled_sizes(c_frontends, build_dir, name, fft_double):
+def test_memory_budget_matches_compiled_sizes(c_frontends, build_dir, name, fft_double, q15):
     cfg = CONFIGS[name]
-    mem = header.frontend_memory(cfg, fft_double=fft_double)
-    assert c_frontends(name, fft_double).state_bytes == mem["ram_bytes"]
+    mem = header.frontend_memory(cfg, fft_double=fft_double, q15=q15)
+    assert c_frontends(name, fft_double, q15).state_bytes == mem["ram_bytes"]
     if shutil.which("nm") is None:
         pytest.skip("nm (binutils) not installed; cannot measure the compiled tables")
-    obj_dir = build_dir / f"obj-{name}-{fft_double}"
+    obj_dir = build_dir / f"obj-{name}-{fft_double}-{q15}"
     header.write_frontend_header(cfg, obj_dir / "frontend_params.h")
     obj = obj_dir / "acula_frontend.o"
-    subprocess.run(["gcc", *cbuild.C_FLAGS, f"-DACULA_FFT_DOUBLE={int(fft_double)}", f"-I{obj_dir}",
+    subprocess.run(["gcc", *cbuild.C_FLAGS, f"-DACULA_FFT_DOUBLE={int(fft_double)}", f"-DACULA_Q15={int(q15)}",
+                    f"-I{obj_dir}",
                     f"-I{cbuild.FIRMWARE_DIR}", "-c", str(cbuild.FIRMWARE_DIR / "acula_frontend.c"), "-o", str(obj)],
                    check=True)
     listing = subprocess.run(["nm", "-S", str(obj)], capture_output=True, text=True, check=True).stdout

@@ -33,16 +33,29 @@ extern "C" {
 /* Arithmetic of the window product, FFT and power: float32 by default; build with -DACULA_FFT_DOUBLE=1 for
  * float64 (as the numpy reference computes it) on cores with a double-precision FPU (Cortex-M7, host). float32
  * rounding shows only in bands far (> 40 dB) below a frame's loudest band; see tests/test_c_frontend.py. */
-#if ACULA_FFT_DOUBLE
+/* Or build with -DACULA_Q15=1 for a fixed-point variant (cores without an FPU, or to halve the state and tables):
+ * samples, window and twiddles in Q15 (int16), the window product and FFT in integers with a per-frame block
+ * exponent (the frame is scaled to use the full 16 bits, each FFT stage halves), the split step in 64-bit
+ * integers; only the mel filterbank and log run in float. Its error against numpy is measured in
+ * tests/test_c_frontend.py. */
+#if ACULA_Q15 && ACULA_FFT_DOUBLE
+#error "ACULA_Q15 and ACULA_FFT_DOUBLE exclude each other"
+#endif
+#if ACULA_Q15
+typedef int16_t acula_fft_t;    /* Q15: value / 32768 */
+typedef int16_t acula_sample_t; /* Q15 samples, as int16 PCM */
+#elif ACULA_FFT_DOUBLE
 typedef double acula_fft_t;
+typedef float acula_sample_t;
 #else
 typedef float acula_fft_t;
+typedef float acula_sample_t;
 #endif
 
 /* One stream's state. Sized by frontend_params.h; holds no pointers, so it may be copied or zeroed. */
 typedef struct {
     acula_fft_t work[ACULA_N_FFT]; /* windowed frame; the FFT runs in place here */
-    float buf[ACULA_WIN_LENGTH];   /* samples of the frame being filled */
+    acula_sample_t buf[ACULA_WIN_LENGTH]; /* samples of the frame being filled */
     float power[ACULA_N_FREQS];    /* power (or magnitude) spectrum of the current frame */
     int32_t fill;                 /* valid samples in buf */
     int32_t skip;                 /* samples still to drop before the next frame starts (HOP > WIN) */

@@ -115,14 +115,18 @@ class CFrontend:
 
     ``push(samples)`` takes float samples at ``cfg.sample_rate`` (any length) and returns the new frames, shape
     (k, n_mels) float32; ``push_int16`` does the same for int16 PCM; ``reset()`` starts a new recording.
-    ``fft_double`` builds with ``-DACULA_FFT_DOUBLE=1`` (window, FFT and power in double).
+    ``fft_double`` builds with ``-DACULA_FFT_DOUBLE=1`` (window, FFT and power in double), ``q15`` with
+    ``-DACULA_Q15=1`` (samples, window and FFT in fixed point).
     """
 
     def __init__(self, cfg: FrontendConfig, build_dir: str | os.PathLike, cc: str = "gcc",
-                 fft_double: bool = False) -> None:
+                 fft_double: bool = False, q15: bool = False) -> None:
+        if fft_double and q15:
+            raise ExportError("the C front-end builds with ACULA_FFT_DOUBLE or ACULA_Q15, not both")
         self.cfg = cfg
         self.fft_double = fft_double
-        flags = ["-DACULA_FFT_DOUBLE=1"] if fft_double else []
+        self.q15 = q15
+        flags = ["-DACULA_FFT_DOUBLE=1"] if fft_double else ["-DACULA_Q15=1"] if q15 else []
         self.library_path = compile_frontend(cfg, build_dir, cc=cc, extra_flags=flags)
         lib = ctypes.CDLL(str(self.library_path))
         f32p = ctypes.POINTER(ctypes.c_float)

@@ -14,7 +14,8 @@ Tables (flash, ``static const``; compiled only into ``acula_frontend.c``):
   non-zero triangle weights, concatenated): the sparse mel filterbank.
 
 The window and twiddles are written with float64 precision and cast to ``acula_fft_t``: float32 by default,
-float64 when the firmware is built with ``-DACULA_FFT_DOUBLE=1``.
+float64 when the firmware is built with ``-DACULA_FFT_DOUBLE=1``, Q15 (int16, rounded, 1.0 saturated to 32767)
+with ``-DACULA_Q15=1``.
 
 Memory budget in bytes (:func:`frontend_memory`), with ``r`` = 4 (float32 build) or 8 (``ACULA_FFT_DOUBLE``)::
 
@@ -22,7 +23,8 @@ Memory budget in bytes (:func:`frontend_memory`), with ``r`` = 4 (float32 build)
     ram_bytes   = r*n_fft + 4*win_length + 4*(n_fft/2 + 1) + 2*4          # sizeof(acula_frontend_t),
                                                                           # rounded up to a multiple of r
 
-where ``n_weights`` is the number of non-zero filterbank weights. The caller also needs ``4*n_mels`` bytes per
+where ``n_weights`` is the number of non-zero filterbank weights; the ``-DACULA_Q15=1`` build has ``r`` = 2, a
+``2*win_length`` sample buffer and the struct rounded up to a multiple of 4. The caller also needs ``4*n_mels`` bytes per
 output frame and, for a model window, ``4*n_mels*window_frames`` bytes (``window_bytes``).
 """
 
@@ -46,6 +48,7 @@ MAX_N_FFT = 65536
 FLOAT_BYTES = 4
 INDEX_BYTES = 2  # uint16_t
 COUNTER_BYTES = 4  # int32_t
+Q15_BYTES = 2  # int16_t: acula_fft_t and acula_sample_t of the ACULA_Q15 build
 
 
 def _check_exportable(cfg: FrontendConfig) -> None:
@@ -105,29 +108,34 @@ FFT_TABLES = ("window", "twiddle_cos", "twiddle_sin")  # stored as acula_fft_t
 
 
 def _memory_from_tables(cfg: FrontendConfig, tables: dict[str, np.ndarray], windowing: Windowing | None,
-                        fft_double: bool) -> dict[str, Any]:
-    real = 8 if fft_double else FLOAT_BYTES  # sizeof(acula_fft_t)
+                        fft_double: bool, q15: bool = False) -> dict[str, Any]:
+    if fft_double and q15:
+        raise ConfigError("the C front-end builds with ACULA_FFT_DOUBLE or ACULA_Q15, not both")
+    real = 8 if fft_double else Q15_BYTES if q15 else FLOAT_BYTES  # sizeof(acula_fft_t)
+    sample = Q15_BYTES if q15 else FLOAT_BYTES  # sizeof(acula_sample_t)
     flash = {name: int(arr.size) * (real if name in FFT_TABLES else arr.itemsize) for name, arr in tables.items()}
     ram = {
         "work": real * cfg.n_fft,  # windowed frame, FFT in place
-        "buf": FLOAT_BYTES * cfg.win_length,  # samples of the frame being filled
+        "buf": sample * cfg.win_length,  # samples of the frame being filled
         "power": FLOAT_BYTES * cfg.n_freqs,  # power / magnitude spectrum
         "counters": 2 * COUNTER_BYTES,  # fill, skip
     }
     ram_total = sum(ram.values())
-    ram["padding"] = -ram_total % real  # the struct is aligned like its double array (8 on ARM EABI and x86-64)
+    # the struct is aligned like its most aligned member: the double array (8 on ARM EABI and x86-64), else 4
+    ram["padding"] = -ram_total % max(real, COUNTER_BYTES)
     out: dict[str, Any] = {
         "flash_bytes": sum(flash.values()),
         "ram_bytes": sum(ram.values()),
         "flash_tables": flash,
         "ram_state": ram,
         "fft_double": bool(fft_double),
+        "q15": bool(q15),
         "frame_bytes": FLOAT_BYTES * cfg.n_mels,
         "mel_weights": int(tables["mel_weights"].size),
         "config_sha256": config_sha256(cfg),
         "formula": "flash = r*(win_length + n_fft) + 4*n_mels + 4*n_weights (tables, not code); "
                    "ram = sizeof(acula_frontend_t) = r*n_fft + 4*(win_length + n_fft/2 + 1) + 8, rounded up to r; "
-                   "r = 4 (float32) or 8 (ACULA_FFT_DOUBLE)",
+                   "r = 4 (float32) or 8 (ACULA_FFT_DOUBLE); ACULA_Q15: r = 2 and buf takes 2*win_length",
     }
     if windowing is not None:
         frames = windowing.frames_per_window(cfg)
@@ -138,17 +146,17 @@ def _memory_from_tables(cfg: FrontendConfig, tables: dict[str, np.ndarray], wind
 
 
 def frontend_memory(cfg: FrontendConfig, windowing: Windowing | None = None,
-                    fft_double: bool = False) -> dict[str, Any]:
+                    fft_double: bool = False, q15: bool = False) -> dict[str, Any]:
     """Memory budget of the C front-end for ``cfg`` in bytes, without writing anything.
 
     ``flash_bytes``: the constant tables (code not included); ``ram_bytes``: ``sizeof(acula_frontend_t)``;
     ``frame_bytes``: one output frame; with ``windowing``, also ``window_bytes`` for a model-input window of
     ``window_frames`` frames. Per-table / per-buffer sizes are under ``flash_tables`` / ``ram_state``.
-    ``fft_double``: the budget of a build with ``-DACULA_FFT_DOUBLE=1``.
+    ``fft_double``: the budget of a build with ``-DACULA_FFT_DOUBLE=1``; ``q15``: with ``-DACULA_Q15=1``.
     """
     if windowing is not None:
         windowing.validate(cfg)
-    return _memory_from_tables(cfg, firmware_tables(cfg), windowing, fft_double)
+    return _memory_from_tables(cfg, firmware_tables(cfg), windowing, fft_double, q15)
 
 
 def _c_float(v: float) -> str:
@@ -180,6 +188,7 @@ def render_frontend_header(cfg: FrontendConfig, windowing: Windowing | None = No
         windowing.validate(cfg)
     mem32 = _memory_from_tables(cfg, tables, windowing, fft_double=False)
     mem64 = _memory_from_tables(cfg, tables, windowing, fft_double=True)
+    mem16 = _memory_from_tables(cfg, tables, windowing, fft_double=False, q15=True)
     left = (cfg.n_fft - cfg.win_length) // 2
     d = [
         "/* frontend_params.h: log-mel front-end constants for acula_frontend.c.",
@@ -224,9 +233,15 @@ def render_frontend_header(cfg: FrontendConfig, windowing: Windowing | None = No
         "#ifndef ACULA_FFT_DOUBLE",
         "#define ACULA_FFT_DOUBLE 0 /* 1: window product, FFT and power in double (acula_fft_t) */",
         "#endif",
+        "#ifndef ACULA_Q15",
+        "#define ACULA_Q15 0 /* 1: samples, window, FFT and power in fixed point (Q15 / integers) */",
+        "#endif",
         "#if ACULA_FFT_DOUBLE",
         f"#define ACULA_FLASH_BYTES {mem64['flash_bytes']} /* tables */",
         f"#define ACULA_RAM_BYTES {mem64['ram_bytes']} /* sizeof(acula_frontend_t) */",
+        "#elif ACULA_Q15",
+        f"#define ACULA_FLASH_BYTES {mem16['flash_bytes']} /* tables */",
+        f"#define ACULA_RAM_BYTES {mem16['ram_bytes']} /* sizeof(acula_frontend_t) */",
         "#else",
         f"#define ACULA_FLASH_BYTES {mem32['flash_bytes']} /* tables */",
         f"#define ACULA_RAM_BYTES {mem32['ram_bytes']} /* sizeof(acula_frontend_t) */",
@@ -239,7 +254,12 @@ def render_frontend_header(cfg: FrontendConfig, windowing: Windowing | None = No
         "#if defined(ACULA_FRONTEND_TABLES) && !defined(ACULA_FRONTEND_TABLES_DEFINED)",
         "#define ACULA_FRONTEND_TABLES_DEFINED",
         "#include <stdint.h>",
+        "#if ACULA_Q15 /* round to Q15, saturating 1.0 to 32767 / 32768 */",
+        "#define ACULA_R(x) ((acula_fft_t)((x) >= 32767.0 / 32768.0 ? 32767 : (x) < -1.0 ? -32768 \\",
+        "    : (x) * 32768.0 + ((x) >= 0 ? 0.5 : -0.5)))",
+        "#else",
         "#define ACULA_R(x) ((acula_fft_t)(x))",
+        "#endif",
         "",
         _c_array("acula_fft_t", "acula_window", "ACULA_WIN_LENGTH", [_c_real(v) for v in tables["window"]], 4),
         _c_array("acula_fft_t", "acula_twiddle_cos", "ACULA_N_FFT / 2",
