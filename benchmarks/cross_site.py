@@ -2,6 +2,7 @@
 
     python benchmarks/cross_site.py --variants baseline band-norm ... [--folds a b d f] [--epochs 6]
         [--max-windows 4] [--seeds 0] [--int8] [--work /tmp/xsite] [--json FILE]
+    python benchmarks/cross_site.py --summary FILE     # markdown tables of a --json file
 
 For every held-out subset (the whole subset is the test set: another site and stethoscope; nothing of it is used
 for training, validation, model selection or thresholds) and every variant, a ``small`` student is trained from
@@ -17,8 +18,9 @@ RESULTS_distill.md) on the other four subsets, subset ``c`` always in training. 
 
 A variant is a "+"-joined list of options (:data:`OPTIONS`), e.g. ``band-norm+device-sim``. ``--int8`` also
 exports every trained student to a full-int8 LiteRT (TFLite) bundle, calibrated on windows of its training subsets,
-and scores the held-out subset and the probe through the LiteRT runtime. One torch thread; run several processes
-(e.g. one per fold) to use more cores. Run folders go to ``--work`` (outside the repo).
+and scores the held-out subset and the probe through the LiteRT runtime. One torch thread (and set OPENBLAS_NUM_THREADS=1:
+multi-threaded BLAS slows the probe's small solves badly on a loaded machine); run several processes (e.g. one per
+fold) to use more cores. Run folders go to ``--work`` (outside the repo).
 """
 
 from __future__ import annotations
@@ -148,6 +150,33 @@ def evaluate_int8(folder: Path, data: str, ds: Dataset, fold: str, n: int, work:
             "parity": manifest.parity, "ms_per_window": 1e3 * seconds / len(outs)}
 
 
+def summarise(path: str) -> None:
+    """Markdown tables from a ``--json`` file: per fold, and the mean over folds, per variant and model kind."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    folds = sorted({r["fold"] for r in rows})
+    keys = list(dict.fromkeys((r["variant"], r["model"]) for r in rows))
+    print(f"| variant | model | seeds | " + " | ".join(f"{f}: AUROC / site" for f in folds)
+          + " | mean AUROC | min AUROC | mean site probe | mean site probe within label |")
+    print("|---|---|---|" + "---|" * len(folds) + "---|---|---|---|")
+    for variant, model in keys:
+        sel = [r for r in rows if r["variant"] == variant and r["model"] == model]
+        per_fold = {f: [r for r in sel if r["fold"] == f] for f in folds}
+        cells, aurocs, sites, within = [], [], [], []
+        for f in folds:
+            if not per_fold[f]:
+                cells.append("")
+                continue
+            a = float(np.mean([r["auroc"] for r in per_fold[f]]))
+            site = float(np.mean([r["site_probe"] for r in per_fold[f]]))
+            aurocs.append(a)
+            sites.append(site)
+            within += [r["site_probe_within_label"] for r in per_fold[f] if r.get("site_probe_within_label")]
+            cells.append(f"{a:.3f} / {site:.3f}")
+        seeds = len({r.get("seed") for r in sel})
+        print(f"| {variant} | {model} | {seeds} | " + " | ".join(cells) + f" | {np.mean(aurocs):.3f} | "
+              f"{np.min(aurocs):.3f} | {np.mean(sites):.3f} | {np.mean(within) if within else float('nan'):.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA))
@@ -162,7 +191,11 @@ def main() -> None:
     ap.add_argument("--untrained", action="store_true", help="also probe the random-initialised student")
     ap.add_argument("--work", default="/tmp/xsite")
     ap.add_argument("--json", default=None, help="append one JSON line per run to this file")
+    ap.add_argument("--summary", default=None, help="only print markdown tables of this --json file")
     args = ap.parse_args()
+    if args.summary:
+        summarise(args.summary)
+        return
     torch.set_num_threads(1)
     work = Path(args.work)
     ds = load_dataset(args.data)
@@ -182,10 +215,14 @@ def main() -> None:
 
     for fold in args.folds:
         train_ds = ds.where(GROUP, [fold], keep=False)
-        if args.untrained:
+        if args.untrained:  # once per front-end: the other options do not change an untrained model
+            seen = set()
             for v in args.variants:
-                emit({"fold": fold, "variant": v, "model": "untrained", "host": host,
-                      **evaluate_untrained(variant_config(base, v), ds, fold, args.test_windows, 0)})
+                cfg = variant_config(base, v)
+                if (cfg.frontend_preset, cfg.normalisation) not in seen:
+                    seen.add((cfg.frontend_preset, cfg.normalisation))
+                    emit({"fold": fold, "variant": v, "model": "untrained", "host": host,
+                          **evaluate_untrained(cfg, ds, fold, args.test_windows, 0)})
         for seed in args.seeds:
             for v in args.variants:
                 cfg = dataclasses.replace(variant_config(base, v), seed=seed)
