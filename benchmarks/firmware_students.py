@@ -41,6 +41,7 @@ from acula_edge.distill.augment import AugmentConfig  # noqa: E402
 from acula_edge.distill.metrics import recording_metrics  # noqa: E402
 from acula_edge.distill.train import TrainConfig, predict, train_student  # noqa: E402
 from acula_edge.distill.windows import extract_keyed  # noqa: E402
+from acula_edge.errors import ParityError  # noqa: E402
 from acula_edge.export.api import export_model  # noqa: E402
 from acula_edge.export.calibration import prepare_data  # noqa: E402
 from acula_edge.export.runners import run_tflite, run_tflm  # noqa: E402
@@ -131,20 +132,27 @@ def main() -> None:
             _, logits = predict(model, w.x)
             auroc_fp32 = recording_metrics(logits, w.recording, rec_labels)["auroc"]
             bundle = work / f"bundle-{size}-seed{seed}-tflm"
+            head = {"size": size, "seed": seed, "params": sum(p.numel() for p in model.parameters()),
+                    "macs": info.extra.get("model_report", {}).get("macs_per_window"), "train_s": round(train_s, 1),
+                    "recordings": int(len(test_ds)), "windows": int(len(w.x)), "auroc_fp32": auroc_fp32}
             if not (bundle / "manifest.json").is_file():
                 data = prepare_data(info, "int8", str(train_csv), str(test_csv), args.calib_windows,
                                     args.gate_windows)
-                export_model(model, info, bundle, "tflm", "int8", data=data, source_sha256=weights_sha256(ckpt),
-                             source_path=str(ckpt))
+                try:
+                    export_model(model, info, bundle, "tflm", "int8", data=data, source_sha256=weights_sha256(ckpt),
+                                 source_path=str(ckpt))
+                except ParityError as e:  # the gate refused the int8 model: report it, measure the others
+                    rows.append({**head, "gate": "FAIL: " + "; ".join(e.mismatches)})
+                    print(json.dumps(rows[-1]), flush=True)
+                    continue
             manifest = read_manifest(bundle)
             x = np.ascontiguousarray(w.x[:, None], dtype=np.float32)
             agree = agreement(bundle, x)
             aurocs = {k: recording_metrics(agree[k]["logits"], w.recording, rec_labels)["auroc"]
                       for k in ("tflm", "litert")}
-            row = {"size": size, "seed": seed, "params": sum(p.numel() for p in model.parameters()),
-                   "macs": info.extra.get("model_report", {}).get("macs_per_window"), "train_s": round(train_s, 1),
-                   **budget(manifest.extra), "windows": int(len(x)), "recordings": int(len(test_ds)),
-                   "auroc_fp32": auroc_fp32, "auroc_tflm": aurocs["tflm"], "auroc_litert": aurocs["litert"],
+            gate_cos = manifest.parity["outputs"]["embedding"]["cosine_mean"]
+            row = {**head, **budget(manifest.extra), "gate": f"pass (emb. cosine {gate_cos:.4f})",
+                   "auroc_tflm": aurocs["tflm"], "auroc_litert": aurocs["litert"],
                    "agreement": agree["outputs"], "tflm_ms": agree["tflm_ms"], "litert_ms": agree["litert_ms"],
                    "ops": manifest.extra.get("ops")}
             rows.append(row)
@@ -162,8 +170,9 @@ def write_results(path: Path, rows: list[dict], args: argparse.Namespace, comman
 
     pkgs = ["torch", "litert-torch", "ai-edge-litert", "tflite-micro"]
     first = {}
-    for r in rows:  # the memory budget does not depend on the seed (same architecture); show the first
-        first.setdefault(r["size"], r)
+    for r in rows:  # the memory budget does not depend on the seed (same architecture); show the first exported
+        if "agreement" in r:
+            first.setdefault(r["size"], r)
     lines = [
         "# Firmware budget (issue 7): tflm bundles of trained students against a stethoscope MCU",
         "",
@@ -205,22 +214,29 @@ def write_results(path: Path, rows: list[dict], args: argparse.Namespace, comman
         "quantization steps (the int8 outputs dequantized, difference / scale).",
         "",
         "| student | seed | windows | logits: max diff (steps) | logits identical | embedding: max diff (steps) | "
-        "embedding identical | AUROC TFLM | AUROC LiteRT | AUROC fp32 torch | ms/window TFLM / LiteRT |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "embedding identical | AUROC TFLM | AUROC LiteRT | AUROC fp32 torch | ms/window TFLM / LiteRT | export gate |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
+        if "agreement" not in r:
+            lines.append(f"| {r['size']} | {r['seed']} | {r['windows']} | — | — | — | — | — | — | "
+                         f"{r['auroc_fp32']:.4f} | — | {r['gate']} |")
+            continue
         lo, emb = r["agreement"]["logits"], r["agreement"]["embedding"]
         lines.append(f"| {r['size']} | {r['seed']} | {r['windows']} | {lo['max_steps']} | {100 * lo['identical']:.1f}% "
                      f"| {emb['max_steps']} | {100 * emb['identical']:.1f}% | {r['auroc_tflm']:.4f} | "
-                     f"{r['auroc_litert']:.4f} | {r['auroc_fp32']:.4f} | {r['tflm_ms']:.1f} / {r['litert_ms']:.2f} |")
+                     f"{r['auroc_litert']:.4f} | {r['auroc_fp32']:.4f} | {r['tflm_ms']:.1f} / {r['litert_ms']:.2f} | "
+                     f"{r['gate']} |")
     sizes = list(dict.fromkeys(r["size"] for r in rows))
     if len(args.seeds) > 1:
-        lines += ["", "Mean over seeds (recording-level AUROC on the held-out subset):", "",
-                  "| student | seeds | AUROC fp32 torch | AUROC TFLM int8 |", "|---|---:|---:|---:|"]
+        lines += ["", "Mean ± standard deviation over seeds (recording-level AUROC on the held-out subset):", "",
+                  "| student | seeds | AUROC fp32 torch | AUROC TFLM int8 (exported seeds) |", "|---|---:|---:|---:|"]
         for s in sizes:
             sel = [r for r in rows if r["size"] == s]
-            lines.append(f"| {s} | {len(sel)} | {np.mean([r['auroc_fp32'] for r in sel]):.4f} | "
-                         f"{np.mean([r['auroc_tflm'] for r in sel]):.4f} |")
+            tflm = [r["auroc_tflm"] for r in sel if "auroc_tflm" in r]
+            lines.append(f"| {s} | {len(sel)} | {np.mean([r['auroc_fp32'] for r in sel]):.4f} ± "
+                         f"{np.std([r['auroc_fp32'] for r in sel]):.4f} | "
+                         + (f"{np.mean(tflm):.4f} ({len(tflm)})" if tflm else "—") + " |")
     notes = ""  # hand-written observations below the marker survive a re-run
     if path.is_file() and NOTES_MARKER in path.read_text():
         notes = "\n" + NOTES_MARKER + path.read_text().split(NOTES_MARKER, 1)[1]
