@@ -141,6 +141,9 @@ def test_full_int8_tflite_has_int8_io_and_no_float_tensors(bundles, target):
     for spec in (*manifest.inputs, *manifest.outputs):
         assert spec.dtype == "int8" and spec.scale > 0 and -128 <= spec.zero_point <= 127
     assert manifest.extra["findings"] == []  # no float tensor, no TRANSPOSE for a 1-channel NCHW input
+    (fit,) = manifest.extra["output_range"]  # the embedding's int8 range, fitted on the calibration windows
+    assert fit["output"] == "embedding" and fit["windows"] == 32
+    assert fit["calibration_cosine"]["chosen"] >= fit["calibration_cosine"]["observer"]
 
 
 @pytest.mark.slow
@@ -202,3 +205,140 @@ def test_reference_set_is_plain_arrays(bundles):
         assert ref["input"].shape == (8, 1, 46, 32) and ref["output_logits"].shape == (8, 2)
     assert json.loads((out / "manifest.json").read_text())["extra"]["files"]["reference.npz"] == \
         manifest.extra["files"]["reference.npz"]
+
+
+# --- PT2E int8 fixes (export/pt2e.py) ----------------------------------------------------------------------------
+
+class ResidualPoolNet(nn.Module):
+    """conv -> residual (depthwise + pointwise) block whose add feeds the global pool, as in the "small" student."""
+
+    def __init__(self, channels: int = 8, embedding_dim: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, channels, 3, 2, 1), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, groups=channels), nn.ReLU(),
+                                   nn.Conv2d(channels, channels, 1), nn.ReLU())
+        self.embed = nn.Linear(channels, embedding_dim)
+        self.head = nn.Linear(embedding_dim, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.stem(x)
+        h = h + self.block(h)
+        e = self.embed(torch.nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
+        return e, self.head(e)
+
+
+class OutlierEmbedding(nn.Module):
+    """A linear embedding of a (1, 1, 4, 8) input: calibration windows with a few large inputs give its output a
+    range far wider than typical windows need."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(32, 64)
+        self.head = nn.Linear(64, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.embed(x.flatten(1))
+        return e, self.head(e)
+
+
+def _int8_tflite(model, example, calibration, options, path):
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    from acula_edge.export import pt2e
+    from acula_edge.export.targets.tflite import describe
+
+    converted, quantizer, fits = pt2e.quantize(model, example, calibration, options)
+    litert_torch.convert(converted, (torch.from_numpy(example),),
+                         quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(path))
+    return describe(path), fits
+
+
+@pytest.mark.slow
+def test_residual_add_before_the_global_pool_is_int8(tmp_path, one_torch_thread):
+    """litert's source-partition matcher misses the add (torch.export leaves source_fn_stack empty): stock, the add
+    and the pool stay float; with the add annotated by op target the model is all int8 and matches PyTorch."""
+    from acula_edge.export import pt2e
+    from acula_edge.export.parity import cosine_rows, torch_outputs
+    from acula_edge.export.runners import run_tflite
+
+    torch.manual_seed(1)
+    model = ResidualPoolNet().eval()
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((24, 1, 16, 8)).astype(np.float32)
+    stock, _ = _int8_tflite(model, calib[:1], calib, pt2e.STOCK, tmp_path / "stock.tflite")
+    assert stock["float_tensors"] and "DEQUANTIZE" in stock["ops"]  # the defect this fixes, still in the stock flow
+    fixed, _ = _int8_tflite(model, calib[:1], calib, pt2e.QuantizeOptions(), tmp_path / "fixed.tflite")
+    assert fixed["float_tensors"] == [] and "DEQUANTIZE" not in fixed["ops"]
+    assert {"ADD", "MEAN"} <= set(fixed["ops"])
+    x = rng.standard_normal((8, 1, 16, 8)).astype(np.float32)
+    got = run_tflite(tmp_path / "fixed.tflite", x, fixed["inputs"], fixed["outputs"])
+    assert cosine_rows(torch_outputs(model, x)["embedding"], got["embedding"]).mean() > 0.99
+
+
+@pytest.mark.slow
+def test_embedding_range_is_fitted_for_cosine_on_calibration_windows(tmp_path, one_torch_thread):
+    """A few calibration windows with large inputs: the histogram observer keeps their whole range, the fit narrows
+    it, and typical held-out windows come out of the int8 model closer to PyTorch."""
+    from acula_edge.export import pt2e
+    from acula_edge.export.parity import cosine_rows, torch_outputs
+    from acula_edge.export.runners import run_tflite
+
+    model = OutlierEmbedding().eval()
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((64, 1, 4, 8)).astype(np.float32)
+    calib[:3] *= 12.0  # outliers
+    held_out = rng.standard_normal((32, 1, 4, 8)).astype(np.float32)
+    reference = torch_outputs(model, held_out)["embedding"]
+    cosines = {}
+    for name, options in {"stock": pt2e.STOCK, "fitted": pt2e.QuantizeOptions()}.items():
+        desc, fits = _int8_tflite(model, calib[:1], calib, options, tmp_path / f"{name}.tflite")
+        got = run_tflite(tmp_path / f"{name}.tflite", held_out, desc["inputs"], desc["outputs"])
+        cosines[name] = float(cosine_rows(reference, got["embedding"]).mean())
+        if name == "fitted":
+            (fit,) = fits
+            assert fit.output == "embedding" and fit.windows == 64
+            assert fit.chosen_cosine > fit.observer_cosine
+            width = fit.chosen_range[1] - fit.chosen_range[0]
+            assert width < 0.8 * (fit.observer_range[1] - fit.observer_range[0])
+            scale = desc["outputs"][0].scale  # the file's embedding scale is the fitted range's
+            assert scale == pytest.approx(width / 255, rel=1e-3)
+        else:
+            assert fits == []
+    assert cosines["fitted"] > cosines["stock"]
+
+
+def test_fit_output_range_never_scores_below_the_observer():
+    """On evenly spread values the observer's own range is kept (no candidate beats it by construction or wins)."""
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    from acula_edge.export import pt2e
+
+    class Graph(torch.nn.Module):  # a stand-in graph: the output node's first argument is an observer module
+        pass
+
+    graph = torch.fx.GraphModule(Graph(), torch.fx.Graph())
+    obs = HistogramObserver(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine)
+    values = np.random.default_rng(0).uniform(-1, 1, (50, 16)).astype(np.float32)
+    obs(torch.from_numpy(values))
+    graph.add_module("activation_post_process_0", obs)
+    x = graph.graph.placeholder("x")
+    node = graph.graph.call_module("activation_post_process_0", (x,))
+    graph.graph.output((node, x))
+    graph.recompile()
+    fit = pt2e.fit_output_range(graph, 0, values)
+    assert fit is not None and fit.chosen_cosine >= fit.observer_cosine
+    assert pt2e.fit_output_range(graph, 1, values) is None  # an output without an observer: nothing to fit
+
+
+def test_tflm_arena_probe_survives_a_crashing_interpreter(monkeypatch, tmp_path):
+    """TFLM's interpreter can segfault on a far too small arena: the probe runs in a child, a crash = too small."""
+    from acula_edge.export.targets import tflm
+
+    monkeypatch.setattr(tflm, "_PROBE", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    ok, log = tflm._allocates(tmp_path / "model.tflite", 1024)
+    assert ok is False and "signal 11" in log
+    monkeypatch.setattr(tflm, "_PROBE", "import sys\nsys.exit(1)\n")  # a broken probe is an error, not "too small"
+    with pytest.raises(tflm.ExportError, match="allocation probe failed"):
+        tflm._allocates(tmp_path / "model.tflite", 1024)

@@ -1,8 +1,10 @@
 """TFLite (LiteRT): ``litert_torch.convert``; int8 as full-integer PT2E quantization with int8 input and output.
 
-int8: ``PT2EQuantizer`` (per-channel symmetric weights, static int8 activations calibrated on real windows) ->
-``convert_pt2e(fold_quantize=False)`` -> ``litert_torch.convert(..., quant_config=QuantConfig(pt2e_quantizer=...))``.
-The input and outputs are int8 tensors; their scale / zero point go into the manifest's TensorSpecs.
+int8: :func:`acula_edge.export.pt2e.quantize` (litert-torch's ``PT2EQuantizer`` with per-channel symmetric weights
+and static int8 activations calibrated on real windows, plus the residual adds it misses and a cosine-fitted range for
+the embedding output) -> ``litert_torch.convert(..., quant_config=QuantConfig(pt2e_quantizer=...))``.
+The input and outputs are int8 tensors; their scale / zero point go into the manifest's TensorSpecs, the fitted
+output range into ``extra["output_range"]``.
 
 At export time the written model is inspected (without delegates) and these are reported as findings: float
 tensors left in a full-int8 model, and TRANSPOSE ops (layout changes the converter inserted, e.g. NCHW -> NHWC for
@@ -21,6 +23,8 @@ from acula_edge.manifest import TensorSpec
 
 MODEL_FILE = "model.tflite"
 FLOAT_DTYPES = ("float32", "float16", "float64")
+QUANTIZATION = ("full-integer PT2E, per-channel symmetric int8 weights, int8 input and outputs, embedding range "
+                "fitted for cosine on the calibration windows")
 
 
 def versions() -> dict[str, str]:
@@ -32,34 +36,31 @@ def versions() -> dict[str, str]:
             "ai-edge-litert": version("ai-edge-litert"), "torchao": version("torchao")}
 
 
-def convert(job: ExportJob, path: Path) -> None:
-    """Write the TFLite flatbuffer of ``job`` (fp32, or full int8 when ``job.precision == 'int8'``) to ``path``."""
+def convert(job: ExportJob, path: Path) -> dict[str, Any]:
+    """Write the TFLite flatbuffer of ``job`` (fp32, or full int8 when ``job.precision == 'int8'``) to ``path``.
+
+    Returns the quantization facts for the manifest's extra (int8: the fitted output range; fp32: nothing)."""
     import litert_torch
     import torch
 
     example = torch.from_numpy(job.example)
+    facts: dict[str, Any] = {}
     try:
         if job.precision == "fp32":
             edge = litert_torch.convert(job.model.eval(), (example,))
         else:
-            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
             from litert_torch.quantize.quant_config import QuantConfig
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-            quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
-                                                                                      is_dynamic=False))
-            graph = torch.export.export(job.model.eval(), (example,)).module()
-            remove_dropout(graph)  # see remove_dropout: works around a mis-scaled FC bias
-            prepared = prepare_pt2e(graph, quantizer)
-            with torch.no_grad():
-                for i in range(job.calibration.shape[0]):
-                    prepared(torch.from_numpy(job.calibration[i:i + 1]))
-            converted = convert_pt2e(prepared, fold_quantize=False)
+            from acula_edge.export import pt2e
+
+            converted, quantizer, fits = pt2e.quantize(job.model, job.example, job.calibration)
+            facts = {"output_range": [f.to_dict() for f in fits]}
             edge = litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
         edge.export(str(path))
     except Exception as e:  # the converter raises many internal types; keep the cause
         raise ExportError(f"litert_torch conversion ({job.precision}) failed for {type(job.model).__name__}: "
                           f"{e}") from e
+    return facts
 
 
 def remove_dropout(graph: Any) -> int:
@@ -139,12 +140,13 @@ def findings(desc: dict[str, Any], precision: str) -> list[str]:
 def export(job: ExportJob, folder: Path) -> TargetResult:
     """Write ``model.tflite`` (fp32, or full int8 with int8 input/output) into ``folder``."""
     path = folder / MODEL_FILE
-    convert(job, path)
+    facts = convert(job, path)
     desc = describe(path)
     extra = {"ops": sorted(set(desc["ops"])), "op_count": len(desc["ops"]), "output_order": [o.name for o in
                                                                                              desc["outputs"]]}
     if job.precision == "int8":
-        extra["quantization"] = "full-integer PT2E, per-channel symmetric int8 weights, int8 input and outputs"
+        extra["quantization"] = QUANTIZATION
+        extra.update(facts)
     return TargetResult(MODEL_FILE, desc["inputs"], desc["outputs"], versions(), extra,
                         tuple(findings(desc, job.precision)))
 

@@ -7,20 +7,20 @@ and output shapes and int8 scale / zero point, labels, threshold, and the ops to
 log-mel front-end.
 
 The arena size is measured, not estimated: the smallest arena with which ``tflite_micro``'s Python interpreter
-allocates the model (bisection to ``ARENA_GRANULARITY`` bytes). The interpreter runs on a 64-bit host, whose
+allocates the model (bisection to ``ARENA_GRANULARITY`` bytes; each probe in a child process, since the
+interpreter can crash rather than fail on a far too small arena). The interpreter runs on a 64-bit host, whose
 pointers and structs are larger than on a 32-bit MCU, so the figure is an upper bound for Cortex-M; the header adds
 ``ARENA_MARGIN_BYTES`` on top.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import tempfile
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +43,7 @@ ARENA_MARGIN_BYTES = 1024  # added to the measured size in the header (host vs M
 # flash = model + front-end tables and RAM = arena + front-end state + input window, as in extra["memory"].
 MCU_FLASH_BYTES = 256 * 1024
 MCU_RAM_BYTES = 128 * 1024
+_PROBE_TOO_SMALL = 3  # exit status of the allocation probe when TFLM reports the arena too small
 ALIGNMENT = 16  # bytes, of the model array (TFLM requires at least 4; 16 suits SIMD loads)
 # MicroMutableOpResolver method names that do not follow the CamelCase rule of the builtin op name
 _RESOLVER_EXCEPTIONS = {"BATCH_MATMUL": "BatchMatMul", "LOG_SOFTMAX": "LogSoftmax", "L2_POOL_2D": "L2Pool2D"}
@@ -55,33 +56,26 @@ def resolver_name(op: str) -> str:
     return "".join(part if part[0].isdigit() else part.capitalize() for part in op.split("_"))
 
 
-@contextlib.contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
-    """Capture C-level stderr (TFLM's error reporter) into the yielded list (one string, after the block)."""
-    import sys
-
-    sink: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield sink
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            sink.append(tmp.read().decode("utf-8", "replace"))
+# One allocation probe, in a child process: TFLite Micro's Python interpreter can crash (SIGSEGV) instead of raising
+# when the arena is far too small (seen: a full-int8 MEAN, whose Prepare uses a temp tensor it failed to allocate),
+# and a crash must not take the exporter down with it.
+_PROBE = ("import sys\n"
+          "from acula_edge.export.runners import tflm_interpreter\n"
+          "try:\n"
+          "    tflm_interpreter(sys.argv[1], int(sys.argv[2]))\n"
+          "except RuntimeError:\n"
+          f"    sys.exit({_PROBE_TOO_SMALL})\n")
 
 
 def _allocates(path: Path, arena: int) -> tuple[bool, str]:
-    with _captured_stderr() as err:
-        try:
-            tflm_interpreter(path, arena)
-            ok = True
-        except RuntimeError:
-            ok = False
-    return ok, "".join(err)
+    """(whether TFLM allocates the model at ``path`` with ``arena`` bytes, the probe's stderr)."""
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(int(arena))], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return True, proc.stderr
+    if proc.returncode == _PROBE_TOO_SMALL or proc.returncode < 0:  # < 0: killed by a signal (the crash above)
+        return False, proc.stderr + (f"\n(probe killed by signal {-proc.returncode})" if proc.returncode < 0 else "")
+    raise ExportError(f"the TFLite Micro allocation probe failed (exit {proc.returncode}): "
+                      + " | ".join(proc.stderr.strip().splitlines()[-5:]))
 
 
 def measure_arena(path: Path) -> int:
@@ -231,7 +225,7 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
     if job.precision != "int8":
         raise ExportError(f"the tflm target is int8 only (got {job.precision}); use --quantize int8")
     path = folder / MODEL_FILE
-    tflite.convert(replace(job, precision="int8"), path)
+    facts = tflite.convert(replace(job, precision="int8"), path)
     desc = tflite.describe(path)
     measured = measure_arena(path)
     arena = measured + ARENA_MARGIN_BYTES
@@ -246,7 +240,7 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
         "arena_note": "smallest arena tflite_micro's Python interpreter (64-bit host) allocates, + margin",
         "ops": sorted(set(desc["ops"])), "resolver_ops": sorted({resolver_name(o) for o in desc["ops"]}),
         "model_bytes": len(data), "c_files": [HEADER_FILE, SOURCE_FILE],
-        "quantization": "full-integer PT2E, per-channel symmetric int8 weights, int8 input and outputs",
+        "quantization": tflite.QUANTIZATION, **facts,
     }
     frontend = _frontend_header(job, folder)
     if frontend is not None:
