@@ -41,6 +41,7 @@ import torch
 from acula_edge.bench.probe import site_probe
 from acula_edge.checkpoint import load_checkpoint, weights_sha256
 from acula_edge.data import Dataset, Recording, load_dataset
+from acula_edge.errors import ParityError
 from acula_edge.frontend import preset
 from acula_edge.distill.augment import AugmentConfig
 from acula_edge.distill.metrics import recording_means, recording_metrics
@@ -155,11 +156,14 @@ def summarise(path: str) -> None:
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     folds = sorted({r["fold"] for r in rows})
     keys = list(dict.fromkeys((r["variant"], r["model"]) for r in rows))
+    print(f"Mean over seeds per fold; 'site' is the site-shortcut probe (balanced accuracy, chance 0.20).\n")
     print(f"| variant | model | seeds | " + " | ".join(f"{f}: AUROC / site" for f in folds)
           + " | mean AUROC | min AUROC | mean site probe | mean site probe within label |")
     print("|---|---|---|" + "---|" * len(folds) + "---|---|---|---|")
     for variant, model in keys:
         sel = [r for r in rows if r["variant"] == variant and r["model"] == model]
+        failed = [f"{r['fold']}/s{r.get('seed')}" for r in sel if "auroc" not in r]
+        sel = [r for r in sel if "auroc" in r]
         per_fold = {f: [r for r in sel if r["fold"] == f] for f in folds}
         cells, aurocs, sites, within = [], [], [], []
         for f in folds:
@@ -173,7 +177,8 @@ def summarise(path: str) -> None:
             within += [r["site_probe_within_label"] for r in per_fold[f] if r.get("site_probe_within_label")]
             cells.append(f"{a:.3f} / {site:.3f}")
         seeds = len({r.get("seed") for r in sel})
-        print(f"| {variant} | {model} | {seeds} | " + " | ".join(cells) + f" | {np.mean(aurocs):.3f} | "
+        note = f" (export gate failed: {', '.join(failed)})" if failed else ""
+        print(f"| {variant} | {model}{note} | {seeds} | " + " | ".join(cells) + f" | {np.mean(aurocs):.3f} | "
               f"{np.min(aurocs):.3f} | {np.mean(sites):.3f} | {np.mean(within) if within else float('nan'):.3f} |")
 
 
@@ -234,8 +239,12 @@ def main() -> None:
                        "host": host, **evaluate_torch(out, ds, fold, args.test_windows)}
                 emit(row)
                 if args.int8:
-                    emit({"fold": fold, "variant": v, "seed": seed, "model": "int8-tflite", "host": host,
-                          **evaluate_int8(out, args.data, ds, fold, args.test_windows, out.parent)})
+                    row = {"fold": fold, "variant": v, "seed": seed, "model": "int8-tflite", "host": host}
+                    try:
+                        row.update(evaluate_int8(out, args.data, ds, fold, args.test_windows, out.parent))
+                    except ParityError as e:  # the export gate refused the bundle: a result, not a crash
+                        row["gate"] = "FAIL: " + str(e).splitlines()[-1].strip()
+                    emit(row)
 
 
 if __name__ == "__main__":
