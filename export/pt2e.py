@@ -10,14 +10,14 @@ It fixes two defects of the stock flow, both measured on trained distill/ studen
    pool: ADD and MEAN stayed float32, between DEQUANTIZE and QUANTIZE (4x the bytes in the TFLM arena).
    :class:`GraphQuantizer` annotates every tensor-tensor ``aten.add`` by its op target instead, with litert's own
    specs. The global pool then gets its own output observer rather than sharing its input's (litert's
-   ``propagate_annotation`` default): a mean over a 7 x 4 map spans a much narrower range than the map's largest
+   ``propagate_annotation`` default): a mean over a 13 x 4 map spans a much narrower range than the map's largest
    value, and on ``small`` (seed 2) the shared range cost 0.0006 of embedding cosine; TFLite's MEAN requantizes.
 2. **The embedding output's range.** Every activation gets a ``HistogramObserver``, whose range search is greedy (it
    stops at the first step that does not lower its L2 estimate) and minimizes the element-wise error, while the
    parity gate scores the per-window cosine of the 384-wide embedding. On ``small-mcu`` (seed 1, 10 epochs) the
-   observer kept the full calibration range (-5.5, 5.5) for an output of RMS 0.29, a 0.041 step; windows with small
-   embeddings lost most of their cosine. :func:`fit_output_range` picks, from the observer's range shrunk by each of
-   :data:`RANGE_FRACTIONS`, the int8 range that maximizes the gate's metric (mean per-window cosine,
+   observer kept nearly the whole calibration range (-5.0, 5.5) for an output of RMS 0.29, a 0.041 step; windows
+   with small embeddings lost most of their cosine. :func:`fit_output_range` picks, from the observer's range
+   shrunk by each of :data:`RANGE_FRACTIONS`, the int8 range that maximizes the gate's metric (mean per-window cosine,
    :func:`~acula_edge.export.parity.cosine_rows`) on the **calibration** windows (never the parity windows), and
    keeps the observer's own range unless a candidate beats it there.
 

@@ -310,7 +310,7 @@ def test_embedding_range_is_fitted_for_cosine_on_calibration_windows(tmp_path, o
 
 
 def test_fit_output_range_never_scores_below_the_observer():
-    """On evenly spread values the observer's own range is kept (no candidate beats it by construction or wins)."""
+    """The fit never scores below the observer's own range; an output without an observer is left alone."""
     from torchao.quantization.pt2e.observer import HistogramObserver
 
     from acula_edge.export import pt2e

@@ -57,8 +57,8 @@ def resolver_name(op: str) -> str:
 
 
 # One allocation probe, in a child process: TFLite Micro's Python interpreter can crash (SIGSEGV) instead of raising
-# when the arena is far too small (seen: a full-int8 MEAN, whose Prepare uses a temp tensor it failed to allocate),
-# and a crash must not take the exporter down with it.
+# when the arena is far too small (seen: `small`'s all-int8 model at 16 KiB, "Failed to allocate tail memory"
+# then SIGSEGV), and a crash must not take the exporter down with it.
 _PROBE = ("import sys\n"
           "from acula_edge.export.runners import tflm_interpreter\n"
           "try:\n"
