@@ -154,6 +154,8 @@ def evaluate_int8(folder: Path, data: str, ds: Dataset, fold: str, n: int, work:
 def summarise(path: str) -> None:
     """Markdown tables from a ``--json`` file: per fold, and the mean over folds, per variant and model kind."""
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    # a rerun of the same (fold, variant, seed, model) replaces the earlier row
+    rows = list({(r["fold"], r["variant"], r.get("seed"), r["model"]): r for r in rows}.values())
     folds = sorted({r["fold"] for r in rows})
     keys = list(dict.fromkeys((r["variant"], r["model"]) for r in rows))
     print(f"Mean over seeds per fold; 'site' is the site-shortcut probe (balanced accuracy, chance 0.20).\n")
