@@ -2,7 +2,7 @@
 
     python benchmarks/cross_site.py --variants baseline band-norm ... [--folds a b d f] [--epochs 6]
         [--max-windows 4] [--seeds 0] [--int8] [--work /tmp/xsite] [--json FILE]
-    python benchmarks/cross_site.py --summary FILE     # markdown tables of a --json file
+    python benchmarks/cross_site.py --summary FILE...  # a markdown table of --json files
 
 For every held-out subset (the whole subset is the test set: another site and stethoscope; nothing of it is used
 for training, validation, model selection or thresholds) and every variant, a ``small`` student is trained from
@@ -151,9 +151,10 @@ def evaluate_int8(folder: Path, data: str, ds: Dataset, fold: str, n: int, work:
             "parity": manifest.parity, "ms_per_window": 1e3 * seconds / len(outs)}
 
 
-def summarise(path: str) -> None:
-    """Markdown tables from a ``--json`` file: per fold, and the mean over folds, per variant and model kind."""
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def summarise(paths: list[str]) -> None:
+    """A markdown table from ``--json`` files: per fold, and the mean over folds, per variant and model kind."""
+    rows = [json.loads(line) for path in paths for line in Path(path).read_text(encoding="utf-8").splitlines()
+            if line.strip()]
     # a rerun of the same (fold, variant, seed, model) replaces the earlier row
     rows = list({(r["fold"], r["variant"], r.get("seed"), r["model"]): r for r in rows}.values())
     folds = sorted({r["fold"] for r in rows})
@@ -198,7 +199,7 @@ def main() -> None:
     ap.add_argument("--untrained", action="store_true", help="also probe the random-initialised student")
     ap.add_argument("--work", default="/tmp/xsite")
     ap.add_argument("--json", default=None, help="append one JSON line per run to this file")
-    ap.add_argument("--summary", default=None, help="only print markdown tables of this --json file")
+    ap.add_argument("--summary", nargs="+", default=None, help="only print a markdown table of these --json files")
     args = ap.parse_args()
     if args.summary:
         summarise(args.summary)
