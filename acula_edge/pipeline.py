@@ -37,6 +37,7 @@ class PipelineConfig:
     test_group: str | None = None  # the held-out group (None: last in sorted order)
     align_preset: str = "cpu"  # acula_edge.align.train presets
     align_epochs: int = 3
+    normalisation: str = ""  # front-end normalisation of teacher and students ("" = the align preset's)
     students: tuple[str, ...] = ("small",)  # acula_edge.distill.students presets
     distill_epochs: int = 12
     max_windows_per_recording: int = 8  # training windows per recording (evenly spaced)
@@ -53,7 +54,9 @@ class PipelineConfig:
 
 PRESETS: dict[str, PipelineConfig] = {
     "demo": PipelineConfig(),
+    # per_window_band: the cross-site ablation's pick (benchmarks/RESULTS_cross_site.md)
     "physionet2016": PipelineConfig(data="", test_group="b", align_preset="cpu", align_epochs=6,
+                                    normalisation="per_window_band",
                                     students=("tiny", "small", "base"), distill_epochs=20,
                                     max_windows_per_recording=12, latency_runs=300, latency_seconds=3.0),
 }
@@ -172,6 +175,8 @@ class Pipeline:
 
         cfg = dataclasses.replace(preset_config(self.cfg.align_preset), epochs=self.cfg.align_epochs,
                                   seed=self.cfg.seed, max_windows_per_recording=self.cfg.max_windows_per_recording)
+        if self.cfg.normalisation:
+            cfg = dataclasses.replace(cfg, frontend_normalisation=self.cfg.normalisation)
         result = train_alignment(cfg, self.train_spec, self.out / "align", device="cpu")
         return {"teacher": str(result.teacher_dir), "steps": result.steps, "final_loss": result.final_loss}
 
