@@ -159,8 +159,8 @@ def summarise(paths: list[str]) -> None:
     rows = list({(r["fold"], r["variant"], r.get("seed"), r["model"]): r for r in rows}.values())
     folds = sorted({r["fold"] for r in rows})
     keys = list(dict.fromkeys((r["variant"], r["model"]) for r in rows))
-    print(f"Mean over seeds per fold; 'site' is the site-shortcut probe (balanced accuracy, chance 0.20).\n")
-    print(f"| variant | model | seeds | " + " | ".join(f"{f}: AUROC / site" for f in folds)
+    print("Mean over seeds per fold; 'site' is the site-shortcut probe (balanced accuracy, chance 0.20).\n")
+    print("| variant | model | seeds | " + " | ".join(f"{f}: AUROC / site" for f in folds)
           + " | mean AUROC | min AUROC | mean site probe | mean site probe within label |")
     print("|---|---|---|" + "---|" * len(folds) + "---|---|---|---|")
     for variant, model in keys:

@@ -32,6 +32,41 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def interrupted_then_resumed(monkeypatch):
+    """``run(train)``: call ``train()`` with a crash (KeyboardInterrupt) right after its first saved student
+    training state, then call it again (it resumes) and return what the second call returns."""
+    from acula_edge.distill import train as train_mod
+
+    def run(train):
+        real_save = train_mod.save_training_state
+
+        def save_then_crash(*a, **k):
+            real_save(*a, **k)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(train_mod, "save_training_state", save_then_crash)
+        with pytest.raises(KeyboardInterrupt):
+            train()
+        monkeypatch.setattr(train_mod, "save_training_state", real_save)
+        return train()
+
+    return run
+
+
+def assert_same_weights(checkpoint_a: Path, checkpoint_b: Path) -> None:
+    """The two checkpoint folders hold the same weights (names and values)."""
+    import torch
+
+    from acula_edge.checkpoint import load_checkpoint
+
+    a, _ = load_checkpoint(checkpoint_a)
+    b, _ = load_checkpoint(checkpoint_b)
+    assert list(a.state_dict()) == list(b.state_dict())
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, msg=k)
+
+
 @pytest.fixture(scope="session")
 def physionet_dir() -> Path:
     if not PHYSIONET.is_dir():

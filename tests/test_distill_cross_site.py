@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from acula_edge.checkpoint import load_checkpoint
+from conftest import assert_same_weights
+
 from acula_edge.data import load_dataset
 from acula_edge.errors import ConfigError
 from acula_edge.training import read_jsonl
@@ -87,7 +88,7 @@ def test_balanced_sampling_draws_every_site_label_cell_equally():
     assert sorted(train_mod._epoch_order(10, TrainConfig(), 0, None)) == list(range(10))
 
 
-def test_training_with_every_cross_site_option_and_exact_resume(tmp_path, monkeypatch):
+def test_training_with_every_cross_site_option_and_exact_resume(tmp_path, interrupted_then_resumed):
     data = load_dataset(DATA)
     cfg = TrainConfig(**{**FAST, "epochs": 2}, device_copies=1, balance_column="subset", adversary_column="subset",
                       adversary_weight=0.5)
@@ -99,22 +100,8 @@ def test_training_with_every_cross_site_option_and_exact_resume(tmp_path, monkey
     assert log[0]["n_train_windows"] == 2 * plain_log[0]["n_train_windows"]  # clean + one simulated copy
     assert log[0]["adversary_groups"] == sorted({r.metadata["subset"] for r in data})
     assert all("train_adversary" in r for r in log if r["event"] == "epoch")
-    real_save = train_mod.save_training_state
-
-    def save_then_crash(*a, **k):
-        real_save(*a, **k)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "save_training_state", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        train_student(cfg, None, data, tmp_path / "crashed", progress=False)
-    monkeypatch.setattr(train_mod, "save_training_state", real_save)
-    train_student(cfg, None, data, tmp_path / "crashed", progress=False)
-    a, _ = load_checkpoint(tmp_path / "straight")
-    b, _ = load_checkpoint(tmp_path / "crashed")
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(va, vb, msg=k)
-
+    interrupted_then_resumed(lambda: train_student(cfg, None, data, tmp_path / "crashed", progress=False))
+    assert_same_weights(tmp_path / "straight", tmp_path / "crashed")
 
 def test_cross_site_options_fail_clearly(tmp_path):
     data = load_dataset(DATA)

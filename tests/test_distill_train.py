@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_same_weights
+
 from acula_edge.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint_info, save_checkpoint, weights_sha256
 from acula_edge.cli import main
 from acula_edge.data import load_dataset
@@ -15,7 +17,6 @@ from acula_edge.errors import CheckpointError, ConfigError
 from acula_edge.frontend import preset
 from acula_edge.manifest import Prompts
 from acula_edge.training import read_jsonl
-from acula_edge.distill import train as train_mod
 from acula_edge.distill.students import ARCHITECTURE, build_student
 from acula_edge.distill.teachers import load_teacher
 from acula_edge.distill.train import TrainConfig, split_validation, train_student
@@ -92,26 +93,13 @@ def test_resume_continues_from_the_saved_step(tmp_path, teacher_dir, capsys):
     assert [r["event"] for r in log].count("start") == 2 and log[-2]["step"] == first[0]["step"]
 
 
-def test_interrupted_run_resumes_exactly(tmp_path, teacher_dir, monkeypatch):
+def test_interrupted_run_resumes_exactly(tmp_path, teacher_dir, interrupted_then_resumed):
     cfg = TrainConfig(**{**FAST, "epochs": 2})
     data = load_dataset(DATA)
     teacher = load_teacher(teacher_dir)
     train_student(cfg, teacher, data, tmp_path / "straight", progress=False)
-    real_save = train_mod.save_training_state
-
-    def save_then_crash(*a, **k):
-        real_save(*a, **k)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "save_training_state", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        train_student(cfg, teacher, data, tmp_path / "crashed", progress=False)
-    monkeypatch.setattr(train_mod, "save_training_state", real_save)
-    train_student(cfg, teacher, data, tmp_path / "crashed", progress=False)
-    a, _ = load_checkpoint(tmp_path / "straight")
-    b, _ = load_checkpoint(tmp_path / "crashed")
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(va, vb, msg=k)
+    interrupted_then_resumed(lambda: train_student(cfg, teacher, data, tmp_path / "crashed", progress=False))
+    assert_same_weights(tmp_path / "straight", tmp_path / "crashed")
 
 
 def test_run_folder_of_another_architecture_gives_a_mismatch_report(tmp_path, teacher_dir, capsys):
