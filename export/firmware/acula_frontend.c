@@ -68,20 +68,17 @@ int acula_frontend_frames_for(const acula_frontend_t *st, int n)
     return 1 + (n - need) / ACULA_HOP_LENGTH;
 }
 
-#if !ACULA_Q15
-/* In-place forward complex FFT of ACULA_M points stored as interleaved (re, im) values. */
-static void fft_complex(acula_fft_t *d)
+/* In-place bit-reversal permutation of ACULA_M complex values of `pair_bytes` bytes each (re, im), for either FFT. */
+static void bit_reverse(void *data, size_t pair_bytes)
 {
-    int i, j, k, len;
-    /* Bit-reversal permutation. */
-    j = 0;
+    unsigned char *d = (unsigned char *)data;
+    unsigned char tmp[2 * sizeof(double)];
+    int i, j = 0, k;
     for (i = 0; i < ACULA_M - 1; i++) {
         if (i < j) {
-            acula_fft_t tr = d[2 * i], ti = d[2 * i + 1];
-            d[2 * i] = d[2 * j];
-            d[2 * i + 1] = d[2 * j + 1];
-            d[2 * j] = tr;
-            d[2 * j + 1] = ti;
+            memcpy(tmp, d + (size_t)i * pair_bytes, pair_bytes);
+            memcpy(d + (size_t)i * pair_bytes, d + (size_t)j * pair_bytes, pair_bytes);
+            memcpy(d + (size_t)j * pair_bytes, tmp, pair_bytes);
         }
         k = ACULA_M >> 1;
         while (k >= 1 && k <= j) {
@@ -90,6 +87,14 @@ static void fft_complex(acula_fft_t *d)
         }
         j += k;
     }
+}
+
+#if !ACULA_Q15
+/* In-place forward complex FFT of ACULA_M points stored as interleaved (re, im) values. */
+static void fft_complex(acula_fft_t *d)
+{
+    int len;
+    bit_reverse(d, 2 * sizeof d[0]); /* bit-reversal permutation of the complex values */
     /* Butterflies: stage of length len uses W_len^t = W_N^(t * N / len). */
     for (len = 2; len <= ACULA_M; len <<= 1) {
         int half = len >> 1;
@@ -179,23 +184,8 @@ static int32_t round_shift(int64_t x, int r)
  * stages h: the result is the FFT / 2^h. */
 static int fft_complex_q15(int16_t *d)
 {
-    int i, j, k, len, halved = 0;
-    j = 0;
-    for (i = 0; i < ACULA_M - 1; i++) {
-        if (i < j) {
-            int16_t tr = d[2 * i], ti = d[2 * i + 1];
-            d[2 * i] = d[2 * j];
-            d[2 * i + 1] = d[2 * j + 1];
-            d[2 * j] = tr;
-            d[2 * j + 1] = ti;
-        }
-        k = ACULA_M >> 1;
-        while (k >= 1 && k <= j) {
-            j -= k;
-            k >>= 1;
-        }
-        j += k;
-    }
+    int i, len, halved = 0;
+    bit_reverse(d, 2 * sizeof d[0]);
     for (len = 2; len <= ACULA_M; len <<= 1) {
         int half = len >> 1;
         int step = ACULA_N_FFT / len;
