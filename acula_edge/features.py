@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from acula_edge.errors import ConfigError
 from acula_edge.frontend import WINDOW_NORMALISATIONS, FrontendConfig, analysis_window, mel_filterbank
 
 # Frames per FFT batch when a whole signal is computed at once: the float64 work arrays cost ~40x the audio, so an
 # hour at 2 kHz in one batch would need ~1 GB; batches keep it to a few MB (each frame's arithmetic is unchanged).
 FRAMES_PER_BATCH = 2048
+# 10 log10(x) = ln(x) * 10 / ln(10): the front-end's natural-log power in decibels.
+DB_PER_NEPER = 10.0 / np.log(10.0)
 
 
 class LogMel:
@@ -32,10 +35,12 @@ class LogMel:
         # Sparse form of the filterbank (each band covers a few bins): gather the bins of every band, weight them and
         # sum each band's run with reduceat. No BLAS call: a multi-threaded BLAS on a small matrix product was seen
         # to cost 50x more than the product itself on a loaded 2-core device.
-        bank = mel_filterbank(cfg)
+        bank = mel_filterbank(cfg) if cfg.representation == "logmel" else np.zeros((cfg.n_freqs, 0))
         cols, weights, starts = [], [], []
-        for band in range(cfg.n_mels):
+        for band in range(bank.shape[1]):
             nz = np.flatnonzero(bank[:, band])
+            if nz.size == 0:  # an empty band (Kaldi-style banks keep them): one zero-weight bin gives it energy 0
+                nz = np.array([0])
             starts.append(len(cols))
             cols.extend(nz.tolist())
             weights.extend(bank[nz, band].tolist())
@@ -44,8 +49,18 @@ class LogMel:
         self._starts = np.asarray(starts, dtype=np.intp)
 
     def frames_to_logmel(self, frames: np.ndarray) -> np.ndarray:
-        """Log-mel of framed audio, shape (n, win_length) -> (n, n_mels)."""
+        """Log-mel of framed audio, shape (n, win_length) -> (n, n_mels). The waveform representation returns the
+        frames themselves (float32)."""
         cfg = self.cfg
+        if cfg.representation == "waveform":
+            return np.array(frames, dtype=np.float32)
+        if cfg.remove_dc or cfg.preemphasis:
+            frames = frames.astype(np.float64)
+            if cfg.remove_dc:
+                frames -= frames.mean(axis=1, keepdims=True)
+            if cfg.preemphasis:
+                frames[:, 1:] = frames[:, 1:] - cfg.preemphasis * frames[:, :-1]
+                frames[:, 0] *= 1.0 - cfg.preemphasis
         # The FFT runs in float64: float32 rounding noise (~1e-7 of a frame's energy) would otherwise dominate
         # quiet bands near the log floor and make the numpy, torch and C front-ends disagree there.
         spec = np.fft.rfft(frames * self.window, n=cfg.n_fft, axis=1)
@@ -68,6 +83,8 @@ class LogMel:
         if x.ndim != 1:
             raise ValueError(f"expected mono samples of shape (n,), got {x.shape}")
         n = self.cfg.num_frames(x.shape[0])
+        if self.cfg.center and n:
+            x = np.pad(x, self.cfg.n_fft // 2)
         if n == 0:
             return np.zeros((0, self.cfg.n_mels), dtype=np.float32)
         frames = np.lib.stride_tricks.as_strided(
@@ -86,9 +103,18 @@ def normalise_window(window: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
 
     ``window`` has shape (..., frames, n_mels). "per_window": zero mean, unit std over both axes.
     "per_window_band": each mel band to zero mean over the window's frames, then unit std over both axes.
+    "per_window_db_minmax": natural-log mel power -> dB, clipped ``top_db`` below the window's peak, min-max scaled
+    to [0, 1] (a constant window gives zeros, as librosa's power_to_db(ref=max) does before OPERA's min-max).
     """
     if cfg.normalisation not in WINDOW_NORMALISATIONS:
         return window
+    if cfg.normalisation == "per_window_db_minmax":
+        db = np.asarray(window, dtype=np.float64) * DB_PER_NEPER
+        peak = db.max(axis=(-2, -1), keepdims=True)
+        db = np.maximum(db, peak - cfg.top_db)
+        low = db.min(axis=(-2, -1), keepdims=True)
+        span = peak - low
+        return np.where(span > 0, (db - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
     axes = (-2,) if cfg.normalisation == "per_window_band" else (-2, -1)
     centred = window - window.mean(axis=axes, keepdims=True)
     std = np.sqrt((centred * centred).mean(axis=(-2, -1), keepdims=True))
@@ -104,6 +130,9 @@ class LogMelStream:
     """
 
     def __init__(self, cfg: FrontendConfig, logmel: LogMel | None = None) -> None:
+        if cfg.center:
+            raise ConfigError("a centred front-end (center=True) computes each window from its own zero-padded "
+                              "samples and cannot be streamed; use a device preset (heart, heart-4k, lung, acula)")
         self.cfg = cfg
         self.logmel = logmel or LogMel(cfg)
         self._buf = np.zeros(max(4 * cfg.win_length, 4096), dtype=np.float32)

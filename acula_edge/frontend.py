@@ -20,12 +20,20 @@ import numpy as np
 
 from acula_edge.errors import ConfigError, check_config_keys
 
-WINDOWS = ("hann", "hamming")
+# "hann"/"hamming" are periodic (DFT-even); "hann_symmetric" is 0.5 - 0.5 cos(2 pi n / (N - 1)) (Kaldi's
+# "hanning", the window of transformers' ASTFeatureExtractor).
+WINDOWS = ("hann", "hamming", "hann_symmetric")
 # "global": (x - norm_mean) / norm_std per frame. "per_window": each model window to zero mean, unit std.
 # "per_window_band": each mel band of a window to zero mean (the window's mean spectrum is removed: a fixed
 # microphone/stethoscope response is an additive offset per band in log-mel), then the window to unit std.
-NORMALISATIONS = ("global", "per_window", "per_window_band")
-WINDOW_NORMALISATIONS = ("per_window", "per_window_band")  # applied to whole model windows, not per frame
+# "per_window_db_minmax": OPERA's pre_process_audio_mel_t: the window's mel power in dB relative to its peak
+# (librosa power_to_db(ref=max)), clipped top_db below the peak, then min-max scaled to [0, 1].
+NORMALISATIONS = ("global", "per_window", "per_window_band", "per_window_db_minmax")
+WINDOW_NORMALISATIONS = ("per_window", "per_window_band", "per_window_db_minmax")  # on whole model windows
+MEL_SCALES = ("htk", "slaney")  # htk: 2595 log10(1 + f / 700); slaney (librosa's default): linear below 1 kHz
+MEL_TRIANGLES = ("hz", "mel")  # where each band's triangle is linear: in Hz (librosa) or in mel (Kaldi)
+MEL_NORMS = ("area", "none")  # "area": each band scaled to unit area (Slaney); "none": peak weight 1 (Kaldi)
+REPRESENTATIONS = ("logmel", "waveform")
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,20 @@ class FrontendConfig:
     normalisation: str = "global"  # one of NORMALISATIONS (see there)
     norm_mean: float = 0.0  # subtracted from log-mel (global normalisation)
     norm_std: float = 1.0  # log-mel is divided by it (global normalisation)
+    # The fields below reproduce other authors' preprocessing for teacher models (presets "opera", "ast" and the
+    # front-ends derived from Hugging Face folders). Device presets keep the defaults: the C front-end and the
+    # streaming runtime implement only those.
+    mel_scale: str = "htk"  # one of MEL_SCALES
+    mel_triangles: str = "hz"  # one of MEL_TRIANGLES
+    mel_norm: str = "area"  # one of MEL_NORMS
+    remove_dc: bool = False  # subtract each frame's mean before pre-emphasis (Kaldi)
+    preemphasis: float = 0.0  # per frame: x[n] - preemphasis * x[n - 1], x[0] * (1 - preemphasis) (Kaldi: 0.97)
+    center: bool = False  # pad n_fft // 2 zeros at both ends of each model window before framing (librosa's
+    # center=True, pad_mode="constant"): a window's frames then come from its own samples only, so it is computed
+    # per window, never cut from a recording's frames or streamed
+    top_db: float = 80.0  # per_window_db_minmax: values more than this many dB below the window's peak are clipped
+    representation: str = "logmel"  # "waveform": no analysis; each frame is hop_length raw samples (n_mels ==
+    # win_length == n_fft == hop_length), for models that consume the waveform (wav2vec2, HuBERT)
 
     def __post_init__(self) -> None:
         problems = []
@@ -68,6 +90,21 @@ class FrontendConfig:
             problems.append(f"power must be 1.0 or 2.0, got {self.power}")
         if self.log_floor <= 0 or self.norm_std <= 0:
             problems.append("log_floor and norm_std must be positive")
+        for name, allowed in (("mel_scale", MEL_SCALES), ("mel_triangles", MEL_TRIANGLES), ("mel_norm", MEL_NORMS),
+                              ("representation", REPRESENTATIONS)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.preemphasis < 1.0:
+            problems.append(f"preemphasis must be in [0, 1), got {self.preemphasis}")
+        if self.top_db <= 0:
+            problems.append(f"top_db must be positive, got {self.top_db}")
+        if self.center and self.win_length != self.n_fft:
+            problems.append(f"center=True needs win_length == n_fft (librosa frames), got {self.win_length} and "
+                            f"{self.n_fft}")
+        if self.representation == "waveform" and not (self.n_mels == self.win_length == self.n_fft
+                                                      == self.hop_length):
+            problems.append(f"the waveform representation needs n_mels == win_length == n_fft == hop_length (samples "
+                            f"per frame), got {self.n_mels}, {self.win_length}, {self.n_fft}, {self.hop_length}")
         if problems:
             raise ConfigError("invalid front-end config: " + "; ".join(problems))
 
@@ -77,7 +114,10 @@ class FrontendConfig:
         return self.n_fft // 2 + 1
 
     def num_frames(self, num_samples: int) -> int:
-        """Frames in a signal of ``num_samples`` samples (0 if shorter than one analysis window)."""
+        """Frames in a signal of ``num_samples`` samples (0 if shorter than one analysis window; with ``center``
+        the signal is first padded by n_fft // 2 samples at both ends)."""
+        if self.center and num_samples > 0:
+            num_samples += 2 * (self.n_fft // 2)
         if num_samples < self.win_length:
             return 0
         return 1 + (num_samples - self.win_length) // self.hop_length
@@ -145,6 +185,12 @@ class Windowing:
 # 4 kHz), wider band for high-pitched murmurs. "acula": AcuLa / OPERA-GT: 16 kHz, n_fft 1024, hop 512, 64 mel
 # bands over 50-8000 Hz, 8 s clips. "heart-band": "heart" limited to the physiological band of heart sounds,
 # 25-400 Hz (less of the device's hiss and high-frequency colouring; loses the highest murmur components).
+# "opera": OPERA's own preprocessing (src/util.py pre_process_audio_mel_t with f_max=8000, as its feature extraction
+# calls it): librosa's mel power spectrogram (center=True, periodic Hann, Slaney mel scale and area norm) of each
+# 8 s window (251 frames), power_to_db(ref=max, amin=1e-10, top_db=80), min-max to [0, 1].
+# "ast": transformers' ASTFeatureExtractor defaults (AudioSet AST): Kaldi-style 128-band fbank (25 ms symmetric
+# Hann frames every 10 ms, DC removal, pre-emphasis 0.97, triangles in mel space, natural log floored at float32
+# eps), normalised with the AudioSet mean and twice its std; 1024 frames = 10.255 s windows.
 PRESETS: dict[str, tuple[FrontendConfig, Windowing]] = {
     "heart": (FrontendConfig(), Windowing(window_s=4.0, hop_s=1.0)),
     "heart-band": (FrontendConfig(fmax=400.0), Windowing(window_s=4.0, hop_s=1.0)),
@@ -154,6 +200,13 @@ PRESETS: dict[str, tuple[FrontendConfig, Windowing]] = {
                             fmin=50.0, fmax=2000.0), Windowing(window_s=4.0, hop_s=1.0)),
     "acula": (FrontendConfig(sample_rate=16000, n_fft=1024, win_length=1024, hop_length=512, n_mels=64,
                              fmin=50.0, fmax=8000.0), Windowing(window_s=8.0, hop_s=4.0)),
+    "opera": (FrontendConfig(sample_rate=16000, n_fft=1024, win_length=1024, hop_length=512, n_mels=64,
+                             fmin=50.0, fmax=8000.0, log_floor=1e-10, normalisation="per_window_db_minmax",
+                             mel_scale="slaney", center=True), Windowing(window_s=8.0, hop_s=4.0)),
+    "ast": (FrontendConfig(sample_rate=16000, n_fft=512, win_length=400, hop_length=160, window="hann_symmetric",
+                           n_mels=128, fmin=20.0, fmax=8000.0, log_floor=float(np.finfo(np.float32).eps),
+                           norm_mean=-4.2677393, norm_std=2 * 4.5689974, mel_triangles="mel", mel_norm="none",
+                           remove_dc=True, preemphasis=0.97), Windowing(window_s=10.255, hop_s=5.12)),
 }
 
 
@@ -165,19 +218,35 @@ def preset(name: str) -> tuple[FrontendConfig, Windowing]:
         raise ConfigError(f"unknown front-end preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
-def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
-    """HTK mel scale."""
-    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+# Slaney's mel scale (librosa htk=False): linear (3 mel per 200 Hz) below 1 kHz, logarithmic above.
+_SLANEY_BREAK_HZ, _SLANEY_BREAK_MEL, _SLANEY_LOGSTEP = 1000.0, 15.0, math.log(6.4) / 27.0
 
 
-def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
-    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+def hz_to_mel(hz: np.ndarray | float, scale: str = "htk") -> np.ndarray:
+    """Frequency in Hz -> mel on ``scale`` (MEL_SCALES), float64."""
+    f = np.asarray(hz, dtype=np.float64)
+    if scale == "htk":
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+    mel = 3.0 * f / 200.0
+    log_part = _SLANEY_BREAK_MEL + np.log(np.maximum(f, 1e-300) / _SLANEY_BREAK_HZ) / _SLANEY_LOGSTEP
+    return np.where(f >= _SLANEY_BREAK_HZ, log_part, mel)
+
+
+def mel_to_hz(mel: np.ndarray | float, scale: str = "htk") -> np.ndarray:
+    """Mel on ``scale`` -> Hz, float64."""
+    m = np.asarray(mel, dtype=np.float64)
+    if scale == "htk":
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    log_part = _SLANEY_BREAK_HZ * np.exp(_SLANEY_LOGSTEP * (m - _SLANEY_BREAK_MEL))
+    return np.where(m >= _SLANEY_BREAK_MEL, log_part, 200.0 * m / 3.0)
 
 
 def analysis_window(cfg: FrontendConfig) -> np.ndarray:
     """The periodic window of ``win_length`` samples, zero-padded (centred) to ``n_fft``; float64."""
     n = np.arange(cfg.win_length, dtype=np.float64)
-    if cfg.window == "hann":
+    if cfg.window == "hann_symmetric":
+        w = 0.5 - 0.5 * np.cos(2.0 * math.pi * n / max(cfg.win_length - 1, 1))
+    elif cfg.window == "hann":
         w = 0.5 - 0.5 * np.cos(2.0 * math.pi * n / cfg.win_length)
     else:  # hamming
         w = 0.54 - 0.46 * np.cos(2.0 * math.pi * n / cfg.win_length)
@@ -188,21 +257,29 @@ def analysis_window(cfg: FrontendConfig) -> np.ndarray:
 
 
 def mel_filterbank(cfg: FrontendConfig) -> np.ndarray:
-    """Triangular HTK-mel filterbank, shape (n_freqs, n_mels), float64, each band normalised to unit area
-    (Slaney-style) so band energies do not depend on band width.
+    """Triangular mel filterbank, shape (n_freqs, n_mels), float64: bands equally spaced on ``cfg.mel_scale``,
+    triangles linear in Hz (``mel_triangles="hz"``, librosa's construction) or in mel ("mel", Kaldi's), each band
+    normalised to unit area (``mel_norm="area"``, Slaney-style, so band energies do not depend on band width) or
+    peaking at 1 ("none").
 
     A band narrower than one FFT bin would be empty; such configs are rejected with a hint to lower n_mels or
-    raise n_fft.
+    raise n_fft (except Kaldi-style banks, which reproduce their authors' empty bands).
     """
     freqs = np.linspace(0.0, cfg.sample_rate / 2.0, cfg.n_freqs)
-    edges = mel_to_hz(np.linspace(hz_to_mel(cfg.fmin), hz_to_mel(cfg.fmax), cfg.n_mels + 2))
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (freqs[None, :] - lower) / (centre - lower)
-    falling = (upper - freqs[None, :]) / (upper - centre)
+    mel_edges = np.linspace(hz_to_mel(cfg.fmin, cfg.mel_scale), hz_to_mel(cfg.fmax, cfg.mel_scale), cfg.n_mels + 2)
+    edges = mel_to_hz(mel_edges, cfg.mel_scale)
+    if cfg.mel_triangles == "mel":
+        axis, points = hz_to_mel(freqs, cfg.mel_scale), mel_edges
+    else:
+        axis, points = freqs, edges
+    lower, centre, upper = points[:-2, None], points[1:-1, None], points[2:, None]
+    rising = (axis[None, :] - lower) / (centre - lower)
+    falling = (upper - axis[None, :]) / (upper - centre)
     bank = np.maximum(0.0, np.minimum(rising, falling))  # (n_mels, n_freqs)
     empty = np.flatnonzero(bank.sum(axis=1) == 0)
-    if empty.size:
+    if empty.size and cfg.mel_triangles == "hz":
         raise ConfigError(f"mel bands {empty.tolist()} contain no FFT bin (n_fft={cfg.n_fft}, n_mels={cfg.n_mels}, "
                           f"{cfg.fmin}-{cfg.fmax} Hz): lower n_mels or raise n_fft")
-    bank *= (2.0 / (upper - lower))
+    if cfg.mel_norm == "area":
+        bank *= (2.0 / (edges[2:, None] - edges[:-2, None]))
     return bank.T.copy()

@@ -35,8 +35,17 @@ def window_start_times(n_windows: int, windowing: Windowing) -> np.ndarray:
 
 def recording_windows(samples: np.ndarray, frontend: FrontendConfig, windowing: Windowing,
                       logmel: LogMel | None = None) -> np.ndarray:
-    """Windows of a whole recording already at ``frontend.sample_rate``."""
-    frames = (logmel or LogMel(frontend))(samples)
+    """Windows of a whole recording already at ``frontend.sample_rate``. A centred front-end (``center``) computes
+    each window from its own samples, zero-padded at both ends as librosa does."""
+    logmel = logmel or LogMel(frontend)
+    if frontend.center:
+        ws, hs = windowing.window_samples(frontend), windowing.hop_samples(frontend)
+        n = 0 if samples.shape[0] < ws else 1 + (samples.shape[0] - ws) // hs
+        if n == 0:
+            return np.zeros((0, windowing.frames_per_window(frontend), frontend.n_mels), dtype=np.float32)
+        frames = np.stack([logmel(samples[k * hs:k * hs + ws]) for k in range(n)])
+        return np.ascontiguousarray(normalise_window(frames, frontend), dtype=np.float32)
+    frames = logmel(samples)
     return frame_windows(frames, frontend, windowing)
 
 
