@@ -1,11 +1,14 @@
 """Masked-autoencoder ViT audio encoder in the shape of OPERA-GT (the encoder AcuLa aligns).
 
-Input (B, 1, frames, n_mels) log-mel, frames padded/cropped to ``input_frames``; non-overlapping
-``patch_t x patch_f`` patches (4 x 4 on 256 x 64 for OPERA-GT: a 64 x 16 grid, 1024 patches), a class token, fixed
-2-D sin-cos position embeddings, pre-norm transformer blocks. The embedding is the mean of the final (normed)
-patch tokens. The decoder (``decoder_depth`` blocks of ``decoder_dim``) reconstructs masked patches for the
+Input (B, 1, frames, n_mels) log-mel; non-overlapping ``patch_t x patch_f`` patches (4 x 4 on 256 x 64 for
+OPERA-GT: a 64 x 16 grid, 1024 patches), a class token, fixed 2-D sin-cos position embeddings, pre-norm transformer
+blocks. As OPERA's ``forward_feature``: no padding — a window of T frames gives floor(T / patch_t) time patches
+(frames past ``input_frames`` are cropped) and the position embedding is cropped to the tokens present; the
+embedding is the mean of the patch tokens, then the final norm (``pooling="mean_then_norm"``). The decoder
+(``decoder_depth`` pre-norm ViT blocks of ``decoder_dim``) reconstructs masked patches for the
 masked-spectrogram-modelling (MAM) loss: whole time rows (``mask_t``) and frequency columns (``mask_f``) of the
-patch grid are hidden, as OPERA's ``random_masking_2d``.
+patch grid are hidden, as OPERA's ``random_masking_2d``. OPERA-GT's own decoder is Swin window attention: its
+tensors are never loaded into ours (:func:`load_pretrained` reports the decoder as not loaded).
 
 Parameter names follow OPERA / AudioMAE (timm ``Block``: ``blocks.{i}.norm1``, ``attn.qkv``, ``attn.proj``,
 ``norm2``, ``mlp.fc1``, ``mlp.fc2``; ``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``norm``,
@@ -26,11 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from acula_edge.align.encoders import AudioEncoder, check_input, config_from_dict, fit_time_axis
+from acula_edge.align.encoders import AudioEncoder, check_input, config_from_dict
 from acula_edge.errors import CheckpointError, ConfigError
 
 # Key prefixes stripped from foreign state dicts (Lightning, DDP and wrapper modules add them).
 FOREIGN_PREFIXES = ("state_dict.", "model.", "module.", "encoder.", "net.")
+POOLINGS = ("mean_then_norm", "norm_then_mean")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class MAEViTConfig:
     decoder_depth: int = 6  # 0 = no decoder (inference-only encoder)
     decoder_heads: int = 8
     norm_pix_loss: bool = False  # normalise each target patch to zero mean, unit variance (MAE option)
+    pooling: str = "mean_then_norm"  # OPERA's forward_feature; "norm_then_mean" normalises each token first
+
 
     def __post_init__(self) -> None:
         problems = []
@@ -59,6 +65,8 @@ class MAEViTConfig:
             problems.append(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
         if self.decoder_depth and self.decoder_dim % self.decoder_heads:
             problems.append(f"decoder_dim {self.decoder_dim} must be divisible by decoder_heads {self.decoder_heads}")
+        if self.pooling not in POOLINGS:
+            problems.append(f"pooling {self.pooling!r} not in {POOLINGS}")
         if self.embed_dim % 4 or self.decoder_dim % 4:
             problems.append("embed_dim and decoder_dim must be multiples of 4 (2-D sin-cos position embedding)")
         if problems:
@@ -205,37 +213,61 @@ class MAEViTEncoder(AudioEncoder):
     def inference_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not (k.startswith("decoder") or k == "mask_token")}
 
+    def load_groups(self) -> dict[str, tuple[str, ...]]:
+        """Module groups that :func:`load_pretrained` loads whole or not at all: the encoder, and the decoder
+        (OPERA-GT's decoder is Swin window attention, ours ViT blocks: never mixed)."""
+        return {"encoder": ("patch_embed", "cls_token", "pos_embed", "blocks", "norm"),
+                "decoder": ("decoder_embed", "mask_token", "decoder_pos_embed", "decoder_blocks", "decoder_norm",
+                            "decoder_pred")}
+
     @property
     def dim(self) -> int:
         return self.cfg.embed_dim
 
-    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+    def time_patches(self, frames: int) -> int:
+        """Time patches of a window of ``frames`` frames: no padding, frames beyond ``input_frames`` cropped."""
+        gh = min(frames, self.cfg.input_frames) // self.cfg.patch_t
+        if gh < 1:
+            raise ConfigError(f"MAEViTEncoder needs windows of at least patch_t = {self.cfg.patch_t} frames, got "
+                              f"{frames}")
+        return gh
+
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.cfg.n_mels, "MAEViTEncoder")
-        return self.patch_embed(fit_time_axis(x, self.cfg.input_frames)) + self.pos_embed[:, 1:, :]
+        return x[..., :self.time_patches(x.shape[-2]) * self.cfg.patch_t, :]
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of a cropped window plus the first len(tokens) position embeddings (OPERA's cropping)."""
+        tokens = self.patch_embed(x)
+        return tokens + self.pos_embed[:, 1:tokens.shape[1] + 1, :]
 
     def _encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Class token + tokens through the blocks; NOT normed (the caller applies ``norm``)."""
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(tokens.shape[0], -1, -1)
         h = torch.cat([cls, tokens], dim=1)
         for blk in self.blocks:
             h = blk(h)
-        return self.norm(h)
+        return h
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        h = self._encode(self._tokens(x))
-        return h[:, 1:, :].mean(dim=1)
+        h = self._encode(self._tokens(self._crop(x)))[:, 1:, :]
+        if self.cfg.pooling == "mean_then_norm":
+            return self.norm(h.mean(dim=1))
+        return self.norm(h).mean(dim=1)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, input_frames, n_mels) -> (B, num_patches, patch_t * patch_f), in patch-embedding order."""
+        """(B, 1, gh * patch_t, n_mels) -> (B, gh * gw, patch_t * patch_f), in patch-embedding order."""
         c = self.cfg
-        gh, gw = c.grid
+        gh, gw = x.shape[-2] // c.patch_t, c.grid[1]
         p = x.reshape(x.shape[0], gh, c.patch_t, gw, c.patch_f).permute(0, 1, 3, 2, 4)
         return p.reshape(x.shape[0], gh * gw, c.patch_t * c.patch_f)
 
-    def random_mask_2d(self, batch: int, mask_t: float, mask_f: float,
-                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def random_mask_2d(self, batch: int, mask_t: float, mask_f: float, device: torch.device,
+                       time_patches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids_keep (B, K) patch indices kept, mask (B, L) 1 = hidden) hiding whole time rows and frequency
-        columns of the patch grid; uses the torch global RNG (reproducible under seed_everything)."""
-        gh, gw = self.cfg.grid
+        columns of a grid of ``time_patches`` (default: the full grid) x frequency patches; uses the torch global
+        RNG (reproducible under seed_everything)."""
+        gh, gw = time_patches or self.cfg.grid[0], self.cfg.grid[1]
         keep_t = max(1, int(gh * (1.0 - mask_t)))
         keep_f = max(1, int(gw * (1.0 - mask_f)))
         t_ids = torch.rand(batch, gh, device=device).argsort(dim=1)[:, :keep_t].sort(dim=1).values
@@ -248,16 +280,16 @@ class MAEViTEncoder(AudioEncoder):
     def mae_loss(self, x: torch.Tensor, mask_t: float = 0.7, mask_f: float = 0.3) -> torch.Tensor:
         if not self.supports_mae:
             return super().mae_loss(x, mask_t, mask_f)
-        x = fit_time_axis(x, self.cfg.input_frames)
+        x = self._crop(x)
         tokens = self._tokens(x)
         b, L, d = tokens.shape
-        ids_keep, mask = self.random_mask_2d(b, mask_t, mask_f, x.device)
+        ids_keep, mask = self.random_mask_2d(b, mask_t, mask_f, x.device, L // self.cfg.grid[1])
         kept = torch.gather(tokens, 1, ids_keep[:, :, None].expand(-1, -1, d))
-        h = self.decoder_embed(self._encode(kept))
+        h = self.decoder_embed(self.norm(self._encode(kept)))
         dd = h.shape[-1]
         full = self.mask_token.to(h.dtype).expand(b, L, dd).clone()
         full = full.scatter(1, ids_keep[:, :, None].expand(-1, -1, dd), h[:, 1:, :])
-        h = torch.cat([h[:, :1, :], full], dim=1) + self.decoder_pos_embed
+        h = torch.cat([h[:, :1, :], full], dim=1) + self.decoder_pos_embed[:, :L + 1, :]
         for blk in self.decoder_blocks:
             h = blk(h)
         pred = self.decoder_pred(self.decoder_norm(h))[:, 1:, :].float()
@@ -270,28 +302,71 @@ class MAEViTEncoder(AudioEncoder):
 
 
 @dataclass(frozen=True)
+class ModuleLoad:
+    """What happened to one module group of the model (e.g. the MAE ViT's "encoder" and "decoder")."""
+
+    name: str
+    status: str  # "loaded", "absent" (no tensor of it in the file) or "architecture differs" (file's is another design)
+    loaded: int = 0  # tensors copied
+    missing: tuple[str, ...] = ()  # the model's tensors of this group that the file lacks
+    unexpected: tuple[str, ...] = ()  # the file's tensors under this group's names that the model lacks
+    mismatched: tuple[str, ...] = ()  # same name, other shape ("name: file (..) vs model (..)")
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.status == "loaded"
+
+    def line(self) -> str:
+        if self.is_loaded:
+            return f"  {self.name}: loaded ({self.loaded} tensors)"
+        why = ("no tensor of it in the file" if self.status == "absent" else
+               f"the file's {self.name} is another architecture: "
+               + "; ".join(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+                           for what, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                                              ("other shape", self.mismatched)) if keys))
+        return f"  {self.name}: NOT loaded, freshly initialised ({why})"
+
+
+@dataclass(frozen=True)
 class StateDictReport:
-    """What happened when a foreign state dict was loaded into a model (non-fatal; print it)."""
+    """What happened when a foreign state dict was loaded into a model (non-fatal; print it). Each module group
+    (:meth:`AudioEncoder.load_groups`) loads whole or not at all: a group whose tensors in the file do not match the
+    model's names and shapes exactly is another architecture, left freshly initialised rather than filled with
+    tensors of a different design."""
 
     source: str
     loaded: tuple[str, ...] = ()
-    missing: tuple[str, ...] = ()  # in the model, not in the file: left at their initial values
-    unexpected: tuple[str, ...] = ()  # in the file, not in the model: ignored
+    missing: tuple[str, ...] = ()  # in the model, not loaded from the file: left at their initial values
+    unexpected: tuple[str, ...] = ()  # in the file, not loaded into the model: ignored
     mismatched: tuple[str, ...] = ()  # same name, other shape: ignored ("name: file (..) vs model (..)")
     stripped_prefix: str = ""
+    modules: tuple[ModuleLoad, ...] = ()
 
     @property
     def complete(self) -> bool:
-        return not (self.missing or self.mismatched)
+        """True when every module group of the model was loaded from the file."""
+        return all(m.is_loaded for m in self.modules) and not (self.missing or self.mismatched)
 
     def summary(self) -> str:
         lines = [f"{self.source}: loaded {len(self.loaded)} tensors"
-                 + (f" (after stripping prefix {self.stripped_prefix!r})" if self.stripped_prefix else "")]
-        for name, keys in (("missing", self.missing), ("unexpected", self.unexpected),
-                           ("other shape", self.mismatched)):
-            if keys:
-                lines.append(f"  {len(keys)} {name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
+                 + (f" (after stripping prefix {self.stripped_prefix!r})" if self.stripped_prefix else "")
+                 + ("" if self.complete else "; INCOMPLETE")]
+        lines += [m.line() for m in self.modules]
+        grouped = {k for m in self.modules for k in m.unexpected}
+        ignored = tuple(k for k in self.unexpected if k not in grouped)
+        if ignored:
+            lines.append(f"  {len(ignored)} tensors of the file not used by this model: {', '.join(ignored[:8])}"
+                         f"{' ...' if len(ignored) > 8 else ''}")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (stored with the teacher checkpoint)."""
+        return {"source": self.source, "complete": self.complete, "stripped_prefix": self.stripped_prefix,
+                "loaded": len(self.loaded), "missing": list(self.missing), "unexpected": list(self.unexpected),
+                "mismatched": list(self.mismatched),
+                "modules": [{"name": m.name, "status": m.status, "loaded": m.loaded, "missing": list(m.missing),
+                             "unexpected": list(m.unexpected), "mismatched": list(m.mismatched)}
+                            for m in self.modules]}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -317,11 +392,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+def _in_group(key: str, names: tuple[str, ...]) -> bool:
+    return any(not n or key == n or key.startswith(n + ".") for n in names)
+
+
 def load_pretrained(module: nn.Module, state: dict[str, torch.Tensor] | str | Path,
                     source: str = "state dict") -> StateDictReport:
-    """Copy every tensor of ``state`` whose name and shape match into ``module``; report the rest.
+    """Copy ``state`` into ``module`` one module group at a time and report what happened.
 
-    Common wrapper prefixes (FOREIGN_PREFIXES) are stripped when that matches more names.
+    Groups come from ``module.load_groups()`` when it has one (the MAE ViT: "encoder", "decoder"), else the whole
+    module is one group. A group loads only when the file holds exactly its tensor names with the same shapes;
+    otherwise it keeps its initial values and the report says why (another architecture, or absent). Common
+    wrapper prefixes (FOREIGN_PREFIXES) are stripped when that matches more names.
     """
     if not isinstance(state, dict):
         source = str(state)
@@ -335,16 +417,34 @@ def load_pretrained(module: nn.Module, state: dict[str, torch.Tensor] | str | Pa
         if hits > best_hits:
             best, best_prefix, best_hits = cand, prefix, hits
     state = best
-    ok, mismatched = {}, []
-    for k in sorted(set(own) & set(state)):
-        if tuple(state[k].shape) == tuple(own[k].shape):
-            ok[k] = state[k].to(own[k].dtype)
+    groups = module.load_groups() if hasattr(module, "load_groups") else {"model": ("",)}
+    ok: dict[str, torch.Tensor] = {}
+    reports, missing, mismatched, claimed = [], [], [], set()
+    for name, names in groups.items():
+        mine = sorted(k for k in own if _in_group(k, names) and k not in claimed)
+        if not mine:
+            continue
+        claimed.update(mine)
+        theirs = sorted(k for k in state if _in_group(k, names))
+        miss = tuple(k for k in mine if k not in state)
+        extra = tuple(k for k in theirs if k not in own)
+        shape = tuple(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mine
+                      if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+        if not theirs:
+            status = "absent"
+        elif miss or extra or shape:
+            status = "architecture differs"
         else:
-            mismatched.append(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+            status = "loaded"
+            ok.update({k: state[k].to(own[k].dtype) for k in mine})
+        if status != "loaded":
+            missing.extend(mine)
+            mismatched.extend(shape)
+        reports.append(ModuleLoad(name, status, len(mine) if status == "loaded" else 0, miss, extra, shape))
     module.load_state_dict(ok, strict=False)
-    return StateDictReport(source=source, loaded=tuple(sorted(ok)), missing=tuple(sorted(set(own) - set(state))),
-                           unexpected=tuple(sorted(set(state) - set(own))), mismatched=tuple(mismatched),
-                           stripped_prefix=best_prefix)
+    return StateDictReport(source=source, loaded=tuple(sorted(ok)), missing=tuple(sorted(missing)),
+                           unexpected=tuple(sorted(set(state) - set(ok))), mismatched=tuple(mismatched),
+                           stripped_prefix=best_prefix, modules=tuple(reports))
 
 
 def vit_config_for(size: str, frames: int, n_mels: int, patch: tuple[int, int] = (4, 4)) -> MAEViTConfig:
