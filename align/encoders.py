@@ -7,7 +7,8 @@ reconstruct masked spectrogram patches (the MAE ViT) also give :meth:`AudioEncod
 
 Every encoder rebuilds itself from a plain dict (``encoder_type``, ``config_dict()`` / :func:`build_encoder`) so a
 teacher checkpoint can rebuild it with no other file. Types: ``"cnn"`` (:mod:`.cnn_encoder`), ``"mae-vit"``
-(:mod:`.mae_vit`), ``"hf-ast"`` (:mod:`.hf_audio`).
+(:mod:`.mae_vit`), ``"hf-ast"`` and ``"hf-waveform"`` (:mod:`.hf_audio`; the waveform one takes windows of the
+"waveform" front-end representation, raw samples laid out as (frames, samples per frame)).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ ENCODER_TYPES: dict[str, tuple[str, str]] = {
     "cnn": ("acula_edge.align.cnn_encoder", "CNNEncoder"),
     "mae-vit": ("acula_edge.align.mae_vit", "MAEViTEncoder"),
     "hf-ast": ("acula_edge.align.hf_audio", "HFASTEncoder"),
+    "hf-waveform": ("acula_edge.align.hf_audio", "HFWaveformEncoder"),
 }
 
 
@@ -64,6 +66,11 @@ class AudioEncoder(torch.nn.Module):
         """The weights that :meth:`inference_config`'s encoder holds (default: all of them)."""
         return self.state_dict()
 
+    def load_groups(self) -> dict[str, tuple[str, ...]]:
+        """Module groups (name -> parameter-name prefixes) that a pretrained file loads whole or not at all
+        (:func:`acula_edge.align.mae_vit.load_pretrained`); default: the whole encoder is one group."""
+        return {"encoder": ("",)}
+
 
 def build_encoder(encoder_type: str, config: dict[str, Any]) -> AudioEncoder:
     """Build an encoder of ``encoder_type`` (one of ENCODER_TYPES) from its config dict."""
@@ -82,14 +89,14 @@ def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
                   for k, v in d.items()})
 
 
-def fit_time_axis(x: torch.Tensor, frames: int) -> torch.Tensor:
-    """Zero-pad (at the end) or crop (keep the start) the time axis of (B, 1, T, F) to ``frames`` frames."""
+def fit_time_axis(x: torch.Tensor, frames: int, value: float = 0.0) -> torch.Tensor:
+    """Pad with ``value`` (at the end) or crop (keep the start) the time axis of (B, 1, T, F) to ``frames``."""
     t = x.shape[-2]
     if t == frames:
         return x
     if t > frames:
         return x[..., :frames, :]
-    return torch.nn.functional.pad(x, (0, 0, 0, frames - t))
+    return torch.nn.functional.pad(x, (0, 0, 0, frames - t), value=value)
 
 
 def check_input(x: torch.Tensor, n_mels: int, who: str) -> None:

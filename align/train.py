@@ -61,7 +61,8 @@ class AlignConfig:
     ``batch_size * accumulation * world_size``. Change with ``dataclasses.replace``."""
 
     # data and front-end
-    frontend_preset: str = "heart"  # acula_edge.frontend preset name
+    frontend_preset: str = "heart"  # acula_edge.frontend preset name, or "model": the encoder authors' own
+    # preprocessing (OPERA's for mae-vit, the folder's feature extractor for hf:PATH)
     frontend_normalisation: str = ""  # "" = the preset's; else one of acula_edge.frontend.NORMALISATIONS
     max_windows_per_recording: int = 8  # evenly spaced windows kept per recording (0 = all)
     sound_type: str = "heart"  # body-sound type used in reports and prompts
@@ -69,7 +70,7 @@ class AlignConfig:
     report_lm: str = ""  # local causal-LM folder that rewrites template reports ("" = template only)
     report_exclude: tuple[str, ...] = ()  # metadata columns left out of the reports (e.g. ("subset",) for ablations)
     # audio encoder
-    encoder: str = "cnn"  # "cnn", "mae-vit" or "hf:PATH" (a local ASTModel folder)
+    encoder: str = "cnn"  # "cnn", "mae-vit" or "hf:PATH" (a local AST, wav2vec2 or HuBERT folder)
     cnn_channels: tuple[int, ...] = (32, 64, 128)
     cnn_strides: tuple[int, ...] = (2, 2, 2)
     cnn_dim: int = 128
@@ -157,8 +158,8 @@ PRESETS: dict[str, AlignConfig] = {
     "cpu": AlignConfig(cnn_channels=(32, 64, 128), cnn_dim=128, hidden_dim=256, embedding_dim=128,
                        max_windows_per_recording=8, batch_size=32, accumulation=1, epochs=3, warmup_steps=50,
                        lr=3e-4),
-    # AcuLa's setting: OPERA-GT ViT-S on the 16 kHz front-end, paper optimiser (GPU)
-    "vit-s": AlignConfig(frontend_preset="acula", encoder="mae-vit", vit_size="vit-s", vit_frames=256,
+    # AcuLa's setting: OPERA-GT ViT-S on OPERA's own preprocessing, paper optimiser (GPU)
+    "vit-s": AlignConfig(frontend_preset="opera", encoder="mae-vit", vit_size="vit-s", vit_frames=256,
                          hidden_dim=512, embedding_dim=256, lr=1e-5, weight_decay=0.01, warmup_steps=400, grad_clip=1.0,
                          batch_size=24, accumulation=2, epochs=10, max_windows_per_recording=0),
 }
@@ -179,6 +180,7 @@ class AlignResult:
     reports_path: Path
     steps: int
     final_loss: float | None
+    encoder_load_report: str = ""  # what loading cfg.pretrained did ("" when nothing was loaded)
 
 
 class AlignmentModel(torch.nn.Module):
@@ -210,8 +212,10 @@ class AlignmentModel(torch.nn.Module):
         return loss, parts
 
 
-def build_audio_encoder(cfg: AlignConfig, frames: int, n_mels: int) -> tuple[AudioEncoder, str]:
-    """The encoder named by ``cfg.encoder`` for windows of ``frames`` x ``n_mels``; (encoder, load report)."""
+def build_audio_encoder(cfg: AlignConfig, frames: int, n_mels: int,
+                        frontend: FrontendConfig | None = None) -> tuple[AudioEncoder, Any]:
+    """The encoder named by ``cfg.encoder`` for windows of ``frames`` x ``n_mels`` of ``frontend``;
+    (encoder, :class:`~acula_edge.align.mae_vit.StateDictReport` of ``cfg.pretrained``, or None)."""
     from acula_edge.align import mae_vit
 
     if cfg.encoder == "cnn":
@@ -226,17 +230,32 @@ def build_audio_encoder(cfg: AlignConfig, frames: int, n_mels: int) -> tuple[Aud
         from acula_edge.align.hf_audio import HFWaveformEncoder, load_hf_audio_encoder
 
         enc = load_hf_audio_encoder(cfg.encoder[3:])
-        if isinstance(enc, HFWaveformEncoder):
-            enc.embed(torch.zeros(1, 1, frames, n_mels))  # raises the explanatory ConfigError
-    report = ""
-    if cfg.pretrained:
-        report = mae_vit.load_pretrained(enc, cfg.pretrained).summary()
+        waveform = frontend is not None and frontend.representation == "waveform"
+        if isinstance(enc, HFWaveformEncoder) != waveform:
+            raise ConfigError(f"{cfg.encoder[3:]}: {type(enc.model).__name__} takes "
+                              f"{'raw waveforms' if isinstance(enc, HFWaveformEncoder) else 'log-mel windows'} but "
+                              f"front-end preset {cfg.frontend_preset!r} gives "
+                              f"{'raw waveforms' if waveform else 'log-mel windows'}; use --frontend-preset model "
+                              f"(the model folder's own preprocessing)")
+    report = mae_vit.load_pretrained(enc, cfg.pretrained) if cfg.pretrained else None
     return enc, report
 
 
 def align_frontend(cfg: AlignConfig) -> tuple[FrontendConfig, Windowing]:
-    """The front-end and windowing of a run: the preset, with ``frontend_normalisation`` applied."""
-    frontend, windowing = frontend_preset(cfg.frontend_preset)
+    """The front-end and windowing of a run: the preset ("model": the encoder authors' preprocessing), with
+    ``frontend_normalisation`` applied."""
+    if cfg.frontend_preset == "model":
+        if cfg.encoder.startswith("hf:"):
+            from acula_edge.align.hf_audio import hf_frontend
+
+            frontend, windowing = hf_frontend(cfg.encoder[3:])
+        elif cfg.encoder == "mae-vit":
+            frontend, windowing = frontend_preset("opera")
+        else:
+            raise ConfigError(f"frontend_preset 'model' needs an encoder with its authors' preprocessing (mae-vit "
+                              f"or hf:PATH), not {cfg.encoder!r}; name a front-end preset instead")
+    else:
+        frontend, windowing = frontend_preset(cfg.frontend_preset)
     if cfg.frontend_normalisation:
         frontend = dataclasses.replace(frontend, normalisation=cfg.frontend_normalisation)
     return frontend, windowing
@@ -327,7 +346,8 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
     frames, n_mels = x_all.shape[-2], x_all.shape[-1]
 
     seed_everything(cfg.seed, 0)  # identical initial weights on every rank
-    encoder, load_report = build_audio_encoder(cfg, frames, n_mels)
+    encoder, loaded = build_audio_encoder(cfg, frames, n_mels, frontend)
+    load_report = loaded.summary() if loaded is not None else ""
     model = AlignmentModel(encoder, t_all.shape[1], cfg).to(env.device)
     channels_last = encoder.encoder_type == "cnn"
     if channels_last:
@@ -447,7 +467,8 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
             extra={"align_config": cfg.to_dict(), "dataset": dataset.name, "recordings": len(dataset),
                    "windows": len(x_all), "steps": step, "final_loss": last_loss, "world_size": env.world_size,
                    "text_model": text["text_model"], "text_model_key": text["text_model_key"],
-                   "report_generator": text["generator"], "encoder_load_report": load_report,
+                   "report_generator": text["generator"],
+                   "encoder_load_report": loaded.to_dict() if loaded is not None else None,
                    "calibration": calib})
         save_checkpoint(teacher.cpu(), info, teacher_dir)
         log.write(event="done", step=step, teacher=str(teacher_dir), final_loss=last_loss)
@@ -456,7 +477,7 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
         from acula_edge.training import shutdown_distributed
 
         shutdown_distributed()
-    return AlignResult(teacher_dir, out / LOG_NAME, out / REPORTS_NAME, step, last_loss)
+    return AlignResult(teacher_dir, out / LOG_NAME, out / REPORTS_NAME, step, last_loss, load_report)
 
 
 def _rank_rng_path(state_path: Path, env: DistEnv) -> Path:

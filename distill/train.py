@@ -26,7 +26,7 @@ import torch
 from acula_edge.checkpoint import CheckpointInfo, check_state_dict, save_checkpoint
 from acula_edge.data import Dataset, load_dataset, stratified_holdout
 from acula_edge.errors import CheckpointError, ConfigError, check_config_keys
-from acula_edge.frontend import FrontendConfig, Windowing, preset
+from acula_edge.frontend import FrontendConfig, Windowing, device_preset_for, preset
 from acula_edge.manifest import Prompts
 from acula_edge.training import (DistEnv, JsonlLog, init_distributed, load_training_state, save_training_state,
                                  seed_everything, unwrap, warmup_cosine)
@@ -152,6 +152,13 @@ class _Split:
 def _resolve_frontend(config: TrainConfig, teacher: Teacher | None) -> tuple[FrontendConfig, Windowing]:
     if config.frontend_preset:
         fe, win = preset(config.frontend_preset)
+    elif teacher is not None and teacher.frontend is not None and not teacher.frontend.device_ready:
+        name = device_preset_for(teacher.windowing) if teacher.windowing is not None else None
+        if name is None:
+            raise ConfigError(f"the teacher's front-end reproduces its authors' preprocessing, which the device "
+                              f"cannot run, and no device preset cuts its windows {teacher.windowing}; choose "
+                              f"the student's front-end with --frontend")
+        fe, win = preset(name)
     elif teacher is not None and teacher.frontend is not None:
         fe, win = teacher.frontend, teacher.windowing or preset("heart")[1]
     else:
