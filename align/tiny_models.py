@@ -60,28 +60,37 @@ def build_tiny_causal_lm(folder: str | os.PathLike, hidden: int = 32, seed: int 
     return folder
 
 
-def build_tiny_ast(folder: str | os.PathLike, frames: int, n_mels: int, hidden: int = 32, seed: int = 0) -> Path:
-    """A tiny ASTModel taking ``frames`` x ``n_mels`` log-mel input (16 x 16 patches, stride 16)."""
+def build_tiny_ast(folder: str | os.PathLike, frames: int, n_mels: int, hidden: int = 32, seed: int = 0,
+                   do_normalize: bool | None = None) -> Path:
+    """A tiny ASTModel taking ``frames`` x ``n_mels`` log-mel input (16 x 16 patches, stride 16); with
+    ``do_normalize`` set, also the folder's ASTFeatureExtractor (preprocessor_config.json) for that input."""
     import torch
-    from transformers import ASTConfig, ASTModel
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
 
     torch.manual_seed(seed)
     cfg = ASTConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2, intermediate_size=2 * hidden,
                     max_length=frames, num_mel_bins=n_mels, patch_size=16, frequency_stride=16, time_stride=16)
     folder = Path(folder)
     ASTModel(cfg).save_pretrained(folder)
+    if do_normalize is not None:
+        ASTFeatureExtractor(num_mel_bins=n_mels, max_length=frames, do_normalize=do_normalize).save_pretrained(folder)
     return folder
 
 
-def build_tiny_wav2vec2(folder: str | os.PathLike, hidden: int = 32, seed: int = 0) -> Path:
-    """A tiny Wav2Vec2Model (raw-waveform input, 20 ms frames)."""
+def build_tiny_wav2vec2(folder: str | os.PathLike, hidden: int = 32, seed: int = 0, do_normalize: bool | None = None,
+                        kind: str = "wav2vec2") -> Path:
+    """A tiny Wav2Vec2Model, or HuBERT with ``kind="hubert"`` (raw-waveform input, 5 ms frames at 16 kHz: total
+    conv stride 80); with ``do_normalize`` set, also the folder's Wav2Vec2FeatureExtractor."""
     import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
+    config_cls, model_cls = {"wav2vec2": (Wav2Vec2Config, Wav2Vec2Model), "hubert": (HubertConfig, HubertModel)}[kind]
     torch.manual_seed(seed)
-    cfg = Wav2Vec2Config(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2, intermediate_size=2 * hidden,
-                         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-                         num_conv_pos_embedding_groups=2)
+    cfg = config_cls(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2, intermediate_size=2 * hidden,
+                     conv_dim=(16, 16), conv_stride=(10, 8), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                     num_conv_pos_embedding_groups=2)
     folder = Path(folder)
-    Wav2Vec2Model(cfg).save_pretrained(folder)
+    model_cls(cfg).save_pretrained(folder)
+    if do_normalize is not None:
+        Wav2Vec2FeatureExtractor(do_normalize=do_normalize).save_pretrained(folder)
     return folder

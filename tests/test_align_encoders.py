@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -51,11 +53,22 @@ def test_fit_time_axis_pads_and_crops():
     torch.testing.assert_close(fit_time_axis(x, 3), x[:, :, :3])
 
 
-def test_vit_pads_time_axis_and_mae_loss_trains():
+def test_vit_never_pads_and_mae_loss_trains():
     torch.manual_seed(0)
-    enc = MAEViTEncoder(TINY_VIT)
-    x = torch.randn(4, 1, 30, 16)  # 30 frames: padded to 32
+    enc = MAEViTEncoder(TINY_VIT).eval()
+    x = torch.randn(4, 1, 30, 16)  # 30 frames: 7 time patches of 4 (OPERA: no padding, the rest dropped)
     assert enc.embed(x).shape == (4, 16)
+    torch.testing.assert_close(enc.embed(x), enc.embed(x[:, :, :28]))
+    assert (enc.embed(x) - enc.embed(torch.nn.functional.pad(x, (0, 0, 0, 2)))).abs().max() > 1e-3
+    long = torch.randn(1, 1, 40, 16)  # beyond the 32-frame position embedding: cropped
+    torch.testing.assert_close(enc.embed(long), enc.embed(long[:, :, :32]))
+    h = enc._encode(enc._tokens(x[:, :, :28]))[:, 1:]
+    torch.testing.assert_close(enc.embed(x), enc.norm(h.mean(dim=1)))  # mean of the tokens, then the norm
+    other = MAEViTEncoder(dataclasses.replace(TINY_VIT, pooling="norm_then_mean")).eval()
+    other.load_state_dict(enc.state_dict())
+    torch.testing.assert_close(other.embed(x), enc.norm(h).mean(dim=1))
+    with pytest.raises(ConfigError, match="at least patch_t = 4 frames"):
+        enc.embed(torch.randn(1, 1, 3, 16))
     loss = enc.mae_loss(x, mask_t=0.7, mask_f=0.3)
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
@@ -90,25 +103,37 @@ def test_vit_s_has_opera_gt_shape_and_parameter_names():
     assert tuple(enc.patch_embed.proj.weight.shape) == (384, 1, 4, 4)
 
 
-def test_load_pretrained_reports_missing_unexpected_and_mismatched(tmp_path):
+def test_load_pretrained_loads_each_module_whole_or_not_at_all(tmp_path):
+    from safetensors.torch import save_file
+
     torch.manual_seed(1)
     src = MAEViTEncoder(TINY_VIT)
     state = {f"model.{k}": v for k, v in src.state_dict().items()}  # Lightning-style prefix
     state["model.head.weight"] = torch.zeros(3)
-    state["model.pos_embed"] = torch.zeros(1, 5, 16)
-    del state["model.norm.bias"]
+    state["model.decoder_pos_embed"] = torch.zeros(1, 5, 8)  # another decoder design
+    del state["model.decoder_norm.bias"]
     path = tmp_path / "opera.safetensors"
-    from safetensors.torch import save_file
-
     save_file(state, str(path))
+    torch.manual_seed(2)
     dst = MAEViTEncoder(TINY_VIT)
+    fresh_decoder = dst.decoder_pred.weight.detach().clone()
     report = load_pretrained(dst, path)
     assert report.stripped_prefix == "model."
-    assert report.unexpected == ("head.weight",)
-    assert report.missing == ("norm.bias",)
-    assert report.mismatched == ("pos_embed: file (1, 5, 16) vs model (1, 33, 16)",)
-    assert not report.complete and "1 missing: norm.bias" in report.summary()
+    enc, dec = report.modules
+    assert (enc.name, enc.status, enc.loaded) == ("encoder", "loaded", 18)
+    assert (dec.name, dec.status, dec.loaded) == ("decoder", "architecture differs", 0)
+    assert dec.missing == ("decoder_norm.bias",)
+    assert dec.mismatched == ("decoder_pos_embed: file (1, 5, 8) vs model (1, 33, 8)",)
+    assert "head.weight" in report.unexpected and not report.complete
+    summary = report.summary()
+    assert "INCOMPLETE" in summary and "encoder: loaded (18 tensors)" in summary
+    assert "decoder: NOT loaded, freshly initialised (the file's decoder is another architecture" in summary
+    assert "1 tensors of the file not used by this model: head.weight" in summary
     torch.testing.assert_close(dst.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    torch.testing.assert_close(dst.decoder_pred.weight, fresh_decoder)  # same shape in the file, still not taken
+    # an inference-only encoder has no decoder group: the file's decoder is merely unused
+    small = MAEViTEncoder(dataclasses.replace(TINY_VIT, decoder_depth=0))
+    assert load_pretrained(small, path).complete
     with pytest.raises(CheckpointError, match="no such weights file"):
         load_pretrained(dst, tmp_path / "absent.pt")
 
@@ -121,6 +146,7 @@ def test_hf_ast_encoder_from_local_folder(tmp_path):
     enc = load_hf_audio_encoder(folder)
     assert isinstance(enc, HFASTEncoder) and enc.dim == 32
     assert enc.embed(torch.randn(2, 1, 50, 32)).shape == (2, 32)  # padded to the model's 64 frames
+    assert enc.pad_value == pytest.approx(4.2677393 / (2 * 4.5689974))  # ASTFeatureExtractor's defaults
     rebuilt = build_encoder("hf-ast", enc.config_dict())
     rebuilt.load_state_dict(enc.state_dict())
     x = torch.randn(1, 1, 64, 32)
@@ -129,15 +155,19 @@ def test_hf_ast_encoder_from_local_folder(tmp_path):
         enc.embed(torch.randn(1, 1, 64, 40))
 
 
-def test_hf_waveform_encoder_needs_samples_and_says_so(tmp_path):
+def test_hf_waveform_encoder_takes_waveform_windows_and_rebuilds(tmp_path):
     from acula_edge.align.hf_audio import HFWaveformEncoder, load_hf_audio_encoder
     from acula_edge.align.tiny_models import build_tiny_wav2vec2
 
-    enc = load_hf_audio_encoder(build_tiny_wav2vec2(tmp_path / "w2v"))
-    assert isinstance(enc, HFWaveformEncoder)
-    assert enc.embed_waveform(torch.randn(2, 3200)).shape == (2, 32)
-    with pytest.raises(ConfigError, match="consumes raw waveforms"):
-        enc.embed(torch.randn(1, 1, 196, 32))
+    enc = load_hf_audio_encoder(build_tiny_wav2vec2(tmp_path / "w2v")).eval()
+    assert isinstance(enc, HFWaveformEncoder) and enc.do_normalize  # no preprocessor_config: the extractor default
+    samples = torch.randn(2, 3200)
+    torch.testing.assert_close(enc.embed(samples.reshape(2, 1, 40, 80)), enc.embed_waveform(samples))
+    rebuilt = build_encoder("hf-waveform", enc.config_dict())
+    rebuilt.load_state_dict(enc.state_dict())
+    torch.testing.assert_close(rebuilt.eval().embed_waveform(samples), enc.embed_waveform(samples))
+    with pytest.raises(ConfigError, match="expects waveform windows shaped"):
+        enc.embed(torch.randn(1, 196, 32))
 
 
 def test_hf_loader_refuses_non_model_folder(tmp_path):

@@ -92,12 +92,12 @@ def test_config_from_dict_refuses_unknown_keys_and_bad_values():
         preset_config("huge")
 
 
-def test_waveform_encoder_is_refused_before_training(tiny_cfg, tmp_path):
+def test_waveform_encoder_behind_log_mel_is_refused_before_training(tiny_cfg, tmp_path):
     from acula_edge.align.tiny_models import build_tiny_wav2vec2
 
     folder = build_tiny_wav2vec2(tmp_path / "w2v")
     cfg = dataclasses.replace(tiny_cfg, encoder=f"hf:{folder}")
-    with pytest.raises(ConfigError, match="consumes raw waveforms"):
+    with pytest.raises(ConfigError, match="takes raw waveforms but front-end preset 'heart' gives log-mel"):
         train_alignment(cfg, DATA, tmp_path / "run")
 
 
