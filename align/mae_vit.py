@@ -341,6 +341,7 @@ class StateDictReport:
     mismatched: tuple[str, ...] = ()  # same name, other shape: ignored ("name: file (..) vs model (..)")
     stripped_prefix: str = ""
     modules: tuple[ModuleLoad, ...] = ()
+    unused: tuple[str, ...] = ()  # in the file, outside every module group of the model (e.g. a task head)
 
     @property
     def complete(self) -> bool:
@@ -352,18 +353,16 @@ class StateDictReport:
                  + (f" (after stripping prefix {self.stripped_prefix!r})" if self.stripped_prefix else "")
                  + ("" if self.complete else "; INCOMPLETE")]
         lines += [m.line() for m in self.modules]
-        grouped = {k for m in self.modules for k in m.unexpected}
-        ignored = tuple(k for k in self.unexpected if k not in grouped)
-        if ignored:
-            lines.append(f"  {len(ignored)} tensors of the file not used by this model: {', '.join(ignored[:8])}"
-                         f"{' ...' if len(ignored) > 8 else ''}")
+        if self.unused:
+            lines.append(f"  {len(self.unused)} tensors of the file not used by this model: "
+                         f"{', '.join(self.unused[:8])}{' ...' if len(self.unused) > 8 else ''}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored with the teacher checkpoint)."""
         return {"source": self.source, "complete": self.complete, "stripped_prefix": self.stripped_prefix,
                 "loaded": len(self.loaded), "missing": list(self.missing), "unexpected": list(self.unexpected),
-                "mismatched": list(self.mismatched),
+                "mismatched": list(self.mismatched), "unused": list(self.unused),
                 "modules": [{"name": m.name, "status": m.status, "loaded": m.loaded, "missing": list(m.missing),
                              "unexpected": list(m.unexpected), "mismatched": list(m.mismatched)}
                             for m in self.modules]}
@@ -419,11 +418,12 @@ def load_pretrained(module: nn.Module, state: dict[str, torch.Tensor] | str | Pa
     state = best
     groups = module.load_groups() if hasattr(module, "load_groups") else {"model": ("",)}
     ok: dict[str, torch.Tensor] = {}
-    reports, missing, mismatched, claimed = [], [], [], set()
+    reports, missing, mismatched, claimed, active = [], [], [], set(), []
     for name, names in groups.items():
         mine = sorted(k for k in own if _in_group(k, names) and k not in claimed)
         if not mine:
             continue
+        active.append(names)
         claimed.update(mine)
         theirs = sorted(k for k in state if _in_group(k, names))
         miss = tuple(k for k in mine if k not in state)
@@ -442,9 +442,10 @@ def load_pretrained(module: nn.Module, state: dict[str, torch.Tensor] | str | Pa
             mismatched.extend(shape)
         reports.append(ModuleLoad(name, status, len(mine) if status == "loaded" else 0, miss, extra, shape))
     module.load_state_dict(ok, strict=False)
+    unused = tuple(sorted(k for k in state if not any(_in_group(k, names) for names in active)))
     return StateDictReport(source=source, loaded=tuple(sorted(ok)), missing=tuple(sorted(missing)),
                            unexpected=tuple(sorted(set(state) - set(ok))), mismatched=tuple(mismatched),
-                           stripped_prefix=best_prefix, modules=tuple(reports))
+                           stripped_prefix=best_prefix, modules=tuple(reports), unused=unused)
 
 
 def vit_config_for(size: str, frames: int, n_mels: int, patch: tuple[int, int] = (4, 4)) -> MAEViTConfig:

@@ -133,7 +133,8 @@ def test_load_pretrained_loads_each_module_whole_or_not_at_all(tmp_path):
     torch.testing.assert_close(dst.decoder_pred.weight, fresh_decoder)  # same shape in the file, still not taken
     # an inference-only encoder has no decoder group: the file's decoder is merely unused
     small = MAEViTEncoder(dataclasses.replace(TINY_VIT, decoder_depth=0))
-    assert load_pretrained(small, path).complete
+    small_report = load_pretrained(small, path)
+    assert small_report.complete and "decoder_pred.weight" in small_report.unused
     with pytest.raises(CheckpointError, match="no such weights file"):
         load_pretrained(dst, tmp_path / "absent.pt")
 
