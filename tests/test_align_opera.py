@@ -95,3 +95,42 @@ def test_swin_decoder_is_reported_not_loaded_and_left_fresh(opera_gt):
             torch.testing.assert_close(value, fresh.state_dict()[name], rtol=0, atol=0)
     d = report.to_dict()
     assert d["complete"] is False and [m["status"] for m in d["modules"]] == ["loaded", "architecture differs"]
+
+
+def test_cli_aligns_from_an_opera_checkpoint_then_distills(tmp_path, capsys, one_torch_thread):
+    """A small model of OPERA-GT's class and decoder (upstream's MaskedAutoencoderViTMD, Swin decoder), aligned from
+    its Lightning checkpoint with OPERA's preprocessing, then distilled."""
+    import json
+    from functools import partial
+
+    from acula_edge.align.tiny_models import build_tiny_text_model
+    from acula_edge.checkpoint import read_checkpoint_info
+    from acula_edge.cli import main
+
+    models_mae = opera_modules()
+    torch.manual_seed(0)
+    kwargs = {**OPERA_GT_KWARGS, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2,
+              "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2, "mlp_ratio": 4,
+              "norm_layer": partial(torch.nn.LayerNorm, eps=1e-6)}
+    ckpt = save_lightning_checkpoint(models_mae.MaskedAutoencoderViTMD(**kwargs).float(), tmp_path / "opera.ckpt")
+    cfg = tmp_path / "vit.json"
+    cfg.write_text(json.dumps({"vit_size": "tiny", "vit_frames": 256}))  # OPERA's 256-frame position embedding
+    text = build_tiny_text_model(tmp_path / "bert")
+    data = "synthetic:heart?n=8&seed=2"
+    main(["align", "--data", data, "--out", str(tmp_path / "align"), "--preset", "tiny", "--config", str(cfg),
+          "--audio-encoder", "mae-vit", "--pretrained", str(ckpt), "--frontend-preset", "model",
+          "--text-model", str(text), "--max-steps", "1", "--quiet"])
+    out = capsys.readouterr().out
+    assert "encoder weights:" in out and "INCOMPLETE" in out
+    assert "encoder: loaded (18 tensors)" in out
+    assert "decoder: NOT loaded, freshly initialised (the file's decoder is another architecture" in out
+    teacher = read_checkpoint_info(tmp_path / "align" / "teacher")
+    stored = teacher.extra["encoder_load_report"]
+    assert stored["complete"] is False and stored["source"] == str(ckpt)
+    assert [(m["name"], m["status"]) for m in stored["modules"]] == [("encoder", "loaded"),
+                                                                    ("decoder", "architecture differs")]
+    assert teacher.frontend == preset("opera")[0] and teacher.model_config["encoder"]["pooling"] == "mean_then_norm"
+    main(["distill", "--teacher", str(tmp_path / "align" / "teacher"), "--data", data, "--student", "tiny",
+          "--out", str(tmp_path / "student"), "--epochs", "1", "--batch-size", "8", "--max-windows", "2", "--quiet"])
+    student = read_checkpoint_info(tmp_path / "student")
+    assert student.frontend == preset("acula")[0] and student.windowing == teacher.windowing
