@@ -21,7 +21,8 @@ def test_presets_round_trip_json_and_validate(name):
     win.validate(fe)
     bank = mel_filterbank(fe)
     assert bank.shape == (fe.n_freqs, fe.n_mels)
-    assert (bank.sum(axis=0) > 0).all()
+    empty = int((bank.sum(axis=0) == 0).sum())
+    assert empty == (1 if name == "ast" else 0)  # Kaldi's 128 bands over 257 bins leave one empty, as upstream
 
 
 def test_num_frames_follows_the_framing_convention():
