@@ -199,7 +199,8 @@ class Windowing:
 # 8 s window (251 frames), power_to_db(ref=max, amin=1e-10, top_db=80), min-max to [0, 1].
 # "ast": transformers' ASTFeatureExtractor defaults (AudioSet AST): Kaldi-style 128-band fbank (25 ms symmetric
 # Hann frames every 10 ms, DC removal, pre-emphasis 0.97, triangles in mel space, natural log floored at float32
-# eps), normalised with the AudioSet mean and twice its std; 1024 frames = 10.255 s windows.
+# eps), normalised with the AudioSet mean and twice its std; 8 s windows (798 frames) every 4 s, which the AST pads
+# to its 1024 frames as the extractor pads a short clip.
 PRESETS: dict[str, tuple[FrontendConfig, Windowing]] = {
     "heart": (FrontendConfig(), Windowing(window_s=4.0, hop_s=1.0)),
     "heart-band": (FrontendConfig(fmax=400.0), Windowing(window_s=4.0, hop_s=1.0)),
@@ -215,7 +216,7 @@ PRESETS: dict[str, tuple[FrontendConfig, Windowing]] = {
     "ast": (FrontendConfig(sample_rate=16000, n_fft=512, win_length=400, hop_length=160, window="hann_symmetric",
                            n_mels=128, fmin=20.0, fmax=8000.0, log_floor=float(np.finfo(np.float32).eps),
                            norm_mean=-4.2677393, norm_std=2 * 4.5689974, mel_triangles="mel", mel_norm="none",
-                           remove_dc=True, preemphasis=0.97), Windowing(window_s=10.255, hop_s=5.12)),
+                           remove_dc=True, preemphasis=0.97), Windowing(window_s=8.0, hop_s=4.0)),
 }
 
 

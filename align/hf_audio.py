@@ -96,8 +96,9 @@ def hf_frontend(path: str | os.PathLike) -> tuple[FrontendConfig, Windowing]:
     """The front-end and windowing that reproduce the folder's own preprocessing.
 
     AST: the "ast" preset with the extractor's sampling rate, num_mel_bins, mean/std (identity when do_normalize is
-    false); 8 s windows every 4 s when max_length frames hold 8 s, else windows of max_length frames (hop: half). Waveform models: raw samples at the extractor's
-    rate in frames of the model's total convolution stride, 4 s windows every 1 s."""
+    false); 8 s windows every 4 s when max_length frames hold 8 s, else windows of max_length frames (hop: half).
+    Waveform models: raw samples at the extractor's rate in frames of the model's total convolution stride, 4 s
+    windows every 1 s."""
     folder = Path(path).expanduser()
     model_cfg = _model_config(folder)
     kind = str(model_cfg.get("model_type", ""))

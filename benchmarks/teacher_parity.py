@@ -29,7 +29,8 @@ def _wave(n: int, seed: int, rate: int = 16000) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(n) / rate
     f0 = rng.uniform(60, 400)
-    x = np.sin(2 * np.pi * (f0 + rng.uniform(0, 300) * t) * t) * (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t)
+    x = np.sin(2 * np.pi * (f0 + rng.uniform(0, 300) * t) * t) * envelope
     return (rng.uniform(0.05, 0.8) * x + rng.uniform(0.005, 0.1) * rng.standard_normal(n)).astype(np.float32)
 
 

@@ -168,6 +168,11 @@ def _resolve_frontend(config: TrainConfig, teacher: Teacher | None) -> tuple[Fro
                           f"and student windows must cover the same audio; choose a preset with the same windowing")
     if config.normalisation:
         fe = dataclasses.replace(fe, normalisation=config.normalisation)
+    if not fe.device_ready:
+        raise ConfigError(f"the student's front-end ({config.frontend_preset or 'the teacher'}'s"
+                          f"{', normalisation ' + config.normalisation if config.normalisation else ''}) reproduces a "
+                          f"teacher's preprocessing, which the device runtime and the C front-end cannot run; "
+                          f"choose a device preset with --frontend (heart, heart-4k, heart-band, lung, acula)")
     return fe, win
 
 

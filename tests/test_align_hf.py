@@ -4,7 +4,6 @@ from the CLI, then distills. Tiny random models are built in the test (nothing d
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import torch
 from acula_edge.align.hf_audio import HFASTEncoder, HFWaveformEncoder, hf_frontend, load_hf_audio_encoder
 from acula_edge.align.tiny_models import build_tiny_ast, build_tiny_text_model, build_tiny_wav2vec2
 from acula_edge.checkpoint import load_checkpoint, read_checkpoint_info
-from acula_edge.features import LogMel, normalise_window
+from acula_edge.features import LogMel
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -218,3 +218,22 @@ def test_short_recording_gives_one_padded_window():
     rec = Recording("short", "normal", samples=np.zeros(100, np.float32), sample_rate=2000)
     w = extract_keyed(Dataset("d", (rec,)), FE, WIN)
     assert w.x.shape == (1, WIN.frames_per_window(FE), FE.n_mels) and w.window_index.tolist() == [0]
+
+
+def test_students_never_get_a_teacher_only_front_end():
+    from acula_edge.distill.train import TrainConfig, _resolve_frontend
+    from acula_edge.frontend import Windowing, preset
+
+    class _Opera:  # a teacher that fixes OPERA's front-end (8 s windows every 4 s)
+        frontend, windowing = preset("opera")
+
+    fe, win = _resolve_frontend(TrainConfig.from_dict({}), _Opera())
+    assert (fe, win) == preset("acula")  # the device preset cutting the same windows
+    with pytest.raises(ConfigError, match="reproduces a teacher's preprocessing"):
+        _resolve_frontend(TrainConfig.from_dict({"frontend_preset": "opera"}), None)
+
+    class _Ast:  # an AST taking 10.255 s windows whole: no device preset cuts those
+        frontend, windowing = preset("ast")[0], Windowing(10.255, 5.12)
+
+    with pytest.raises(ConfigError, match="no device preset cuts its windows"):
+        _resolve_frontend(TrainConfig.from_dict({}), _Ast())
