@@ -2,7 +2,9 @@
 
 A teacher can be
 - an acula-edge checkpoint folder (the align/ teacher, or any checkpoint): :class:`ModuleTeacher` via
-  :func:`load_teacher`, with the checkpoint's own front-end, windowing, labels and prompts;
+  :func:`load_teacher`, with the checkpoint's own front-end, windowing, labels and prompts (a foundation-model
+  teacher keeps its authors' preprocessing, e.g. the "opera" preset or a waveform front-end; the student then takes
+  the device preset cutting the same windows);
 - a Hugging Face transformers audio model saved in a local folder: :class:`HFAudioTeacher` (its own feature
   extractor on the window's audio when the folder has one, otherwise our log-mel windows as ``input_values``);
 - any torch module with ``forward(x (B, 1, frames, n_mels)) -> (embedding, logits)`` or ``-> embedding``:

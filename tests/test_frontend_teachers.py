@@ -112,3 +112,13 @@ def test_teacher_presets_are_not_device_ready_and_map_to_a_device_preset():
     with pytest.raises(ConfigError, match="mel_scale must be one of"):
         FrontendConfig(mel_scale="mel")
     assert FrontendConfig.from_json(preset("opera")[0].to_json()) == preset("opera")[0]
+
+
+def test_c_front_end_refuses_teacher_only_configs():
+    from acula_edge.errors import ExportError
+    from acula_edge.export.firmware.header import firmware_tables
+
+    for name in ("opera", "ast"):
+        with pytest.raises(ExportError, match="C front-end does not implement"):
+            firmware_tables(preset(name)[0])
+    assert set(firmware_tables(preset("acula")[0])) >= {"window", "mel_weights"}

@@ -54,6 +54,10 @@ Q15_BYTES = 2  # int16_t: acula_fft_t and acula_sample_t of the ACULA_Q15 build
 def _check_exportable(cfg: FrontendConfig) -> None:
     if not isinstance(cfg, FrontendConfig):
         raise ConfigError(f"expected a FrontendConfig, got {type(cfg).__name__}")
+    if not cfg.device_ready:
+        raise ExportError("this front-end reproduces a teacher's preprocessing (centred frames, waveform frames, "
+                          "Slaney/Kaldi mel banks, DC removal, pre-emphasis or dB min-max), which the C front-end "
+                          "does not implement; distill the student with a device preset")
     n = cfg.n_fft
     if n < 2 or n & (n - 1) or n > MAX_N_FFT:
         raise ExportError(f"the C front-end needs n_fft to be a power of two in 2..{MAX_N_FFT} (its FFT is radix-2), "
