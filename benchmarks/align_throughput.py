@@ -81,8 +81,8 @@ def main() -> None:
         steps = args.steps if "ViT-S" not in name else max(2, args.steps // 2)
         rate, params = measure(preset, overrides, batch, steps)
         shape = f"{cfg.frontend_preset}: {win.frames_per_window(fe)} x {fe.n_mels}"
-        if cfg.encoder == "mae-vit" and cfg.vit_frames:
-            shape += f" (padded to {cfg.vit_frames})"
+        if cfg.encoder == "mae-vit":  # no padding (OPERA's forward_feature): whole patches of the window
+            shape += f" ({win.frames_per_window(fe) // cfg.vit_patch[0]} time patches)"
         print(f"| {name} | {shape} | {params:,} | {batch} | {rate:.3g} |", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{dt.datetime.now(dt.timezone.utc).isoformat(timespec='minutes')}, {platform.platform()}, "
