@@ -78,12 +78,10 @@ def align(data: str, out_dir: str, preset: str, config_file: str | None, epochs:
     if quiet:
         overrides["progress"] = False
     cfg = dataclasses.replace(cfg, **overrides)
-    result = train_alignment(cfg, data, out_dir, device=device, resume=not no_resume)
+    result = train_alignment(cfg, data, out_dir, device=device, resume=not no_resume, echo=click.echo)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
-        if result.encoder_load_report:
-            click.echo(f"encoder weights: {result.encoder_load_report}")
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         click.echo(f"teacher: {result.teacher_dir} ({result.steps} steps, final loss {loss}; log {result.log_path})")
 

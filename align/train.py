@@ -31,7 +31,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from acula_edge.frontend import FrontendConfig, Windowing
 from acula_edge.frontend import preset as frontend_preset
 from acula_edge.training import (DistEnv, JsonlLog, all_reduce_mean, init_distributed, load_training_state,
                                  save_training_state, seed_everything, warmup_cosine)
+
+if TYPE_CHECKING:
+    from acula_edge.align.mae_vit import StateDictReport
 
 STATE_NAME = "state.pt"
 LOG_NAME = "train_log.jsonl"
@@ -213,7 +216,7 @@ class AlignmentModel(torch.nn.Module):
 
 
 def build_audio_encoder(cfg: AlignConfig, frames: int, n_mels: int,
-                        frontend: FrontendConfig | None = None) -> tuple[AudioEncoder, Any]:
+                        frontend: FrontendConfig | None = None) -> tuple[AudioEncoder, StateDictReport | None]:
     """The encoder named by ``cfg.encoder`` for windows of ``frames`` x ``n_mels`` of ``frontend``;
     (encoder, :class:`~acula_edge.align.mae_vit.StateDictReport` of ``cfg.pretrained``, or None)."""
     from acula_edge.align import mae_vit
@@ -313,12 +316,14 @@ def _rank_order(n: int, seed: int, epoch: int, env: DistEnv) -> np.ndarray:
 
 
 def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_dir: str | os.PathLike, *,
-                    device: str | None = None, resume: bool = True, text_teacher: Any | None = None) -> AlignResult:
+                    device: str | None = None, resume: bool = True, text_teacher: Any | None = None,
+                    echo: Callable[[str], None] | None = None) -> AlignResult:
     """Align an audio encoder with the frozen text teacher on ``data`` (a dataset spec or Dataset) and write
     the teacher checkpoint to ``OUT/teacher``. Run it plainly or under ``torchrun --nproc-per-node N``.
 
     ``resume``: continue from ``OUT/state.pt`` when present (same config apart from epochs/max_steps/logging).
     ``text_teacher``: an already loaded :class:`~acula_edge.align.text_teacher.TextTeacher` to reuse.
+    ``echo``: called on rank 0 with the load report of ``cfg.pretrained`` before training starts (the CLI prints it).
     """
     from acula_edge.checkpoint import CheckpointInfo, save_checkpoint
     from acula_edge.manifest import Prompts
@@ -348,6 +353,8 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
     seed_everything(cfg.seed, 0)  # identical initial weights on every rank
     encoder, loaded = build_audio_encoder(cfg, frames, n_mels, frontend)
     load_report = loaded.summary() if loaded is not None else ""
+    if load_report and echo is not None and env.is_main:
+        echo(f"encoder weights: {load_report}")
     model = AlignmentModel(encoder, t_all.shape[1], cfg).to(env.device)
     channels_last = encoder.encoder_type == "cnn"
     if channels_last:
