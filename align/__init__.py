@@ -4,9 +4,9 @@
   metadata -> frozen text-teacher embeddings -> audio encoder + projection heads trained with CKA (+ MAM) ->
   teacher checkpoint (``acula-edge align``; runs under ``torchrun`` too);
 - :class:`AlignedTeacher`: the exported teacher model (embedding + zero-shot logits);
-- encoders: :mod:`.cnn_encoder`, :mod:`.mae_vit` (OPERA-GT's ``forward_feature``; :func:`load_pretrained` loads
-  each module whole or not at all and reports it), :mod:`.hf_audio` (AST, wav2vec2 / HuBERT with their feature
-  extractors' preprocessing, :func:`hf_frontend`);
+- encoders: :mod:`.cnn_encoder`, :mod:`.mae_vit` (OPERA-GT's ``forward_feature``), :mod:`.hf_audio` (AST,
+  wav2vec2 / HuBERT with their feature extractors' preprocessing, :func:`hf_frontend`); :mod:`.pretrained`
+  (:func:`load_pretrained` loads each module group whole or not at all and reports it);
 - :class:`TextTeacher` / :class:`TextEmbeddingCache` (:mod:`.text_teacher`), reports (:mod:`.reports`),
   losses (:mod:`.losses`).
 
@@ -31,7 +31,7 @@ _EXPORTS = {
     "CausalLMReportGenerator": "acula_edge.align.reports",
     "generate_reports": "acula_edge.align.reports",
     "build_encoder": "acula_edge.align.encoders",
-    "load_pretrained": "acula_edge.align.mae_vit",
+    "load_pretrained": "acula_edge.align.pretrained",
     "hf_frontend": "acula_edge.align.hf_audio",
 }
 

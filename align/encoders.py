@@ -68,7 +68,7 @@ class AudioEncoder(torch.nn.Module):
 
     def load_groups(self) -> dict[str, tuple[str, ...]]:
         """Module groups (name -> parameter-name prefixes) that a pretrained file loads whole or not at all
-        (:func:`acula_edge.align.mae_vit.load_pretrained`); default: the whole encoder is one group."""
+        (:func:`acula_edge.align.pretrained.load_pretrained`); default: the whole encoder is one group."""
         return {"encoder": ("",)}
 
 

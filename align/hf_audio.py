@@ -12,7 +12,8 @@ feature extractors and models compute.
   mean and unit variance when the folder's ``preprocessor_config.json`` says ``do_normalize`` (as
   ``Wav2Vec2FeatureExtractor`` does), and mean-pools ``last_hidden_state``.
 
-:func:`load_hf_audio_encoder` picks the wrapper from the folder's ``config.json`` ``model_type``.
+:func:`load_hf_audio_encoder` picks the wrapper from the folder's ``config.json`` ``model_type``; the wrapper's
+``load_report`` says what transformers loaded (tensors it initialised, tensors of the file it did not use).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from acula_edge.align.encoders import AudioEncoder, check_input, fit_time_axis
+from acula_edge.align.pretrained import ModuleLoad, StateDictReport
 from acula_edge.errors import ConfigError, require
 from acula_edge.frontend import PRESETS, FrontendConfig, Windowing
 
@@ -73,6 +75,19 @@ def load_hf_audio_encoder(path: str | os.PathLike) -> "HFASTEncoder | HFWaveform
         return HFWaveformEncoder.from_pretrained(folder)
     raise ConfigError(f"{folder}: model_type {kind!r} is not a supported audio encoder; supported: "
                       f"{SPECTROGRAM_MODEL_TYPES + WAVEFORM_MODEL_TYPES}")
+
+
+def _from_pretrained(auto_cls: Any, folder: Path) -> tuple[Any, StateDictReport]:
+    """transformers' ``from_pretrained`` (offline) and what it loaded, as the project's load report."""
+    model, info = auto_cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
+    missing = tuple(sorted(info.get("missing_keys", ())))
+    mismatched = tuple(f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in info.get("mismatched_keys", ()))
+    fresh = set(missing) | {m.split(":")[0] for m in mismatched}
+    loaded = tuple(sorted(k for k in model.state_dict() if k not in fresh))
+    unused = tuple(sorted(info.get("unexpected_keys", ())))
+    module = ModuleLoad("model", "partial" if fresh else "loaded", len(loaded), missing, (), mismatched)
+    return model, StateDictReport(source=str(folder), loaded=loaded, missing=missing, unexpected=unused,
+                                  mismatched=mismatched, modules=(module,), unused=unused)
 
 
 def _ast_extractor(folder: Path, model_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -137,13 +152,16 @@ class HFASTEncoder(AudioEncoder):
         self.frames = int(model.config.max_length)
         self.n_mels = int(model.config.num_mel_bins)
         self.pad_value = float(pad_value)  # a normalised all-zero fbank frame (ASTFeatureExtractor pads first)
+        self.load_report: StateDictReport | None = None  # what from_pretrained loaded
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "HFASTEncoder":
         transformers = require("transformers", "train", "The Hugging Face AST encoder")
         folder = Path(folder)
-        model = transformers.ASTModel.from_pretrained(str(folder), local_files_only=True)
-        return cls(model, ast_pad_value(_ast_extractor(folder, model.config.to_dict())))
+        model, report = _from_pretrained(transformers.ASTModel, folder)
+        enc = cls(model, ast_pad_value(_ast_extractor(folder, model.config.to_dict())))
+        enc.load_report = report
+        return enc
 
     @classmethod
     def from_config(cls, d: dict[str, Any]) -> "HFASTEncoder":
@@ -179,13 +197,16 @@ class HFWaveformEncoder(AudioEncoder):
         self.model = model
         self.sample_rate = int(sample_rate)  # Hz the model expects (16 kHz for every public checkpoint)
         self.do_normalize = bool(do_normalize)  # the folder's feature extractor normalises each input
+        self.load_report: StateDictReport | None = None  # what from_pretrained loaded
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "HFWaveformEncoder":
         transformers = require("transformers", "train", "The Hugging Face waveform encoder")
-        model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        model, report = _from_pretrained(transformers.AutoModel, Path(folder))
         pre = _preprocessor(Path(folder))
-        return cls(model, int(pre.get("sampling_rate", 16000)), bool(pre.get("do_normalize", True)))
+        enc = cls(model, int(pre.get("sampling_rate", 16000)), bool(pre.get("do_normalize", True)))
+        enc.load_report = report
+        return enc
 
     @classmethod
     def from_config(cls, d: dict[str, Any]) -> "HFWaveformEncoder":

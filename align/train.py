@@ -48,7 +48,7 @@ from acula_edge.training import (DistEnv, JsonlLog, all_reduce_mean, init_distri
                                  save_training_state, seed_everything, warmup_cosine)
 
 if TYPE_CHECKING:
-    from acula_edge.align.mae_vit import StateDictReport
+    from acula_edge.align.pretrained import StateDictReport
 
 STATE_NAME = "state.pt"
 LOG_NAME = "train_log.jsonl"
@@ -183,7 +183,7 @@ class AlignResult:
     reports_path: Path
     steps: int
     final_loss: float | None
-    encoder_load_report: str = ""  # what loading cfg.pretrained did ("" when nothing was loaded)
+    encoder_load_report: str = ""  # what loading cfg.pretrained / the hf: folder did ("" when nothing was loaded)
 
 
 class AlignmentModel(torch.nn.Module):
@@ -218,7 +218,8 @@ class AlignmentModel(torch.nn.Module):
 def build_audio_encoder(cfg: AlignConfig, frames: int, n_mels: int,
                         frontend: FrontendConfig | None = None) -> tuple[AudioEncoder, StateDictReport | None]:
     """The encoder named by ``cfg.encoder`` for windows of ``frames`` x ``n_mels`` of ``frontend``;
-    (encoder, :class:`~acula_edge.align.mae_vit.StateDictReport` of ``cfg.pretrained``, or None)."""
+    (encoder, :class:`~acula_edge.align.pretrained.StateDictReport` of ``cfg.pretrained`` or of the transformers
+    folder, or None)."""
     from acula_edge.align import mae_vit
 
     if cfg.encoder == "cnn":
@@ -240,8 +241,11 @@ def build_audio_encoder(cfg: AlignConfig, frames: int, n_mels: int,
                               f"front-end preset {cfg.frontend_preset!r} gives "
                               f"{'raw waveforms' if waveform else 'log-mel windows'}; use --frontend-preset model "
                               f"(the model folder's own preprocessing)")
-    report = mae_vit.load_pretrained(enc, cfg.pretrained) if cfg.pretrained else None
-    return enc, report
+    if cfg.pretrained:
+        from acula_edge.align.pretrained import load_pretrained
+
+        return enc, load_pretrained(enc, cfg.pretrained)
+    return enc, getattr(enc, "load_report", None)  # a transformers folder: what from_pretrained loaded
 
 
 def align_frontend(cfg: AlignConfig) -> tuple[FrontendConfig, Windowing]:
@@ -323,7 +327,7 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
 
     ``resume``: continue from ``OUT/state.pt`` when present (same config apart from epochs/max_steps/logging).
     ``text_teacher``: an already loaded :class:`~acula_edge.align.text_teacher.TextTeacher` to reuse.
-    ``echo``: called on rank 0 with the load report of ``cfg.pretrained`` before training starts (the CLI prints it).
+    ``echo``: called on rank 0 with the encoder's load report before training starts (the CLI prints it).
     """
     from acula_edge.checkpoint import CheckpointInfo, save_checkpoint
     from acula_edge.manifest import Prompts

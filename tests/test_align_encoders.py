@@ -9,7 +9,8 @@ import torch
 
 from acula_edge.align.cnn_encoder import CNNConfig, CNNEncoder
 from acula_edge.align.encoders import build_encoder, fit_time_axis
-from acula_edge.align.mae_vit import MAEViTConfig, MAEViTEncoder, load_pretrained, vit_config_for
+from acula_edge.align.mae_vit import MAEViTConfig, MAEViTEncoder, vit_config_for
+from acula_edge.align.pretrained import load_pretrained
 from acula_edge.errors import CheckpointError, ConfigError
 
 TINY_VIT = MAEViTConfig(input_frames=32, n_mels=16, embed_dim=16, depth=1, num_heads=2, decoder_dim=8,

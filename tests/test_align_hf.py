@@ -69,6 +69,28 @@ def test_waveform_embedding_equals_transformers_and_honours_do_normalize(tmp_pat
     assert (got[True] - got[False]).abs().max().item() > 1e-3  # the flag changes what the model sees
 
 
+def test_hf_load_report_says_what_transformers_loaded(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg = transformers.ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 max_length=64, num_mel_bins=32, patch_size=16, frequency_stride=16, time_stride=16,
+                                 num_labels=3)
+    transformers.ASTForAudioClassification(cfg).save_pretrained(tmp_path / "clf")
+    report = load_hf_audio_encoder(tmp_path / "clf").load_report
+    assert report.complete and report.modules[0].status == "loaded"
+    assert report.unused == ("classifier.dense.bias", "classifier.dense.weight", "classifier.layernorm.bias",
+                             "classifier.layernorm.weight")  # the task head: not part of the encoder
+    assert "4 tensors of the file not used by this model: classifier.dense.bias" in report.summary()
+    folder = build_tiny_ast(tmp_path / "ast", frames=64, n_mels=32)
+    weights = folder / "model.safetensors"
+    state = load_file(str(weights))
+    del state["layernorm.bias"]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    report = load_hf_audio_encoder(folder).load_report
+    assert not report.complete and report.missing == ("layernorm.bias",)
+    assert "model: PARTLY loaded" in report.summary() and "freshly initialised: layernorm.bias" in report.summary()
+
+
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory):
     return build_tiny_text_model(tmp_path_factory.mktemp("text") / "bert")
@@ -90,7 +112,8 @@ def _align_then_distill(tmp_path, capsys, encoder: str, text_model, extra: list[
 def test_cli_aligns_a_128_mel_ast_then_distills(tmp_path, capsys, text_model):
     folder = build_tiny_ast(tmp_path / "ast", frames=800, n_mels=128, do_normalize=True)
     out, teacher, student = _align_then_distill(tmp_path, capsys, f"hf:{folder}", text_model)
-    assert "teacher:" in out
+    assert "teacher:" in out and f"encoder weights: {folder}: loaded " in out
+    assert teacher.extra["encoder_load_report"]["complete"] is True
     assert teacher.model_config["encoder_type"] == "hf-ast" and teacher.frontend.n_mels == 128
     assert teacher.frontend.preemphasis == 0.97 and teacher.windowing.window_s == 8.0
     # the student takes the device preset with the teacher's windows (8 s every 4 s)

@@ -12,7 +12,8 @@ import torch
 
 from opera_reference import OPERA_GT_KWARGS, opera_modules, opera_preprocess, save_lightning_checkpoint
 
-from acula_edge.align.mae_vit import MAEViTEncoder, load_pretrained, vit_config_for
+from acula_edge.align.mae_vit import MAEViTEncoder, vit_config_for
+from acula_edge.align.pretrained import load_pretrained
 from acula_edge.features import LogMel, normalise_window
 from acula_edge.frontend import preset
 

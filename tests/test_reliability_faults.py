@@ -67,7 +67,7 @@ def test_training_state_loaders_refuse_pickled_code(bomb):
 
 
 def test_weight_file_readers_refuse_pickled_code(bomb, tmp_path):
-    from acula_edge.align.mae_vit import read_state_dict
+    from acula_edge.align.pretrained import read_state_dict
     from acula_edge.distill.teachers import TeacherOutputs
 
     path, marker = bomb
