@@ -54,7 +54,8 @@ def _read_config_file(path: str) -> dict[str, Any]:
               help="Local causal LM folder that rewrites the template reports.")
 @click.option("--frontend-preset",
               help="Front-end preset (heart, heart-4k, lung, acula, opera, ast), or 'model': the encoder authors' own "
-                   "preprocessing (OPERA's for mae-vit, the folder's feature extractor for hf:PATH).")
+                   "preprocessing (OPERA's for mae-vit, the folder's feature extractor for hf:PATH; the default "
+                   "with --audio-encoder hf:PATH).")
 @click.option("--loss", "align_loss", type=click.Choice(["cka", "infonce", "siglip"]), help="Alignment loss.")
 @click.option("--sound-type", help="Body-sound type named in reports and prompts (heart, lung, ...).")
 @click.option("--seed", type=int, help="Random seed.")
@@ -69,8 +70,12 @@ def align(data: str, out_dir: str, preset: str, config_file: str | None, epochs:
     from acula_edge.align.train import AlignConfig, preset_config, train_alignment
 
     cfg = preset_config(preset)
-    if config_file:
-        cfg = AlignConfig.from_dict(_read_config_file(config_file), base=cfg)
+    from_file = _read_config_file(config_file) if config_file else {}
+    if from_file:
+        cfg = AlignConfig.from_dict(from_file, base=cfg)
+    if audio_encoder and audio_encoder.startswith("hf:") and frontend_preset is None \
+            and "frontend_preset" not in from_file:
+        frontend_preset = "model"  # a transformers folder runs on its own feature extractor's preprocessing
     overrides = {"epochs": epochs, "max_steps": max_steps, "encoder": audio_encoder, "pretrained": pretrained,
                  "text_model": text_model, "report_lm": report_lm, "frontend_preset": frontend_preset,
                  "align_loss": align_loss, "sound_type": sound_type, "seed": seed}
