@@ -33,7 +33,9 @@ def _cache_root() -> Path:
     import inspect
 
     src = "".join(inspect.getsource(f) for f in (tiny_model, calibration_windows, heart_like, build_bundle))
-    key = hashlib.sha256((src + torch.__version__).encode()).hexdigest()[:12]
+    from acula_edge.manifest import SCHEMA_VERSION
+
+    key = hashlib.sha256((src + torch.__version__ + f"manifest v{SCHEMA_VERSION}").encode()).hexdigest()[:12]
     root = Path(os.environ.get("ACULA_TEST_BUNDLE_CACHE", Path(tempfile.gettempdir()) / "acula-runtime-bundles"))
     return root / key
 
@@ -133,6 +135,28 @@ def copy_bundle(src: Path, dst: Path) -> Path:
 
 
 # -- helpers for the test modules ---------------------------------------------------------------------------------
+
+def reseal(bundle: Path, **changes) -> Path:
+    """Rewrite ``bundle``'s manifest with ``changes`` and every sha256 and the bundle digest recomputed from the
+    files now there: a consistent forgery (or a careless hand edit done right), which only the schema and the
+    runtime checks can catch. Returns the manifest's path."""
+    import json
+
+    from acula_edge.atomic import sha256_file
+    from acula_edge.manifest import MANIFEST_NAME, seal
+
+    path = bundle / MANIFEST_NAME
+    d = json.loads(path.read_text())
+    d.update(changes)
+    if (bundle / str(d.get("model_file"))).is_file():
+        d["model_sha256"] = sha256_file(bundle / d["model_file"])
+    files = (d.get("extra") or {}).get("files") or {}
+    for name in files:
+        if (bundle / name).is_file():
+            files[name] = sha256_file(bundle / name)
+    path.write_bytes(seal(d, bundle))
+    return path
+
 
 # Module each kind's runtime needs (tests skip kinds whose runtime is not installed).
 RUNTIME_MODULE = {"onnx": "onnxruntime", "tflite": "ai_edge_litert", "executorch": "executorch.runtime",

@@ -43,9 +43,7 @@ def rewrite_model(src: Path, dst: Path, data: bytes) -> Path:
     rf.copy_bundle(src, dst)
     name = model_name(dst)
     (dst / name).write_bytes(data)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["model_sha256"] = atomic.sha256_file(dst / name)
-    (dst / "manifest.json").write_text(json.dumps(manifest))
+    rf.reseal(dst)
     return dst / name
 
 
@@ -158,9 +156,7 @@ def test_cli_corrupt_bundle_newer_schema_and_missing_runtime(tmp_path, audio):
     assert_one_line_error(run_cli("classify", str(path.parent), str(wav)), str(path), "LiteRT cannot load")
 
     newer = rf.copy_bundle(rf.bundle_or_skip("onnx-fp32"), tmp_path / "newer")
-    manifest = json.loads((newer / "manifest.json").read_text())
-    manifest["schema_version"] = 99
-    (newer / "manifest.json").write_text(json.dumps(manifest))
+    rf.reseal(newer, schema_version=99)
     assert_one_line_error(run_cli("info", str(newer)), "schema version 99 is newer", "upgrade acula-edge")
 
     no_ort = "import sys; sys.modules['onnxruntime'] = None; "  # as if onnxruntime were not installed

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -56,21 +56,53 @@ def check_quantized(spec: TensorSpec, source: Path) -> None:
 
 
 class Backend:
-    """Base class: subclasses load ``path`` in ``__init__`` and implement :meth:`_invoke`."""
+    """Base class: subclasses load the model from ``data`` (its bytes, already checked against the bundle digest)
+    in ``__init__``, call :meth:`check_io` with the model's real inputs and outputs, and implement :meth:`_invoke`.
+    """
 
     #: whether ``_invoke`` may run in several threads at once
     thread_safe = False
+    #: whether the runtime can crash the process (abort, segfault) on a bad model or setting instead of raising:
+    #: such bundles are first loaded and run once in a child process (:mod:`acula_edge.runtime.probe`)
+    needs_probe = False
 
-    def __init__(self, path: Path, manifest: Manifest, num_threads: int | None = None) -> None:
+    def __init__(self, path: Path, manifest: Manifest, num_threads: int | None = None,
+                 data: bytes | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.num_threads = num_threads
+        self.data = data if data is not None else read_model_bytes(path)
         self.input_spec = manifest.inputs[0]
         self.embedding_spec = manifest.output("embedding")
         self.logits_spec = manifest.output("logits")
         for spec in (self.input_spec, self.embedding_spec, self.logits_spec):
             check_quantized(spec, path)
         self._lock = threading.Lock()
+
+    def check_io(self, inputs: Sequence[tuple[Sequence[Any], str]],
+                 outputs: Sequence[tuple[str, Sequence[Any], str]]) -> tuple[int, int]:
+        """Compare the model's real I/O with the manifest before the first call; (embedding, logits) output indices.
+
+        ``inputs``: (shape, dtype name) per model input; ``outputs``: (name, shape, dtype name) per output, in
+        the runtime's order. A dimension that is not an int (a symbolic batch) matches anything. Outputs are
+        matched by name when the runtime kept the manifest's names (ONNX), else by position (TFLite renames them).
+        """
+        src, m = self.path, self.manifest
+        if len(inputs) != 1:
+            raise BundleError(f"{src}: the model has {len(inputs)} inputs, the manifest 1; the bundle is "
+                              f"inconsistent, re-export it")
+        _check_tensor(src, "input", inputs[0][0], inputs[0][1], self.input_spec)
+        manifest_names = [o.name for o in m.outputs]
+        names = [o[0] for o in outputs]
+        if len(outputs) != len(manifest_names):
+            raise BundleError(f"{src}: the model has {len(outputs)} outputs but the manifest lists "
+                              f"{len(manifest_names)} ({manifest_names}); the bundle is inconsistent, re-export it")
+        by_name = set(names) == set(manifest_names) and len(set(names)) == len(names)
+        for i, spec in enumerate(m.outputs):
+            j = names.index(spec.name) if by_name else i
+            _check_tensor(src, f"output {spec.name!r}", outputs[j][1], outputs[j][2], spec)
+        pick = (lambda w: names.index(w)) if by_name else manifest_names.index
+        return pick("embedding"), pick("logits")
 
     @property
     def name(self) -> str:
@@ -93,29 +125,22 @@ class Backend:
                 dequantize(np.asarray(logits), self.logits_spec).reshape(-1))
 
 
-def output_order(manifest: Manifest, names: Sequence[str], shapes: Sequence[Sequence[int]],
-                 source: Path) -> tuple[int, int]:
-    """Indices of the runtime outputs holding (embedding, logits).
+def _check_tensor(source: Path, what: str, shape: Sequence[Any], dtype: str, spec: TensorSpec) -> None:
+    got = tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in shape)
+    if len(got) != len(spec.shape) or any(g is not None and g != w for g, w in zip(got, spec.shape)):
+        raise BundleError(f"{source}: the model's {what} has shape {tuple(shape)} but the manifest says "
+                          f"{spec.shape}; the bundle is inconsistent, re-export it")
+    if dtype != spec.dtype:
+        raise BundleError(f"{source}: the model's {what} is {dtype} but the manifest says {spec.dtype}; the bundle "
+                          f"is inconsistent, re-export it")
 
-    By name when the runtime kept the manifest's names (ONNX); otherwise by position in the manifest's output list
-    (TFLite renames outputs to output_0, output_1... in model order). Shapes are checked either way.
-    """
-    wanted = ("embedding", "logits")
-    manifest_names = [o.name for o in manifest.outputs]
-    if len(names) != len(manifest_names):
-        raise BundleError(f"{source}: the model has {len(names)} outputs but the manifest lists "
-                          f"{len(manifest_names)} ({manifest_names}); the bundle is inconsistent, re-export it")
-    if all(w in names for w in wanted):
-        idx = tuple(list(names).index(w) for w in wanted)
-    else:
-        idx = tuple(manifest_names.index(w) for w in wanted)
-    for w, i in zip(wanted, idx):
-        want = int(np.prod(manifest.output(w).shape))
-        got = int(np.prod([int(s) for s in shapes[i]]))
-        if want != got:
-            raise BundleError(f"{source}: output {w!r} has {got} values in the model but {want} in the manifest; "
-                              f"the bundle is inconsistent, re-export it")
-    return idx  # type: ignore[return-value]
+
+def read_model_bytes(path: Path) -> bytes:
+    """A model file's bytes (for callers that hold only a path; :func:`acula_edge.manifest.read_bundle` gives
+    the digest-checked bytes)."""
+    from acula_edge.manifest import _read_file
+
+    return _read_file(path)
 
 
 def backend_class(target: str) -> type[Backend]:
@@ -127,10 +152,21 @@ def backend_class(target: str) -> type[Backend]:
     return getattr(importlib.import_module(module), attr)
 
 
-def open_backend(path: Path, manifest: Manifest, num_threads: int | None = None) -> Backend:
-    """Load the model file ``path`` (already checksum-verified) on the backend for ``manifest.target``."""
-    if num_threads is not None and num_threads < 1:
+def open_backend(path: Path, manifest: Manifest, num_threads: int | None = None, data: bytes | None = None,
+                 probe: bool = True) -> Backend:
+    """Load the model ``data`` (the bytes of ``path``, already checked against the bundle digest; read from
+    ``path`` when None) on the backend for ``manifest.target``. Runtimes that can crash on a bad model are first
+    tried in a child process (``probe``), so a bad bundle is a BundleError, never a dead process."""
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
         from acula_edge.errors import ConfigError
 
-        raise ConfigError(f"num_threads must be a positive integer or None (runtime default), got {num_threads}")
-    return backend_class(manifest.target)(path, manifest, num_threads)
+        raise ConfigError(f"num_threads must be a positive integer or None (runtime default), got {num_threads!r}")
+    cls = backend_class(manifest.target)
+    if data is None:
+        data = read_model_bytes(path)
+    if probe and cls.needs_probe:
+        from acula_edge.runtime.probe import probe_in_child
+
+        probe_in_child(path, manifest, data)
+    return cls(path, manifest, num_threads, data)

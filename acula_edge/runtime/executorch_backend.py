@@ -11,24 +11,41 @@ from acula_edge.errors import BundleError, require
 from acula_edge.manifest import RUNTIME_EXTRA, Manifest
 from acula_edge.runtime.backends import Backend
 
+# ExecuTorch ScalarType codes (c10 numbering) -> the manifest's dtype names.
+_SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 6: "float32"}
+
 
 class ExecuTorchBackend(Backend):
-    """``Runtime.get().load_program(path).load_method("forward")``; calls serialised by the base class lock.
+    """``Runtime.get().load_program(data, verification=InternalConsistency).load_method("forward")``; calls
+    serialised by the base class lock.
 
-    ``num_threads`` is not configurable from Python in ExecuTorch 1.5 (XNNPACK uses its own threadpool); it is
-    accepted and ignored.
+    The program's internal-consistency verification checks the flatbuffer, but a flipped byte in a delegate's
+    payload (XNNPACK) still aborts the process (SIGABRT, "terminate called ..."), so the bundle is first loaded
+    and run once in a child process (``needs_probe``). ``num_threads`` is not configurable from Python in
+    ExecuTorch 1.5 (XNNPACK uses its own threadpool); it is accepted and ignored.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, num_threads: int | None = None) -> None:
-        super().__init__(path, manifest, num_threads)
+    needs_probe = True
+
+    def __init__(self, path: Path, manifest: Manifest, num_threads: int | None = None,
+                 data: bytes | None = None) -> None:
+        super().__init__(path, manifest, num_threads, data)
         rt = require("executorch.runtime", RUNTIME_EXTRA["executorch"], "running an ExecuTorch bundle")
         self._torch = require("torch", RUNTIME_EXTRA["executorch"], "the ExecuTorch Python runtime")
         try:
-            program = rt.Runtime.get().load_program(str(path))
+            program = rt.Runtime.get().load_program(self.data, verification=rt.Verification.InternalConsistency)
+            meta = program.metadata("forward")
+            inputs = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
+            outputs = [meta.output_tensor_meta(i) for i in range(meta.num_outputs())]
             self._method = program.load_method("forward")
         except (RuntimeError, ValueError) as e:
             raise BundleError(f"{path}: ExecuTorch cannot load the program ({e}); it is corrupt or not a .pte "
                               f"file; re-export the bundle") from e
+        # torch.export keeps the model's output order, which the manifest lists: outputs match by position.
+        self._emb_i, self._log_i = self.check_io(
+            [(t.sizes(), _SCALAR_TYPES.get(t.dtype(), f"scalar type {t.dtype()}")) for t in inputs],
+            [(f"output_{i}", t.sizes(), _SCALAR_TYPES.get(t.dtype(), f"scalar type {t.dtype()}"))
+             for i, t in enumerate(outputs)])
         self._program = program
 
     @property
@@ -37,8 +54,4 @@ class ExecuTorchBackend(Backend):
 
     def _invoke(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self._method.execute([self._torch.from_numpy(np.array(x))])  # a writable copy for torch
-        if len(out) < 2:
-            raise BundleError(f"{self.path}: the program returned {len(out)} outputs, expected (embedding, logits)")
-        # torch.export keeps the model's output order, which the manifest lists
-        names = [o.name for o in self.manifest.outputs]
-        return out[names.index("embedding")].numpy(), out[names.index("logits")].numpy()
+        return out[self._emb_i].numpy(), out[self._log_i].numpy()

@@ -9,7 +9,7 @@ import numpy as np
 
 from acula_edge.errors import BundleError, require
 from acula_edge.manifest import RUNTIME_EXTRA, Manifest
-from acula_edge.runtime.backends import Backend, output_order
+from acula_edge.runtime.backends import Backend
 
 
 def _interpreter_module():
@@ -38,25 +38,22 @@ class LiteRTBackend(Backend):
     The interpreter is not re-entrant, so calls are serialised by the base class lock.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, num_threads: int | None = None) -> None:
-        super().__init__(path, manifest, num_threads)
+    def __init__(self, path: Path, manifest: Manifest, num_threads: int | None = None,
+                 data: bytes | None = None) -> None:
+        super().__init__(path, manifest, num_threads, data)
         mod = _interpreter_module()
         self._version = _version(mod.__name__.split(".")[0])
         try:
-            self._it = mod.Interpreter(model_path=str(path), num_threads=num_threads)
+            self._it = mod.Interpreter(model_content=self.data, num_threads=num_threads)
             self._it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise BundleError(f"{path}: LiteRT cannot load the model file ({e}); it is corrupt or not a TFLite "
                               f"flatbuffer; re-export the bundle") from e
         ins = self._it.get_input_details()
-        if len(ins) != 1:
-            raise BundleError(f"{path}: the TFLite model has {len(ins)} inputs, expected 1")
-        self._in = ins[0]
-        if np.dtype(self._in["dtype"]).name != self.input_spec.dtype:
-            raise BundleError(f"{path}: the model input is {np.dtype(self._in['dtype']).name} but the manifest says "
-                              f"{self.input_spec.dtype}; the bundle is inconsistent, re-export it")
         outs = self._it.get_output_details()
-        e, lg = output_order(manifest, [o["name"] for o in outs], [o["shape"] for o in outs], path)
+        e, lg = self.check_io([(i["shape"], np.dtype(i["dtype"]).name) for i in ins],
+                              [(o["name"], o["shape"], np.dtype(o["dtype"]).name) for o in outs])
+        self._in = ins[0]
         self._emb_idx, self._log_idx = outs[e]["index"], outs[lg]["index"]
 
     @property

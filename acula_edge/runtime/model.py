@@ -22,7 +22,7 @@ import numpy as np
 from acula_edge.audio import check_audio_file, check_sample_rate, prepare_samples, to_mono_float
 from acula_edge.errors import AudioError, BundleError, ConfigError
 from acula_edge.features import LogMel
-from acula_edge.manifest import Manifest, read_manifest, verify_model_file
+from acula_edge.manifest import Manifest, read_bundle
 from acula_edge.runtime.aggregation import DecisionConfig, RecordingAccumulator
 from acula_edge.runtime.backends import Backend, open_backend
 from acula_edge.runtime.quality import QualityConfig, window_quality
@@ -233,13 +233,13 @@ def load(bundle_dir: str | os.PathLike, num_threads: int | None = None,
          quality: QualityConfig | None = None) -> EdgeModel:
     """Open an exported bundle folder on the runtime its manifest names.
 
-    Reads and validates ``manifest.json`` (schema version), checks the model file's sha256 before the runtime
-    sees it, and loads it on onnxruntime / LiteRT / ExecuTorch / TFLite Micro. ``num_threads``: runtime threads
-    (None = the runtime's default). Raises BundleError (bad/corrupt/newer bundle) or MissingDependencyError
+    Reads every file of the bundle once and checks it (strict manifest schema, the sha256 of each file and the
+    digest over the whole bundle, manifest included), then hands those very bytes to onnxruntime / LiteRT /
+    ExecuTorch / TFLite Micro (nothing is re-read from disk, so a file swapped meanwhile is never run), and checks
+    the model's real input/output shapes and types against the manifest. ``num_threads``: runtime threads (None =
+    the runtime's default). Raises BundleError (bad/corrupt/altered/newer bundle) or MissingDependencyError
     (runtime not installed; names the pip extra).
     """
-    bundle = Path(bundle_dir)
-    manifest = read_manifest(bundle)
-    model_path = verify_model_file(manifest, bundle)
-    backend = open_backend(model_path, manifest, num_threads)
-    return EdgeModel(manifest, backend, bundle, quality)
+    contents = read_bundle(bundle_dir)
+    backend = open_backend(contents.model_path, contents.manifest, num_threads, contents.model_bytes)
+    return EdgeModel(contents.manifest, backend, contents.folder, quality)

@@ -8,7 +8,7 @@ import numpy as np
 
 from acula_edge.errors import BundleError, require
 from acula_edge.manifest import RUNTIME_EXTRA, Manifest
-from acula_edge.runtime.backends import Backend, output_order
+from acula_edge.runtime.backends import Backend
 
 
 class OnnxBackend(Backend):
@@ -16,8 +16,9 @@ class OnnxBackend(Backend):
 
     thread_safe = True  # InferenceSession.run may be called from several threads
 
-    def __init__(self, path: Path, manifest: Manifest, num_threads: int | None = None) -> None:
-        super().__init__(path, manifest, num_threads)
+    def __init__(self, path: Path, manifest: Manifest, num_threads: int | None = None,
+                 data: bytes | None = None) -> None:
+        super().__init__(path, manifest, num_threads, data)
         ort = require("onnxruntime", RUNTIME_EXTRA["onnx"], "running an ONNX bundle")
         self._version = ort.__version__
         opts = ort.SessionOptions()
@@ -26,18 +27,16 @@ class OnnxBackend(Backend):
             opts.intra_op_num_threads = int(num_threads)
         opts.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(self.data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise BundleError(f"{path}: onnxruntime cannot load the model file ({type(e).__name__}: {e}); it is "
                               f"corrupt or not an ONNX model; re-export the bundle") from e
         inputs = self._session.get_inputs()
-        if len(inputs) != 1:
-            raise BundleError(f"{path}: the ONNX model has {len(inputs)} inputs, expected 1")
-        self._input_name = inputs[0].name
         outs = self._session.get_outputs()
+        self._input_name = inputs[0].name if inputs else ""
         self._names = [o.name for o in outs]
-        shapes = [[s if isinstance(s, int) else 1 for s in o.shape] for o in outs]
-        self._emb_i, self._log_i = output_order(manifest, self._names, shapes, path)
+        self._emb_i, self._log_i = self.check_io([(i.shape, _dtype(i.type)) for i in inputs],
+                                                 [(o.name, o.shape, _dtype(o.type)) for o in outs])
 
     @property
     def name(self) -> str:
@@ -46,3 +45,10 @@ class OnnxBackend(Backend):
     def _invoke(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self._session.run(None, {self._input_name: x})
         return out[self._emb_i], out[self._log_i]
+
+
+def _dtype(onnx_type: str) -> str:
+    """'tensor(float)' -> 'float32' (the manifest's dtype names); other types are returned as given."""
+    inner = onnx_type[len("tensor("):-1] if onnx_type.startswith("tensor(") else onnx_type
+    return {"float": "float32", "int8": "int8", "uint8": "uint8", "int16": "int16", "int32": "int32"}.get(inner,
+                                                                                                        onnx_type)
