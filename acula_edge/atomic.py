@@ -4,6 +4,9 @@ Files are written to a temporary sibling and ``os.replace``-d into place; folder
 in a temporary sibling folder and swapped with the target in one step (Linux ``renameat2`` RENAME_EXCHANGE) only
 after the caller's checks passed.
 
+A folder write replaces only a folder this project wrote (a bundle's ``manifest.json`` or a checkpoint's
+``config.json``) or an empty one; anything else at that path is refused, never deleted (:func:`check_replaceable`).
+
 Temporary names carry the writer's process id (``.<name>.<pid>.<random>.partial`` / ``.tmp``): a writer killed
 mid-write (SIGKILL, power loss) leaves its temporary behind, and the next write of the same target on this machine
 removes temporaries whose process is gone.
@@ -47,18 +50,65 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+# Files that mark a folder as written by acula-edge, and the key/value each JSON object must hold.
+_MARKERS = (("manifest.json", "schema_version", None), ("config.json", "format", "acula-edge-checkpoint"))
+_MARKER_MAX_BYTES = 64 * 1024 * 1024
+
+
+def written_by_acula_edge(folder: Path) -> bool:
+    """True if ``folder`` is an exported bundle or a checkpoint folder (its marker file parses and says so)."""
+    from acula_edge import typed
+
+    for name, key, value in _MARKERS:
+        try:
+            _, data = typed.read_json_file(folder / name, _MARKER_MAX_BYTES)
+        except (OSError, ValueError):  # missing, unreadable or not our JSON
+            continue
+        if isinstance(data, dict) and key in data and (value is None or data[key] == value):
+            return True
+    return False
+
+
+def check_replaceable(target: str | os.PathLike) -> Path:
+    """``target`` as a Path after checking that writing a folder there loses no user file: it must not exist, be
+    an empty folder, or be a folder acula-edge wrote. Never the current folder or one above it. ConfigError
+    otherwise (callers check before long work, e.g. training, so the refusal comes first)."""
+    from acula_edge.errors import ConfigError
+
+    target = Path(target)
+    resolved = target.resolve()
+    here = Path.cwd().resolve()
+    if resolved == here or resolved in here.parents or not target.name or target.name in (".", ".."):
+        raise ConfigError(f"{target}: refusing to write an output folder at the current folder or above it "
+                          f"(it would replace {resolved}); give a new folder name, e.g. --out ./bundle")
+    if target.is_symlink():
+        raise ConfigError(f"{target}: is a symbolic link; give the output folder's real path or a new name")
+    if not target.exists():
+        return target
+    if not target.is_dir():
+        raise ConfigError(f"{target}: exists and is a file, not a folder; refusing to replace it (choose another "
+                          f"output folder or remove it yourself)")
+    if any(target.iterdir()) and not written_by_acula_edge(target):
+        raise ConfigError(f"{target}: exists, is not empty and was not written by acula-edge (no bundle "
+                          f"manifest.json or checkpoint config.json); refusing to replace it and lose its files: "
+                          f"choose a new output folder or remove it yourself")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``target``; on normal exit it replaces ``target``.
 
-    On any exception the temporary folder is removed and ``target`` (if it existed) is untouched.
+    ``target`` must pass :func:`check_replaceable` (missing, empty, or a folder acula-edge wrote). On any
+    exception the temporary folder is removed and ``target`` (if it existed) is untouched.
     """
-    target = Path(target)
+    target = check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".partial", dir=target.parent))
     try:
         yield tmp
+        check_replaceable(target)  # again: the folder may have been filled while the caller worked
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

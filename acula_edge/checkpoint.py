@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acula_edge import atomic
-from acula_edge.errors import CheckpointError
+from acula_edge import atomic, typed
+from acula_edge.errors import AculaEdgeError, CheckpointError
 from acula_edge.frontend import FrontendConfig, Windowing
-from acula_edge.manifest import Prompts
+from acula_edge.manifest import (MAX_EMBEDDING_DIM, Prompts, frontend_from_json, labels_from_json,
+                                 threshold_from_json, windowing_from_json)
+from acula_edge.typed import SchemaError
 
 CHECKPOINT_FORMAT = "acula-edge-checkpoint"
 CHECKPOINT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 KINDS = ("teacher", "student")
+MAX_CONFIG_BYTES = 32 * 1024 * 1024  # config.json: architecture, prompts and training provenance; read before parsing
 
 
 @dataclass(frozen=True)
@@ -52,19 +55,34 @@ class CheckpointInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config.json") -> "CheckpointInfo":
-        if d.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{source}: not an acula-edge checkpoint config (format={d.get('format')!r})")
-        if int(d.get("version", 0)) > CHECKPOINT_VERSION:
-            raise CheckpointError(f"{source}: checkpoint version {d.get('version')} is newer than this acula-edge "
-                                  f"reads ({CHECKPOINT_VERSION}); upgrade acula-edge")
+        """Parse untrusted config JSON strictly (types, finite numbers, ranges); CheckpointError naming ``source``
+        and the field otherwise."""
+        if not isinstance(d, dict) or d.get("format") != CHECKPOINT_FORMAT:
+            fmt = d.get("format") if isinstance(d, dict) else None
+            raise CheckpointError(f"{source}: not an acula-edge checkpoint config (format={fmt!r})")
         try:
-            info = cls(kind=str(d["kind"]), architecture=str(d["architecture"]), model_config=dict(d["model_config"]),
-                       frontend=FrontendConfig.from_dict(d["frontend"]), windowing=Windowing.from_dict(d["windowing"]),
-                       labels=tuple(d["labels"]), embedding_dim=int(d["embedding_dim"]),
-                       threshold=float(d.get("threshold", 0.5)), prompts=Prompts.from_dict(d.get("prompts") or {}),
-                       extra=dict(d.get("extra") or {}))
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{source}: malformed checkpoint config ({type(e).__name__}: {e})") from e
+            version = typed.integer(d.get("version", 0), "version", 0)
+            if version > CHECKPOINT_VERSION:
+                raise CheckpointError(f"{source}: checkpoint version {version} is newer than this acula-edge reads "
+                                      f"({CHECKPOINT_VERSION}); upgrade acula-edge")
+            missing = [k for k in ("kind", "architecture", "model_config", "frontend", "windowing", "labels",
+                                   "embedding_dim") if k not in d]
+            if missing:
+                raise SchemaError(f"missing {missing}")
+            unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)} - {"format", "version"})
+            if unknown:
+                raise SchemaError(f"unknown keys {unknown}")
+            fe = frontend_from_json(d["frontend"])
+            info = cls(kind=typed.string(d["kind"], "kind", 32), architecture=typed.string(d["architecture"],
+                                                                                         "architecture", 200),
+                       model_config=dict(typed.mapping(d["model_config"], "model_config")), frontend=fe,
+                       windowing=windowing_from_json(d["windowing"], fe), labels=labels_from_json(d["labels"]),
+                       embedding_dim=typed.integer(d["embedding_dim"], "embedding_dim", 1, MAX_EMBEDDING_DIM),
+                       threshold=threshold_from_json(d.get("threshold", 0.5)),
+                       prompts=Prompts.from_dict(d.get("prompts", {})),
+                       extra=dict(typed.mapping(d.get("extra", {}), "extra")))
+        except SchemaError as e:
+            raise CheckpointError(f"{source}: malformed checkpoint config: {e}") from e
         if info.kind not in KINDS:
             raise CheckpointError(f"{source}: kind {info.kind!r} not in {KINDS}")
         return info
@@ -78,9 +96,11 @@ def read_checkpoint_info(folder: str | Path) -> CheckpointInfo:
         raise CheckpointError(f"{folder}: no {CONFIG_NAME}; not a checkpoint folder (make one with "
                               f"'acula-edge align' or 'acula-edge distill')")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        _, data = typed.read_json_file(path, MAX_CONFIG_BYTES)
+    except OSError as e:
         raise CheckpointError(f"{path}: unreadable ({e})") from e
+    except SchemaError as e:
+        raise CheckpointError(f"{path}: unreadable: it {e}") from e
     return CheckpointInfo.from_dict(data, str(path))
 
 
@@ -95,6 +115,17 @@ def resolve_architecture(path: str) -> type:
         raise CheckpointError(f"architecture {path!r} cannot be imported ({e}); was the checkpoint made by a "
                               f"newer acula-edge?") from e
     return cls
+
+
+def require_safetensors(folder: str | Path) -> None:
+    """Refuse a Hugging Face model folder whose weights are only pickled (``pytorch_model*.bin``): unpickling can
+    run code, so it is never done, and the remedy is a conversion, not a weaker loader. Call it before
+    ``from_pretrained(..., use_safetensors=True)``."""
+    folder = Path(folder)
+    if not any(folder.glob("*.safetensors")) and any(folder.glob("pytorch_model*.bin")):
+        raise CheckpointError(f"{folder}: the weights are only a pickled pytorch_model.bin, which acula-edge never "
+                              f"unpickles (it can run code); convert them to safetensors where you trust the file "
+                              f"(model.save_pretrained(folder, safe_serialization=True)) and try again")
 
 
 def weights_sha256(folder: str | Path) -> str:
@@ -123,7 +154,14 @@ def load_checkpoint(folder: str | Path, map_location: str = "cpu") -> tuple[Any,
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{folder}: no {WEIGHTS_NAME}")
-    model = resolve_architecture(info.architecture).from_config(info.model_config)
+    try:
+        model = resolve_architecture(info.architecture).from_config(info.model_config)
+    except CheckpointError:
+        raise
+    except (AculaEdgeError, TypeError, ValueError, KeyError) as e:  # a model_config value of the wrong type
+        raise CheckpointError(f"{folder / CONFIG_NAME}: its model_config does not build a "
+                              f"{info.architecture} ({type(e).__name__}: {e}); fix the value or re-create the "
+                              f"checkpoint") from e
     try:
         state = load_file(str(weights), device=map_location)
     except (SafetensorError, OSError) as e:

@@ -29,6 +29,7 @@ import torch
 
 from acula_edge.align.encoders import AudioEncoder, check_input, fit_time_axis
 from acula_edge.align.pretrained import ModuleLoad, StateDictReport
+from acula_edge.checkpoint import require_safetensors
 from acula_edge.errors import ConfigError, require
 from acula_edge.frontend import PRESETS, FrontendConfig, Windowing
 
@@ -79,7 +80,9 @@ def load_hf_audio_encoder(path: str | os.PathLike) -> "HFASTEncoder | HFWaveform
 
 def _from_pretrained(auto_cls: Any, folder: Path) -> tuple[Any, StateDictReport]:
     """transformers' ``from_pretrained`` (offline) and what it loaded, as the project's load report."""
-    model, info = auto_cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
+    require_safetensors(folder)  # pickled weights are never unpickled: refused with a conversion hint
+    model, info = auto_cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
+                                           use_safetensors=True)
     missing = tuple(sorted(info.get("missing_keys", ())))
     mismatched = tuple(f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in info.get("mismatched_keys", ()))
     fresh = set(missing) | {m.split(":")[0] for m in mismatched}

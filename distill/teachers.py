@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from acula_edge import atomic
-from acula_edge.checkpoint import CheckpointInfo, load_checkpoint, weights_sha256
+from acula_edge.checkpoint import CheckpointInfo, load_checkpoint, require_safetensors, weights_sha256
 from acula_edge.data import Dataset
 from acula_edge.errors import CheckpointError, ConfigError
 from acula_edge.frontend import FrontendConfig, Windowing
@@ -226,8 +226,9 @@ class HFAudioTeacher(Teacher):
         archs = getattr(cfg, "architectures", None) or []
         head = any("Classification" in a for a in archs)
         auto = transformers.AutoModelForAudioClassification if head else transformers.AutoModel
+        require_safetensors(self.folder)
         try:
-            self.model = auto.from_pretrained(self.folder, local_files_only=True).eval()
+            self.model = auto.from_pretrained(self.folder, local_files_only=True, use_safetensors=True).eval()
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{self.folder}: cannot load a transformers audio model ({e})") from e
         self.extractor = None

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from acula_edge import atomic
 from acula_edge.checkpoint import CheckpointInfo, check_state_dict, save_checkpoint
 from acula_edge.data import Dataset, load_dataset, stratified_holdout
 from acula_edge.errors import CheckpointError, ConfigError, check_config_keys
@@ -325,7 +326,7 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
     """
     from tqdm.auto import tqdm
 
-    out = Path(out)
+    out = atomic.check_replaceable(out)  # refuse a user's folder now, not after training
     run_dir = Path(run_dir) if run_dir is not None else out.parent / f"{out.name}.run"
     cache_dir = Path(cache_dir) if cache_dir is not None else run_dir / "cache"
     env = env or init_distributed(device)

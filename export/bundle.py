@@ -48,18 +48,6 @@ def file_hashes(folder: Path, names: tuple[str, ...] | list[str]) -> dict[str, s
     return {name: atomic.sha256_file(folder / name) for name in names}
 
 
-def check_file_hashes(folder: Path, expected: dict[str, str]) -> list[str]:
-    """Problems (missing or changed files) among ``expected`` {name: sha256}."""
-    problems = []
-    for name, digest in sorted(expected.items()):
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-        elif atomic.sha256_file(path) != digest:
-            problems.append(f"{path}: sha256 does not match the manifest (corrupt or replaced)")
-    return problems
-
-
 def build_manifest(info: CheckpointInfo, target: str, precision: str, result: TargetResult, model_sha256: str,
                    parity: dict[str, Any], source_sha256: str, versions: dict[str, str],
                    extra: dict[str, Any]) -> Manifest:

@@ -17,7 +17,8 @@ from acula_edge.export import bundle, parity
 from acula_edge.export.calibration import DEFAULT_EVAL_WINDOWS, EVAL_WINDOWS_PER_RECORDING, select_windows
 from acula_edge.export.registry import OUTPUT_NAMES, get_target
 from acula_edge.export.tolerances import tolerance_for
-from acula_edge.manifest import read_manifest, verify_model_file
+from acula_edge.manifest import MANIFEST_NAME, read_bundle
+from acula_edge.runtime.backends import open_backend
 
 
 def _source_model(manifest: Any, checkpoint: str | Path | None) -> tuple[Any, str]:
@@ -49,13 +50,15 @@ def verify_bundle(bundle_dir: str | Path, data: str | None = None, checkpoint: s
 
     Raises BundleError on a schema/checksum problem and ParityError (listing every mismatch) when parity fails.
     """
-    folder = Path(bundle_dir)
-    manifest = read_manifest(folder)
-    model_path = verify_model_file(manifest, folder)
-    problems = bundle.check_file_hashes(folder, manifest.extra.get("files") or {})
-    if problems:
-        raise BundleError(f"{folder}: {len(problems)} bundle file(s) fail the integrity check:\n  "
-                          + "\n  ".join(problems))
+    contents = read_bundle(bundle_dir)  # schema, every file's sha256 and the digest over the whole bundle
+    folder, manifest, model_path = contents.folder, contents.manifest, contents.model_path
+    unlisted = sorted(p.name for p in folder.iterdir() if p.name not in {MANIFEST_NAME, *manifest.files()})
+    if unlisted:
+        raise BundleError(f"{folder}: holds files the manifest does not list (not covered by its digest): "
+                          f"{unlisted}; remove them or re-export the bundle")
+    # The device runtime's own load checks first (real model I/O against the manifest; runtimes that can crash the
+    # process are tried in a child), so a bad bundle is a BundleError here too, not a crash of the parity run.
+    open_backend(model_path, manifest, None, contents.model_bytes)
     target = get_target(manifest.target)
     model, compared = _source_model(manifest, checkpoint)
     recording = y = None
@@ -70,11 +73,12 @@ def verify_bundle(bundle_dir: str | Path, data: str | None = None, checkpoint: s
         reference = parity.torch_outputs(model, x, OUTPUT_NAMES)
     else:
         x, stored = bundle.read_reference(folder / manifest.extra.get("reference_file", bundle.REFERENCE_FILE))
+        # (reference_file is a plain name listed in extra.files: the schema refuses paths out of the bundle)
         reference = parity.torch_outputs(model, x, OUTPUT_NAMES) if model is not None else stored
     candidate = target.run(model_path, x, manifest.inputs, manifest.outputs, manifest.extra)
     report = parity.parity_report(reference, candidate, recording, y, data or "reference.npz")
     report.update(runtime=target.runtime, compared_with=compared,
-                  integrity=f"schema v{manifest.schema_version}, sha256 of {1 + len(manifest.extra.get('files') or {})}"
-                            f" file(s) ok")
+                  integrity=f"schema v{manifest.schema_version}, bundle digest {contents.digest[:12]}... over the "
+                            f"manifest and {len(manifest.files())} file(s) ok")
     parity.gate(report, tolerance_for(manifest.target, manifest.precision), f"verify {folder}")
     return report

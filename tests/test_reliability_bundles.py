@@ -86,7 +86,7 @@ def test_model_file_of_another_format_under_the_right_name(tmp_path, kind, other
 def test_missing_model_file(tmp_path):
     bundle = rf.copy_bundle(rf.bundle_or_skip("onnx-fp32"), tmp_path / "b")
     (bundle / "model.onnx").unlink()
-    with pytest.raises(BundleError, match="model.onnx: the model file named in the manifest is missing"):
+    with pytest.raises(BundleError, match="model.onnx: the file named in the manifest is missing"):
         acula_edge.load(bundle)
 
 
