@@ -6,6 +6,8 @@ Every problem is an :class:`~acula_edge.errors.AudioError` naming the file (or "
 from __future__ import annotations
 
 import os
+import stat
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,6 +18,9 @@ from acula_edge.errors import AudioError
 # Largest input rate accepted; higher is almost certainly a wrong header, and resampling it would be slow.
 MAX_SAMPLE_RATE = 768_000
 MIN_SAMPLE_RATE = 500
+# Most channels accepted in one (samples, channels) buffer: more is almost surely a channel-first array, whose
+# transpose would be read as thousands of channels of a recording a few samples long.
+MAX_CHANNELS = 64
 
 
 def to_mono_float(samples: np.ndarray, source: str = "<buffer>") -> np.ndarray:
@@ -23,6 +28,10 @@ def to_mono_float(samples: np.ndarray, source: str = "<buffer>") -> np.ndarray:
     x = np.asarray(samples)
     if x.ndim not in (1, 2):
         raise AudioError(f"{source}: expected samples shaped (n,) or (n, channels), got {x.shape}")
+    if x.ndim == 2 and x.shape[1] > MAX_CHANNELS:
+        raise AudioError(f"{source}: samples shaped {x.shape} would be {x.shape[1]} channels of {x.shape[0]} "
+                         f"sample(s); give (samples, channels) with at most {MAX_CHANNELS} channels (transpose a "
+                         f"channel-first array: x.T)")
     if x.dtype.kind in "iu":
         x = x.astype(np.float64) / _int_scale(x.dtype)
     elif x.dtype.kind != "f":
@@ -51,10 +60,15 @@ def resample(samples: np.ndarray, orig_rate: int, target_rate: int, source: str 
     return out.astype(np.float32)
 
 
-def check_sample_rate(rate: float, source: str = "<buffer>") -> None:
-    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE or int(rate) != rate:
-        raise AudioError(f"{source}: sample rate {rate} Hz is outside the supported {MIN_SAMPLE_RATE}-"
-                         f"{MAX_SAMPLE_RATE} Hz integer range; check the file header or pass the right --sample-rate")
+def check_sample_rate(rate: object, source: str = "<buffer>") -> int:
+    """``rate`` as an int after checking it is a whole number of Hz in the supported range (AudioError otherwise,
+    also for None, strings and booleans)."""
+    ok = isinstance(rate, (int, float, np.integer, np.floating)) and not isinstance(rate, (bool, np.bool_))
+    if not ok or not np.isfinite(rate) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE or int(rate) != rate:
+        raise AudioError(f"{source}: sample rate {rate!r} Hz is not a whole number in the supported "
+                         f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz range; check the file header or pass the right "
+                         f"--sample-rate")
+    return int(rate)
 
 
 def check_samples(x: np.ndarray, source: str = "<buffer>", min_samples: int = 1) -> None:
@@ -66,8 +80,8 @@ def check_samples(x: np.ndarray, source: str = "<buffer>", min_samples: int = 1)
         raise AudioError(f"{source}: {int(bad.sum())} samples are NaN or Inf (first at sample "
                          f"{int(np.flatnonzero(bad)[0])}); the recording is corrupt")
     if x.shape[0] < min_samples:
-        raise AudioError(f"{source}: the recording has {x.shape[0]} samples but one analysis window needs "
-                         f"{min_samples}; use a longer recording or ask for padding (pad=True / --pad)")
+        raise AudioError(f"{source}: too short: the recording has {x.shape[0]} samples but one analysis window "
+                         f"needs {min_samples}; use a longer recording, or accept zero-padding with pad=True / --pad")
 
 
 def check_audio_file(path: str | os.PathLike) -> Path:
@@ -77,9 +91,40 @@ def check_audio_file(path: str | os.PathLike) -> Path:
         raise AudioError(f"{p}: no such file")
     if p.is_dir():
         raise AudioError(f"{p}: is a folder, expected an audio file")
+    mode = p.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file (a device or socket)"
+        raise AudioError(f"{p}: is {kind}, which cannot be read as an audio file; to stream live audio pipe raw "
+                         f"PCM into 'acula-edge stream BUNDLE -'")
     if p.stat().st_size == 0:
         raise AudioError(f"{p}: the file is empty (0 bytes)")
+    check_wav_length(p)
     return p
+
+
+def check_wav_length(path: Path) -> None:
+    """For a RIFF/WAVE file, raise AudioError when the header's data chunk promises more bytes than the file holds.
+
+    libsndfile sizes a cut WAV from the file and reads what is there, so a recording cut in transfer (or a header
+    claiming 2^31 frames over 100 bytes) would otherwise be classified silently as a shorter one. Sizes 0 and
+    0xFFFFFFFF are the "length unknown" placeholders of streaming writers and are accepted.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return  # not a plain WAV (FLAC, OGG, RF64...): its decoder checks its own framing
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"data":
+                available = size - pos - 8
+                if length not in (0, 0xFFFFFFFF) and length > available:
+                    raise AudioError(f"{path}: truncated: the WAV header promises {length} bytes of audio but the "
+                                     f"file holds {available}; the recording was cut (re-copy or re-record it)")
+                return
+            pos += 8 + length + (length & 1)  # chunks are padded to an even length
 
 
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:

@@ -17,6 +17,9 @@ import click
 import numpy as np
 
 PCM_FORMATS = {"int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
+# Longest --chunk-ms: 10 s at the highest accepted rate is 7.7M samples (31 MB of float32) per read, a bounded
+# buffer; a live device delivers 10-100 ms.
+MAX_CHUNK_MS = 10_000
 
 
 def _echo_json(obj: Any) -> None:
@@ -135,6 +138,9 @@ def _common(f):
     f = click.option("--threads", type=int, default=None, help="Runtime threads (default: the runtime's).")(f)
     f = click.option("--aggregation", type=click.Choice(["mean", "ema"]), default="mean", show_default=True,
                      help="How window probabilities combine into the recording result.")(f)
+    f = click.option("--pad", is_flag=True,
+                     help="Accept a recording shorter than one model window by zero-padding it (default: refuse it "
+                          "as too short).")(f)
     return f
 
 
@@ -145,13 +151,13 @@ def _common(f):
 @click.option("--windows", is_flag=True, help="With --format json: include every window's scores and quality.")
 @_common
 def classify(bundle: str, files: tuple[str, ...], fmt: str, windows: bool, threads: int | None,
-             aggregation: str) -> None:
+             aggregation: str, pad: bool) -> None:
     """Classify audio FILES with BUNDLE: recording-level probabilities and decision, one row per file."""
     from acula_edge.runtime.model import load
 
     model = load(bundle, num_threads=threads)
     keep = windows and fmt == "json"  # per-window results only when printed: constant memory for long files
-    results = [model.classify_file(f, aggregation=aggregation, keep_windows=keep) for f in files]
+    results = [model.classify_file(f, aggregation=aggregation, keep_windows=keep, pad=pad) for f in files]
     labels = list(model.labels)
     if fmt == "json":
         for r in results:
@@ -191,7 +197,7 @@ def _describe(event: Any, labels: tuple[str, ...]) -> str:
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("audio", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (windows, updates, summary).")
-@click.option("--chunk-ms", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--chunk-ms", type=click.IntRange(min=1, max=MAX_CHUNK_MS), default=100, show_default=True,
               help="Feed the audio in chunks of this many milliseconds, as a live device would.")
 @click.option("--sample-rate", type=int, default=None,
               help="Rate of raw PCM on stdin (AUDIO '-'), Hz; resampled on the fly. Default: the bundle's rate.")
@@ -199,13 +205,13 @@ def _describe(event: Any, labels: tuple[str, ...]) -> str:
               help="Sample format of raw PCM on stdin (little-endian, mono).")
 @_common
 def stream(bundle: str, audio: str, as_json: bool, chunk_ms: int, sample_rate: int | None, pcm_format: str,
-           threads: int | None, aggregation: str) -> None:
+           threads: int | None, aggregation: str, pad: bool) -> None:
     """Stream AUDIO (a file, or '-' for raw PCM on stdin) through BUNDLE, printing events as they happen."""
     from acula_edge.audio import check_sample_rate
     from acula_edge.runtime.model import file_blocks, file_sample_rate, load
 
     model = load(bundle, num_threads=threads)
-    session = model.stream(aggregation=aggregation, source="<stdin>" if audio == "-" else audio)
+    session = model.stream(aggregation=aggregation, pad=pad, source="<stdin>" if audio == "-" else audio)
 
     def emit(events: list) -> None:
         for ev in events:
@@ -213,8 +219,7 @@ def stream(bundle: str, audio: str, as_json: bool, chunk_ms: int, sample_rate: i
         sys.stdout.flush()
 
     if audio == "-":
-        rate = sample_rate or model.sample_rate
-        check_sample_rate(rate, "--sample-rate")
+        rate = check_sample_rate(model.sample_rate if sample_rate is None else sample_rate, "--sample-rate")
         dtype = PCM_FORMATS[pcm_format]
         chunk_bytes = max(1, rate * chunk_ms // 1000) * dtype.itemsize
         stdin = sys.stdin.buffer

@@ -3,7 +3,8 @@
 Windows are cut exactly as in :mod:`acula_edge.windows`: window ``k`` covers samples
 ``[k * hop, k * hop + window)`` at the model's rate and the log-mel frames inside them; a window exists when all of
 its samples are there (the tail after the last whole window is not scored). A recording shorter than one window is
-zero-padded to one window (``pad=True``, the default) or rejected.
+refused as too short (AudioError), unless the caller asks for zero-padding to one window (``pad=True``, CLI
+``--pad``): a padded result rests on less audio than the model was trained on.
 
 Sample rates: offline calls resample the whole input to the model's rate (``resample_poly``); the streaming
 session resamples on the fly with a stateful polyphase filter that gives the same samples (see
@@ -117,7 +118,7 @@ class EdgeModel:
     # -- batch use --------------------------------------------------------------------------------------------
 
     def classify(self, samples: np.ndarray, sample_rate: int, aggregation: str = "mean", ema_alpha: float = 0.3,
-                 pad: bool = True, source: str = "<buffer>") -> ClassificationResult:
+                 pad: bool = False, source: str = "<buffer>") -> ClassificationResult:
         """Classify a whole recording.
 
         ``samples``: int or float PCM, shape (n,) or (n, channels), at ``sample_rate`` Hz (resampled to the
@@ -135,7 +136,7 @@ class EdgeModel:
         return acc.result(duration_s=n_in / sample_rate, source=source)
 
     def classify_file(self, path: str | os.PathLike, aggregation: str = "mean", ema_alpha: float = 0.3,
-                      pad: bool = True, keep_windows: bool = True) -> ClassificationResult:
+                      pad: bool = False, keep_windows: bool = True) -> ClassificationResult:
         """Classify an audio file (WAV/FLAC/OGG), read from disk in blocks and streamed through a session (any
         sample rate). Equals ``classify`` of the whole file. ``keep_windows=False`` drops the per-window results
         (the summary still counts them), so memory does not grow with the file's length (day-long recordings)."""
@@ -184,12 +185,12 @@ class EdgeModel:
     # -- streaming --------------------------------------------------------------------------------------------
 
     def stream(self, aggregation: str = "mean", ema_alpha: float = 0.3, decision: DecisionConfig | None = None,
-               pad: bool = True, source: str = "<stream>", keep_windows: bool = True) -> "StreamSession":
+               pad: bool = False, source: str = "<stream>", keep_windows: bool = True) -> "StreamSession":
         """A new streaming session (one recording) on this model; see :class:`StreamSession`.
 
         ``aggregation``: "mean" of the usable windows' probabilities, or "ema" (weight ``ema_alpha`` on the newest);
         ``decision``: hysteresis/debounce of the live decision; ``pad``: zero-pad a recording shorter than one
-        window; ``keep_windows``: keep every WindowEvent for the summary (False: counts only, constant memory).
+        window (default: refuse it as too short); ``keep_windows``: keep every WindowEvent for the summary (False: counts only, constant memory).
         """
         from acula_edge.runtime.streaming import StreamSession
 

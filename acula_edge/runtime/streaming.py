@@ -44,7 +44,7 @@ class StreamSession:
     """
 
     def __init__(self, model: "EdgeModel", aggregation: str = "mean", ema_alpha: float = 0.3,
-                 decision: DecisionConfig | None = None, pad: bool = True, source: str = "<stream>",
+                 decision: DecisionConfig | None = None, pad: bool = False, source: str = "<stream>",
                  keep_windows: bool = True) -> None:
         self.model = model
         self.pad = pad
@@ -87,15 +87,15 @@ class StreamSession:
         return self._next
 
     def push(self, samples: np.ndarray, sample_rate: int) -> list[Event]:
-        """Append a chunk (int or float PCM, (n,) or (n, channels), any n >= 0) at ``sample_rate`` Hz.
+        """Append a chunk (int or float PCM, (n,) or (n, channels <= 64), any n >= 0) at ``sample_rate`` Hz (a whole
+        number; the same for every chunk of a recording).
 
         Returns the events that became ready, oldest first (possibly none).
         """
         if self._finished:
             raise ConfigError("this session was finished; call reset() to start a new recording")
-        rate = int(sample_rate)
+        rate = check_sample_rate(sample_rate, self.source)  # AudioError for 0, None, "2000", 2000.5...
         if self._rate is None:
-            check_sample_rate(sample_rate, self.source)
             self._rate = rate
             if rate != self.model.sample_rate:
                 self._resampler = StreamResampler(rate, self.model.sample_rate)
@@ -117,7 +117,8 @@ class StreamSession:
     def finish(self) -> ClassificationResult:
         """Flush and return the recording summary (equal to offline ``classify`` of everything pushed).
 
-        A recording shorter than one window is zero-padded to one window when the session has ``pad=True``.
+        A recording shorter than one window is refused as too short (AudioError), unless the session has
+        ``pad=True``: then it is zero-padded to one window.
         Windows completed only now (the resampler's last samples, or the padding) are in the summary and, as
         events, in :attr:`tail_events`.
         """
@@ -133,9 +134,9 @@ class StreamSession:
                 self._feed(x[start:start + self._hs], tail)
         if self._next == 0:
             if not self.pad:
-                raise AudioError(f"{self.source}: the recording has {self._total} samples at "
+                raise AudioError(f"{self.source}: too short: the recording has {self._total} samples at "
                                  f"{self.model.sample_rate} Hz but one window needs {self._ws}; use a longer "
-                                 f"recording or pad=True")
+                                 f"recording, or accept zero-padding with pad=True / --pad")
             zeros = np.zeros(self._ws - self._total, dtype=np.float32)
             for start in range(0, zeros.shape[0], self._hs):
                 self._feed(zeros[start:start + self._hs], tail)
