@@ -65,9 +65,8 @@ def check_sample_rate(rate: object, source: str = "<buffer>") -> int:
     also for None, strings and booleans)."""
     ok = isinstance(rate, (int, float, np.integer, np.floating)) and not isinstance(rate, (bool, np.bool_))
     if not ok or not np.isfinite(rate) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE or int(rate) != rate:
-        raise AudioError(f"{source}: sample rate {rate!r} Hz is not a whole number in the supported "
-                         f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz range; check the file header or pass the right "
-                         f"--sample-rate")
+        raise AudioError(f"{source}: sample rate {rate!r} Hz is outside the supported {MIN_SAMPLE_RATE}-"
+                         f"{MAX_SAMPLE_RATE} Hz integer range; check the file header or pass the right --sample-rate")
     return int(rate)
 
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import runtime_fixtures as rf  # noqa: E402
 
 import acula_edge  # noqa: E402
+from acula_edge.audio import read_audio  # noqa: E402
 from acula_edge.errors import AudioError  # noqa: E402
 from acula_edge.runtime import model as model_mod  # noqa: E402
 
@@ -60,7 +61,7 @@ BAD_FILES = {
     "empty": ("empty.wav", lambda d, p, x: p.write_bytes(b""), r"empty \(0 bytes\)"),
     "truncated header": ("hdr.wav", lambda d, p, x: p.write_bytes(_wav_bytes(d, x)[:20]), "cannot decode"),
     "header without data": ("nodata.wav", lambda d, p, x: p.write_bytes(_wav_bytes(d, x)[:44]),
-                            "no samples were pushed"),
+                            "truncated: the WAV header promises 24000 bytes of audio but the file holds 0"),
     "truncated FLAC": ("cut.flac", lambda d, p, x: p.write_bytes(_flac_bytes(d, x)[:len(_flac_bytes(d, x)) // 2]),
                        "cannot decode"),
     "unknown WAV codec tag": ("mp3tag.wav", lambda d, p, x: p.write_bytes(
@@ -88,16 +89,16 @@ def test_bad_files_raise_audio_error_naming_the_file(model, signal, tmp_path, ca
     assert str(path) in str(e.value)
 
 
-def test_truncated_wav_data_classifies_the_samples_that_are_there(model, signal, tmp_path):
-    """libsndfile derives the length of a cut WAV from the file size: the surviving prefix is classified."""
+def test_truncated_wav_data_is_an_error_not_a_shorter_recording(model, signal, tmp_path):
+    """libsndfile sizes a cut WAV from the file and would read the surviving prefix; the header check refuses it."""
     path = tmp_path / "cut.wav"
     data = _wav_bytes(tmp_path, signal)
     path.write_bytes(data[:44 + 2 * 9000 + 1])  # 9000 whole samples and one odd byte
-    result = model.classify_file(path)
-    prefix = (signal * 32767).round().astype(np.int16)[:9000]
-    offline = model.classify(prefix, RATE)
-    assert result.duration_s == pytest.approx(4.5) and result.n_windows == offline.n_windows == 1
-    np.testing.assert_allclose(result.probabilities, offline.probabilities, atol=1e-5)
+    with pytest.raises(AudioError, match="truncated: the WAV header promises 24000 bytes of audio but the file "
+                                         "holds 18001"):
+        model.classify_file(path)
+    with pytest.raises(AudioError, match="truncated"):
+        read_audio(path)
 
 
 def test_flac_named_wav_is_read_by_content(model, signal, tmp_path):

@@ -88,9 +88,9 @@ def test_chunk_invariance_ema_and_short_recording(model):
     _, streamed = stream_all(model, x, rate, [123] * (x.shape[0] // 123 + 1), aggregation="ema", ema_alpha=0.5)
     assert streamed.aggregation == "ema"
     assert_same(offline, streamed, ATOL[model.manifest.precision])
-    short = x[: model.window_samples // 3]  # padded to one window, both ways
-    offline = model.classify(short, rate)
-    _, streamed = stream_all(model, short, rate, [50] * 60)
+    short = x[: model.window_samples // 3]  # padded to one window, both ways, when asked for
+    offline = model.classify(short, rate, pad=True)
+    _, streamed = stream_all(model, short, rate, [50] * 60, pad=True)
     assert offline.n_windows == streamed.n_windows == 1
     assert streamed.duration_s == pytest.approx(short.shape[0] / rate)
     assert_same(offline, streamed, ATOL[model.manifest.precision])
