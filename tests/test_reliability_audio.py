@@ -225,3 +225,66 @@ def test_offline_classify_of_a_long_buffer_has_bounded_memory(model):
         tracemalloc.stop()
     assert result.n_windows == 597
     assert peak < 32e6, f"peak {peak / 1e6:.0f} MB for {x.nbytes / 1e6:.1f} MB of audio"
+
+
+# -- audio truth: what the header promises, recordings too short, buffer shapes, rates, pipes ----------------------
+
+def test_a_header_promising_2_to_the_31_frames_over_100_bytes_is_an_error(model, signal, tmp_path):
+    import struct
+
+    data = bytearray(_wav_bytes(tmp_path, signal)[:44 + 100])
+    data[40:44] = struct.pack("<I", 2 ** 31)  # the data chunk's size: 2^31 bytes
+    path = tmp_path / "liar.wav"
+    path.write_bytes(bytes(data))
+    with pytest.raises(AudioError, match="truncated: the WAV header promises 2147483648 bytes of audio but the file "
+                                         "holds 100"):
+        model.classify_file(path)
+    assert_one_line_error(run_cli("classify", str(rf.bundle_or_skip("onnx-fp32")), str(path)), "truncated")
+
+
+@pytest.mark.parametrize("seconds", [0.2, 3.0])
+def test_a_recording_shorter_than_one_window_is_refused_unless_padding_is_asked_for(model, signal, tmp_path,
+                                                                                    seconds):
+    n = int(seconds * RATE)
+    path = tmp_path / "short.wav"
+    sf.write(path, signal[:n], RATE, subtype="FLOAT")
+    for call in (lambda: model.classify(signal[:n], RATE), lambda: model.classify_file(path)):
+        with pytest.raises(AudioError, match=f"too short: the recording has {n} samples .*window needs 8000"):
+            call()
+    padded = model.classify_file(path, pad=True)
+    assert padded.n_windows == 1
+    np.testing.assert_allclose(padded.probabilities, model.classify(signal[:n], RATE, pad=True).probabilities,
+                               atol=1e-5)
+    bundle = str(rf.bundle_or_skip("onnx-fp32"))
+    for cmd in ("classify", "stream"):
+        assert_one_line_error(run_cli(cmd, bundle, str(path)), "too short", "--pad")
+        proc = run_cli(cmd, bundle, str(path), "--pad")
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_pushes_must_be_samples_by_channels_at_a_whole_positive_rate(model, signal):
+    session = model.stream()
+    with pytest.raises(AudioError, match=r"shaped \(2, 12000\) would be 12000 channels of 2 sample\(s\); .* x.T"):
+        session.push(np.stack([signal, signal]), RATE)
+    session.push(np.stack([signal, signal], axis=1)[:100], RATE)  # (samples, channels) is fine
+    for bad in ("2000", None, 0, -2000, 2000.5, float("nan"), True):
+        with pytest.raises(AudioError, match=f"sample rate {bad!r} Hz is outside the supported"):
+            model.stream().push(signal[:100], bad)
+    assert model.stream().push(signal[:100], np.int64(2000)) == []
+
+
+def test_stdin_rate_zero_huge_chunks_and_fifos_are_refused(tmp_path, signal):
+    bundle = str(rf.bundle_or_skip("onnx-fp32"))
+    pcm = (signal * 32767).astype("<i2").tobytes()
+    proc = subprocess.run([sys.executable, "-c", "from acula_edge.cli import main; main()", "stream", bundle, "-",
+                           "--sample-rate", "0"], input=pcm, capture_output=True, timeout=120)
+    assert proc.returncode == 2 and b"sample rate 0 Hz is outside the supported" in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, "-c", "from acula_edge.cli import main; main()", "stream", bundle, "-",
+                           "--chunk-ms", "100000000", "--sample-rate", "768000"], input=pcm, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 2 and b"100000000 is not in the range 1<=x<=10000" in proc.stderr, proc.stderr
+    import os
+
+    fifo = tmp_path / "live.wav"
+    os.mkfifo(fifo)
+    assert_one_line_error(run_cli("classify", bundle, str(fifo)), "is a FIFO (named pipe)", "stream BUNDLE -")
