@@ -172,3 +172,15 @@ def test_cli_arena_crash_and_altered_manifest_exit_2_with_one_line(tmp_path):
             continue
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(lines) == 1 and "crashed (SIGSEGV)" in lines[0] and "arena_bytes" in lines[0], proc.stderr
+
+
+def test_a_tflite_tensor_name_that_is_not_utf8_is_a_bundle_error(tmp_path):
+    """Found by benchmarks/fuzz_bundles.py: a sealed flip inside an output name made LiteRT's get_output_details
+    raise UnicodeDecodeError."""
+    bundle = rf.copy_bundle(rf.bundle_or_skip("tflite-int8"), tmp_path / "b")
+    raw = (bundle / "model.tflite").read_bytes()
+    at = raw.index(b"serving_default_output_0_output") + 16
+    (bundle / "model.tflite").write_bytes(raw[:at] + b"\xef" + raw[at + 1:])
+    rf.reseal(bundle)
+    with pytest.raises(BundleError, match="model.tflite: LiteRT cannot load the model file \\(UnicodeDecodeError"):
+        acula_edge.load(bundle)

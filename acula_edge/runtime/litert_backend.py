@@ -46,11 +46,11 @@ class LiteRTBackend(Backend):
         try:
             self._it = mod.Interpreter(model_content=self.data, num_threads=num_threads)
             self._it.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise BundleError(f"{path}: LiteRT cannot load the model file ({e}); it is corrupt or not a TFLite "
-                              f"flatbuffer; re-export the bundle") from e
-        ins = self._it.get_input_details()
-        outs = self._it.get_output_details()
+            ins = self._it.get_input_details()
+            outs = self._it.get_output_details()
+        except (ValueError, RuntimeError) as e:  # incl. UnicodeDecodeError: a corrupt tensor name
+            raise BundleError(f"{path}: LiteRT cannot load the model file ({type(e).__name__}: {e}); it is corrupt "
+                              f"or not a TFLite flatbuffer; re-export the bundle") from e
         e, lg = self.check_io([(i["shape"], np.dtype(i["dtype"]).name) for i in ins],
                               [(o["name"], o["shape"], np.dtype(o["dtype"]).name) for o in outs])
         self._in = ins[0]

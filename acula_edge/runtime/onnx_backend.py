@@ -25,7 +25,7 @@ class OnnxBackend(Backend):
         opts.inter_op_num_threads = 1
         if num_threads is not None:
             opts.intra_op_num_threads = int(num_threads)
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # fatal only: a load failure is reported once, as our BundleError
         try:
             self._session = ort.InferenceSession(self.data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
