@@ -85,7 +85,7 @@ def fuzz(kind: str, n: int, seed: int, work: Path) -> dict[str, collections.Coun
                 node[path[-1]] = rng.choice(VALUES)
                 try:
                     rf.reseal(b, **{path[0]: d[path[0]]})
-                except (ValueError, OSError, KeyError, TypeError):  # unsealable (a missing or odd file name)
+                except (BundleError, ValueError, OSError, KeyError, TypeError):  # unsealable: a missing or odd file
                     (b / MANIFEST_NAME).write_text(json.dumps(d))
             try:
                 got = _run(b, x)

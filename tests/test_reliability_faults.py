@@ -175,7 +175,7 @@ if where == "file rename":
     atomic.write_bytes(target, b"new" * 1000)
 else:
     with atomic.atomic_dir(target) as tmp:
-        (tmp / "manifest.json").write_text("new")
+        (tmp / "manifest.json").write_text('{"schema_version": 2, "tag": "new"}')
 """
 
 
@@ -195,19 +195,24 @@ def test_killed_file_write_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["cache.npz"] and target.read_bytes() == b"next"
 
 
+def _marker(tag: str) -> str:
+    """A manifest.json that marks its folder as a bundle (atomic_dir replaces only folders acula-edge wrote)."""
+    return '{"schema_version": 2, "tag": "%s"}' % tag
+
+
 @pytest.mark.parametrize("where,expected", [("before the swap", "old"), ("after the swap", "new")])
 def test_killed_folder_swap_leaves_a_whole_folder_at_its_path(tmp_path, where, expected):
     target = tmp_path / "bundle"
     target.mkdir()
-    (target / "manifest.json").write_text("old")
+    (target / "manifest.json").write_text(_marker("old"))
     assert _run_until_killed(where, str(target)) == -signal.SIGKILL
-    assert (target / "manifest.json").read_text() == expected
+    assert (target / "manifest.json").read_text() == _marker(expected)
     # the temporary folder is left beside it (the new content before the swap, the old after it)
     leftovers = list(tmp_path.glob(".bundle.*.partial"))
     other = {"old": "new", "new": "old"}[expected]
-    assert len(leftovers) == 1 and (leftovers[0] / "manifest.json").read_text() == other
+    assert len(leftovers) == 1 and (leftovers[0] / "manifest.json").read_text() == _marker(other)
     with atomic.atomic_dir(target) as new:  # the next write of the folder removes the dead writer's temporary
-        (new / "manifest.json").write_text("next")
+        (new / "manifest.json").write_text(_marker("next"))
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
 
 
@@ -217,7 +222,7 @@ def test_temporaries_of_running_writers_are_left_alone(tmp_path):
     other_name = tmp_path / ".other.999999999.abc.partial"  # another target's temporary: not this write's business
     other_name.mkdir()
     with atomic.atomic_dir(tmp_path / "bundle") as new:
-        (new / "manifest.json").write_text("x")
+        (new / "manifest.json").write_text(_marker("x"))
     assert live.is_dir() and other_name.is_dir()
 
 
@@ -225,13 +230,13 @@ def test_without_renameat2_a_kill_between_the_renames_keeps_the_old_folder_aside
     """The portable fallback (two renames) has a window: the old folder survives, but under .<name>.old-<pid>."""
     target = tmp_path / "bundle"
     target.mkdir()
-    (target / "manifest.json").write_text("old")
+    (target / "manifest.json").write_text(_marker("old"))
     assert _run_until_killed("between the two renames", str(target)) == -signal.SIGKILL
     aside = list(tmp_path.glob(".bundle.old-*"))
-    assert not target.exists() and len(aside) == 1 and (aside[0] / "manifest.json").read_text() == "old"
+    assert not target.exists() and len(aside) == 1 and (aside[0] / "manifest.json").read_text() == _marker("old")
     # the next write of the folder first puts the old folder back (a reader in between finds it again)
     atomic.remove_stale_temporaries(target)
-    assert (target / "manifest.json").read_text() == "old"
+    assert (target / "manifest.json").read_text() == _marker("old")
     assert not list(tmp_path.glob(".bundle.old-*"))
 
 
