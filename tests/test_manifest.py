@@ -19,7 +19,8 @@ def make_manifest(tmp_path):
                     inputs=(TensorSpec("logmel", (1, 1, 196, 32), "float32"),),
                     outputs=(TensorSpec("embedding", (1, 2), "float32"), TensorSpec("logits", (1, 2), "float32")),
                     labels=("normal", "abnormal"),
-                    prompts=Prompts(texts=("a", "b"), embeddings=((1.0, 0.0), (0.0, 1.0)), labels=("normal", "abnormal")),
+                    prompts=Prompts(texts=("a", "b"), embeddings=((1.0, 0.0), (0.0, 1.0)),
+                                    labels=("normal", "abnormal")),
                     extra={"files": {"reference.npz": sha256_file(tmp_path / "reference.npz")},
                            "reference_file": "reference.npz"})
 

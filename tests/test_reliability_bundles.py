@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import runtime_fixtures as rf  # noqa: E402
 
 import acula_edge  # noqa: E402
-from acula_edge import atomic  # noqa: E402
 from acula_edge.errors import BundleError  # noqa: E402
 
 KINDS = ("onnx-fp32", "tflite-fp32")

@@ -190,7 +190,8 @@ class EdgeModel:
 
         ``aggregation``: "mean" of the usable windows' probabilities, or "ema" (weight ``ema_alpha`` on the newest);
         ``decision``: hysteresis/debounce of the live decision; ``pad``: zero-pad a recording shorter than one
-        window (default: refuse it as too short); ``keep_windows``: keep every WindowEvent for the summary (False: counts only, constant memory).
+        window (default: refuse it as too short); ``keep_windows``: keep every WindowEvent for the summary
+        (False: counts only, constant memory).
         """
         from acula_edge.runtime.streaming import StreamSession
 

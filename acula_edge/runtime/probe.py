@@ -73,7 +73,8 @@ def _child() -> int:
     raw = sys.stdin.buffer.read()
     n = struct.unpack_from("<Q", raw, 0)[0]
     d = json.loads(raw[8:8 + n])
-    d[DIGEST_FIELD] = d.get(DIGEST_FIELD) or "0" * 64  # a manifest not yet sealed (an export being checked)
+    for key in (DIGEST_FIELD, "model_sha256"):  # a manifest not yet sealed (an export being checked): the parent
+        d[key] = d.get(key) or "0" * 64  # hashed nothing yet, and the child checks the model, not the bundle
     manifest = Manifest.from_dict(d, "manifest")
     m = struct.unpack_from("<Q", raw, 8 + n)[0]
     path = Path(raw[16 + n:16 + n + m].decode())
