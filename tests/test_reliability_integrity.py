@@ -184,3 +184,31 @@ def test_a_tflite_tensor_name_that_is_not_utf8_is_a_bundle_error(tmp_path):
     rf.reseal(bundle)
     with pytest.raises(BundleError, match="model.tflite: LiteRT cannot load the model file \\(UnicodeDecodeError"):
         acula_edge.load(bundle)
+
+
+def test_verify_refuses_any_altered_bundle_and_unlisted_files(tmp_path):
+    pytest.importorskip("torch")
+    from acula_edge.export.verify import verify_bundle
+
+    bundle = rf.copy_bundle(rf.bundle_or_skip("onnx-fp32"), tmp_path / "b")
+    report = verify_bundle(bundle)
+    assert report["passed"] is True and "bundle digest" in report["integrity"]
+    path = bundle / "manifest.json"
+    raw = path.read_bytes()
+    path.write_text(raw.decode().replace('"threshold": 0.5', '"threshold": 0.4'))
+    with pytest.raises(BundleError, match="bundle digest .* does not match"):
+        verify_bundle(bundle)
+    path.write_bytes(raw)
+    _flip(bundle / "reference.npz", 100)
+    with pytest.raises(BundleError, match="reference.npz: sha256 .* does not match"):
+        verify_bundle(bundle)
+    _flip(bundle / "reference.npz", 100)
+    (bundle / "extra.bin").write_bytes(b"x")
+    with pytest.raises(BundleError, match=r"holds files the manifest does not list .*\['extra.bin'\]"):
+        verify_bundle(bundle)
+    (bundle / "extra.bin").unlink()
+    m = _manifest(bundle)
+    m["extra"]["files"]["../../../../etc/hostname"] = "0" * 64
+    path.write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="plain file name inside the bundle"):
+        verify_bundle(bundle)
