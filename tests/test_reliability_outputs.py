@@ -90,3 +90,37 @@ def test_save_checkpoint_refuses_a_users_folder(tmp_path):
     save_checkpoint(torch.nn.Linear(2, 2), info, tmp_path / "ck")
     save_checkpoint(torch.nn.Linear(2, 2), info, tmp_path / "ck")  # a checkpoint folder: replaced
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_cli_export_into_a_users_folder_refuses_and_keeps_the_file(tmp_path):
+    """`acula-edge export CKPT --target onnx --out d` with d/notes.txt: exit 2, one line, notes.txt intact."""
+    torch = pytest.importorskip("torch")
+    import subprocess
+    import sys
+
+    from acula_edge.checkpoint import CheckpointInfo, save_checkpoint
+    from acula_edge.distill.students import ARCHITECTURE, DSCNNStudent, StudentConfig
+    from acula_edge.frontend import preset
+
+    torch.manual_seed(0)
+    cfg = StudentConfig(channels=(8, 8), strides=((2, 2), (1, 1)), stem_kernel=(3, 3), embedding_dim=16,
+                        num_classes=2)
+    fe, win = preset("heart")
+    info = CheckpointInfo(kind="student", architecture=ARCHITECTURE, model_config=cfg.to_dict(), frontend=fe,
+                          windowing=win, labels=("normal", "abnormal"), embedding_dim=16)
+    save_checkpoint(DSCNNStudent(cfg).eval(), info, tmp_path / "ckpt")
+    d = _user_folder(tmp_path / "d")
+    proc = subprocess.run([sys.executable, "-c", "from acula_edge.cli import main; main()", "export",
+                           str(tmp_path / "ckpt"), "--target", "onnx", "--out", str(d), "--eval-windows", "8"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=tmp_path)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and "was not written by acula-edge" in lines[0], proc.stderr
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt"] and (d / "notes.txt").read_text() == "x\n"
+    proc = subprocess.run([sys.executable, "-c", "from acula_edge.cli import main; main()", "export",
+                           str(tmp_path / "ckpt"), "--target", "onnx", "--out", ".", "--eval-windows", "8"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=d)
+    assert proc.returncode == 2 and "current folder or above it" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt"]
