@@ -131,6 +131,11 @@ def test_a_tflm_arena_below_the_need_is_a_bundle_error_not_a_crash(tmp_path, are
     rf.reseal(bundle, extra={**_manifest(bundle)["extra"], "arena_bytes": arena})
     with pytest.raises(BundleError, match=message):
         acula_edge.load(bundle)
+    if arena == 64 and rf._has("torch"):  # verify opens the bundle on the device runtime before its parity run
+        from acula_edge.export.verify import verify_bundle
+
+        with pytest.raises(BundleError, match=message):
+            verify_bundle(bundle)
 
 
 def test_a_corrupt_tflm_model_is_a_bundle_error(tmp_path):

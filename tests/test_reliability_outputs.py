@@ -124,3 +124,13 @@ def test_cli_export_into_a_users_folder_refuses_and_keeps_the_file(tmp_path):
                           cwd=d)
     assert proc.returncode == 2 and "current folder or above it" in proc.stderr, proc.stderr
     assert sorted(p.name for p in d.iterdir()) == ["notes.txt"]
+
+
+def test_distill_refuses_a_users_folder_before_training(tmp_path):
+    pytest.importorskip("torch")
+    from acula_edge.distill.train import TrainConfig, train_student
+
+    d = _user_folder(tmp_path / "d")
+    with pytest.raises(ConfigError, match="was not written by acula-edge"):
+        train_student(TrainConfig(), None, "synthetic:heart?n=4", d, progress=False)
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt"] and not (tmp_path / "d.run").exists()

@@ -97,7 +97,8 @@ def info(bundle: str, as_json: bool) -> None:
         ("bundle", str(bundle)),
         ("target", f"{m.target} ({m.precision}); runtime: pip install 'acula-edge[{RUNTIME_EXTRA[m.target]}]'"),
         ("model file", f"{m.model_file} ({size}), sha256 {m.model_sha256[:16]}..."),
-        ("schema", str(m.schema_version)),
+        ("schema", f"{m.schema_version}; bundle digest {m.bundle_sha256[:16]}... (checked: manifest and "
+                   f"{len(m.files())} file(s))"),
         ("labels", ", ".join(m.labels) + f"  (decision: p({m.labels[-1]}) >= {m.threshold})"),
         ("front-end", f"{fe.sample_rate} Hz, n_fft {fe.n_fft}, win {fe.win_length}, hop {fe.hop_length}, "
                       f"{fe.n_mels} mel {fe.fmin:g}-{fe.fmax:g} Hz, {fe.window}, normalisation {fe.normalisation}"),
