@@ -217,3 +217,16 @@ def test_verify_refuses_any_altered_bundle_and_unlisted_files(tmp_path):
     path.write_text(json.dumps(m))
     with pytest.raises(BundleError, match="plain file name inside the bundle"):
         verify_bundle(bundle)
+
+
+def test_a_corrupt_onnx_model_is_one_error_and_no_banner(tmp_path, capsys):
+    """onnxruntime's Python wrapper prints an "EP Error ... falling back" banner on stdout for a bad model; the
+    load stays quiet and reports it once, as the BundleError."""
+    bundle = rf.copy_bundle(rf.bundle_or_skip("onnx-fp32"), tmp_path / "b")
+    raw = (bundle / "model.onnx").read_bytes()
+    at = raw.index(b"logmel") + 1  # the input's name, made invalid UTF-8 (a case benchmarks/fuzz_bundles.py hit)
+    (bundle / "model.onnx").write_bytes(raw[:at] + b"\xef" + raw[at + 1:])
+    rf.reseal(bundle)
+    with pytest.raises(BundleError, match="model.onnx: onnxruntime cannot load the model file \\(UnicodeDecodeError"):
+        acula_edge.load(bundle)
+    assert capsys.readouterr().out == ""

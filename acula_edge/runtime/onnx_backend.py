@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,11 @@ class OnnxBackend(Backend):
             opts.intra_op_num_threads = int(num_threads)
         opts.log_severity_level = 4  # fatal only: a load failure is reported once, as our BundleError
         try:
-            self._session = ort.InferenceSession(self.data, sess_options=opts, providers=["CPUExecutionProvider"])
+            # On a bad model onnxruntime's Python wrapper prints an "EP Error ... falling back" banner to stdout and
+            # retries with the same CPU provider; the failure is reported once, as the BundleError below.
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._session = ort.InferenceSession(self.data, sess_options=opts,
+                                                     providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise BundleError(f"{path}: onnxruntime cannot load the model file ({type(e).__name__}: {e}); it is "
                               f"corrupt or not an ONNX model; re-export the bundle") from e
