@@ -342,21 +342,15 @@ def bundle_digest(data: dict[str, Any], file_sha256: dict[str, str]) -> str:
 def _read_file(path: Path) -> bytes:
     """A bundle file's bytes, read once, refusing anything but a regular file of at most MAX_FILE_BYTES."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not os.path.isfile(path) or st.st_size > MAX_FILE_BYTES:
-                raise BundleError(f"{path}: not a regular file of at most {MAX_FILE_BYTES:,} bytes; re-export the "
-                                  f"bundle")
-            data = f.read(MAX_FILE_BYTES + 1)
+        return typed.read_regular_file(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         raise BundleError(f"{path}: the file named in the manifest is missing; re-export the bundle") from None
     except IsADirectoryError:
         raise BundleError(f"{path}: the manifest names a folder, not a file; re-export the bundle") from None
+    except SchemaError as e:
+        raise BundleError(f"{path}: it {e}; re-export the bundle") from e
     except OSError as e:
         raise BundleError(f"{path}: unreadable ({e})") from e
-    if len(data) > MAX_FILE_BYTES:
-        raise BundleError(f"{path}: larger than {MAX_FILE_BYTES:,} bytes; re-export the bundle")
-    return data
 
 
 def seal(data: dict[str, Any], bundle_dir: str | os.PathLike) -> bytes:
@@ -400,7 +394,7 @@ def read_bundle(bundle_dir: str | Path) -> BundleContents:
     path = bundle / MANIFEST_NAME
     if not bundle.is_dir():
         raise BundleError(f"{bundle}: no such bundle folder")
-    if not path.is_file():
+    if not path.exists():
         raise BundleError(f"{bundle}: no {MANIFEST_NAME}; this folder is not an exported bundle "
                           f"(create one with 'acula-edge export')")
     try:

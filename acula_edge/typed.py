@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,23 @@ def read_json_file(path: str | os.PathLike, max_bytes: int) -> tuple[bytes, Any]
 
     Raises OSError when unreadable, SchemaError for everything else.
     """
-    with open(path, "rb") as f:
+    raw = read_regular_file(path, max_bytes)
+    return raw, parse_json(raw)
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of ``path``, read once, if it is a regular file of at most ``max_bytes`` (SchemaError otherwise).
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO or device put in a file's place can neither
+    block the reader nor be swapped in between a check and the read. OSError when missing or unreadable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SchemaError("is not a regular file (a FIFO, device or folder)")
         raw = f.read(max_bytes + 1)
     if len(raw) > max_bytes:
-        raise SchemaError(f"larger than the {max_bytes:,}-byte limit; this is not a file acula-edge wrote")
-    return raw, parse_json(raw)
+        raise SchemaError(f"is larger than the {max_bytes:,}-byte limit; this is not a file acula-edge wrote")
+    return raw
 
 
 def parse_json(raw: bytes) -> Any:

@@ -186,3 +186,21 @@ def test_invalid_fields_are_listed_together(tmp_path):
     with pytest.raises(BundleError) as e:
         m.validate()
     assert "coreml" in str(e.value) and "int4" in str(e.value) and "plain file name" in str(e.value)
+
+
+def test_a_fifo_or_folder_in_place_of_a_bundle_file_is_refused_without_blocking(tmp_path):
+    import os
+
+    written(tmp_path)
+    (tmp_path / "reference.npz").unlink()
+    os.mkfifo(tmp_path / "reference.npz")  # opening it for reading would block a plain open()
+    with pytest.raises(BundleError, match="reference.npz: it is not a regular file"):
+        read_bundle(tmp_path)
+    (tmp_path / "reference.npz").unlink()
+    (tmp_path / "reference.npz").mkdir()
+    with pytest.raises(BundleError, match="reference.npz: (it is not a regular file|the manifest names a folder)"):
+        read_bundle(tmp_path)
+    os.rename(tmp_path / "manifest.json", tmp_path / "m")
+    os.mkfifo(tmp_path / "manifest.json")
+    with pytest.raises(BundleError, match="not a regular file"):
+        read_bundle(tmp_path)
