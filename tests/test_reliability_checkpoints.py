@@ -81,8 +81,8 @@ def test_pickled_hugging_face_weights_are_refused_with_a_conversion_hint(tmp_pat
         require_safetensors(tmp_path)
     assert "weights_only=False" not in str(e.value)
     pytest.importorskip("transformers")
-    from align.hf_audio import load_hf_audio_encoder
-    from distill.teachers import HFAudioTeacher
+    from acula_edge.align.hf_audio import load_hf_audio_encoder
+    from acula_edge.distill.teachers import HFAudioTeacher
 
     for load in (load_hf_audio_encoder, HFAudioTeacher):
         with pytest.raises(CheckpointError, match="convert them to safetensors") as e:
