@@ -22,6 +22,7 @@ from acula_edge.errors import AculaEdgeError, CheckpointError
 from acula_edge.frontend import FrontendConfig, Windowing
 from acula_edge.manifest import (MAX_EMBEDDING_DIM, Prompts, frontend_from_json, labels_from_json,
                                  threshold_from_json, windowing_from_json)
+from acula_edge.operating_point import OperatingPoint
 from acula_edge.typed import SchemaError
 
 CHECKPOINT_FORMAT = "acula-edge-checkpoint"
@@ -46,6 +47,7 @@ class CheckpointInfo:
     threshold: float = 0.5  # decision threshold on the last label's probability (binary)
     prompts: Prompts = field(default_factory=Prompts)
     extra: dict[str, Any] = field(default_factory=dict)  # provenance: teacher hash, training config, metrics
+    operating_point: OperatingPoint | None = None  # the decision rule chosen on validation data (threshold = its)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -80,7 +82,8 @@ class CheckpointInfo:
                        embedding_dim=typed.integer(d["embedding_dim"], "embedding_dim", 1, MAX_EMBEDDING_DIM),
                        threshold=threshold_from_json(d.get("threshold", 0.5)),
                        prompts=Prompts.from_dict(d.get("prompts", {})),
-                       extra=dict(typed.mapping(d.get("extra", {}), "extra")))
+                       extra=dict(typed.mapping(d.get("extra", {}), "extra")),
+                       operating_point=OperatingPoint.from_json(d.get("operating_point")))
         except SchemaError as e:
             raise CheckpointError(f"{source}: malformed checkpoint config: {e}") from e
         if info.kind not in KINDS:

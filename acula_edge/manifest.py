@@ -29,6 +29,7 @@ from acula_edge import atomic, typed
 from acula_edge.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from acula_edge.errors import BundleError, ConfigError
 from acula_edge.frontend import FrontendConfig, Windowing
+from acula_edge.operating_point import OperatingPoint
 from acula_edge.typed import SchemaError
 
 # 2: bundle_sha256 over the whole bundle, strict typed schema (version 1 bundles carried no manifest digest).
@@ -208,6 +209,7 @@ class Manifest:
     source_checkpoint_sha256: str = ""
     versions: dict[str, str] = field(default_factory=dict)  # torch, converter and runtime versions at export
     extra: dict[str, Any] = field(default_factory=dict)  # target specific (e.g. TFLM arena bytes, delegation)
+    operating_point: OperatingPoint | None = None  # the decision rule and how it was chosen (None: not recorded)
     schema_version: int = SCHEMA_VERSION
     bundle_sha256: str = ""  # the whole-bundle digest (see the module docstring); set by write_manifest
 
@@ -275,7 +277,8 @@ class Manifest:
                                                  optional=True),
                 versions={k: typed.string(v, f"versions[{k!r}]", 200)
                           for k, v in typed.mapping(d.get("versions", {}), "versions").items()},
-                extra=dict(extra), schema_version=version, bundle_sha256=_sha256(d[DIGEST_FIELD], DIGEST_FIELD))
+                extra=dict(extra), schema_version=version, bundle_sha256=_sha256(d[DIGEST_FIELD], DIGEST_FIELD),
+                operating_point=OperatingPoint.from_json(d.get("operating_point")))
         except SchemaError as e:
             raise BundleError(f"{source}: invalid manifest: {e}; re-export the bundle") from e
         m.validate(source)

@@ -35,7 +35,7 @@ class PipelineConfig:
     data: str = "synthetic:heart?n=160"  # dataset spec (acula_edge.data); 40 recordings per site
     group_by: str = "subset"  # metadata column whose groups are held out whole
     test_group: str | None = None  # the held-out group (None: last in sorted order)
-    align_preset: str = "cpu"  # acula_edge.align.train presets
+    align_preset: str = "cpu-wide"  # acula_edge.align.train presets (cpu-wide: >= 10x the small student)
     align_epochs: int = 3
     normalisation: str = ""  # front-end normalisation of teacher and students ("" = the align preset's)
     students: tuple[str, ...] = ("small",)  # acula_edge.distill.students presets
@@ -259,9 +259,12 @@ class Pipeline:
 
     def _checkpoint_accuracy(self) -> dict[str, Any]:
         """Teacher and students in PyTorch on the held-out data: the reference the bundles are compared with."""
-        from acula_edge.pipeline_eval import evaluate_checkpoint
+        from acula_edge.pipeline_eval import evaluate_checkpoint, evaluate_teacher_probe
 
-        results = {"teacher": evaluate_checkpoint(self.teacher_dir, self.test_spec)}
+        results = {"teacher": evaluate_checkpoint(self.teacher_dir, self.test_spec),
+                   "teacher-probe": evaluate_teacher_probe(self.teacher_dir, self.train_spec, self.test_spec,
+                                                           self.cfg.group_by, self.cfg.max_windows_per_recording,
+                                                           self.cfg.seed)}
         for size in self.cfg.students:
             results[f"student-{size}"] = evaluate_checkpoint(self.student_dir(size), self.test_spec)
         return results

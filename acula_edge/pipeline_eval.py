@@ -1,4 +1,12 @@
-"""Recording-level accuracy of a teacher or student checkpoint in PyTorch: the reference for its bundles."""
+"""Recording-level accuracy of the teacher and student checkpoints in PyTorch: the reference for their bundles.
+
+Recordings are scored as the device scores them (:func:`acula_edge.distill.train.recording_scores`: every window,
+quality-checked, averaged) and decided at the checkpoint's operating point. The teacher is shown twice, so a reader
+sees whether the encoder or the prompts limit it: **zero-shot** (its logits are cosines to the text embeddings of
+the label prompts; threshold 0.5, i.e. the nearer prompt, not chosen on data) and a **linear probe** on its frozen
+embeddings (fit on the training groups, threshold chosen on a held-out training group exactly as ``distill``
+chooses the student's).
+"""
 
 from __future__ import annotations
 
@@ -9,35 +17,77 @@ import numpy as np
 
 from acula_edge.bench.metrics import point_metrics
 from acula_edge.data import Dataset, load_dataset
+from acula_edge.operating_point import OperatingPoint
+
+MEANINGS = {
+    "teacher": "teacher zero-shot: cosine of each recording's embedding to the label prompts' text embeddings "
+               "(threshold 0.5 = the nearer prompt; nothing fit on labels)",
+    "teacher-probe": "teacher linear probe: logistic regression on the frozen teacher embeddings, fit on the "
+                     "training sites, threshold chosen on a held-out training site (the encoder's ceiling)",
+    "student": "student: the distilled device model in PyTorch fp32, at the operating point distill chose on its "
+               "validation site (the reference its bundles must match)",
+}
 
 
-def evaluate_checkpoint(folder: str | Path, data: Dataset | str, batch_size: int = 128) -> dict[str, Any]:
-    """Windows of ``data`` through the checkpoint; probabilities averaged per recording; binary metrics on the last
-    label (the checkpoint's threshold), plus parameter count. Imports torch."""
-    import torch
+def _figures(labels: np.ndarray, probs: np.ndarray, point: OperatingPoint) -> dict[str, Any]:
+    """Figures of the last label (the positive class of a binary task; one-vs-rest otherwise) on recordings with
+    label indices ``labels`` and probabilities ``probs`` (R, C), decided by ``point`` via the device's rule."""
+    from acula_edge.runtime.aggregation import decide
 
+    y = labels == probs.shape[1] - 1
+    decided = np.array([decide(p, point.threshold) for p in probs], dtype=bool)
+    m = point_metrics(y, probs[:, -1], decided)
+    return {"recordings": int(y.size), "threshold": point.threshold, "operating_point": point.to_dict(),
+            **{k: (None if v != v else round(float(v), 4)) for k, v in m.items()}}
+
+
+def _labels(dataset: Dataset, labels: tuple[str, ...]) -> tuple[Dataset, np.ndarray]:
+    """The labelled recordings of ``dataset`` and their label indices."""
+    keep = [i for i, r in enumerate(dataset) if r.label in labels]
+    sub = dataset.subset(keep, dataset.name)
+    return sub, np.array([labels.index(r.label) for r in sub], dtype=np.int64)
+
+
+def evaluate_checkpoint(folder: str | Path, data: Dataset | str) -> dict[str, Any]:
+    """The checkpoint on ``data``: Se/Sp/MAcc at its operating point (a teacher without one: its threshold), AUROC,
+    parameters; figures of the last label (multi-class: one-vs-rest, decided by argmax). Imports torch."""
     from acula_edge.checkpoint import load_checkpoint
-    from acula_edge.windows import extract_windows
+    from acula_edge.distill.train import recording_scores
+    from acula_edge.operating_point import argmax_rule, fixed
 
     model, info = load_checkpoint(folder)
-    dataset = load_dataset(data) if isinstance(data, str) else data
-    windows = extract_windows(dataset, info.frontend, info.windowing, labels=info.labels)
-    probs = []
-    with torch.no_grad():
-        for s in range(0, len(windows.x), batch_size):
-            _, logits = model(torch.from_numpy(windows.x[s:s + batch_size])[:, None])
-            probs.append(torch.softmax(logits.float(), dim=-1).numpy())
-    p = np.concatenate(probs)
-    n_rec = len(dataset)
-    counts = np.bincount(windows.recording, minlength=n_rec)
-    mean_p = np.stack([np.bincount(windows.recording, weights=p[:, c], minlength=n_rec) for c in range(p.shape[1])],
-                      axis=1) / np.maximum(counts, 1)[:, None]
-    y_idx = windows.recording_labels()
-    keep = (counts > 0) & (y_idx >= 0)
-    positive = len(info.labels) - 1
-    scores = mean_p[keep, positive]
-    y = y_idx[keep] == positive
-    metrics = point_metrics(y, scores, scores >= info.threshold)
-    return {"checkpoint": str(folder), "kind": info.kind, "recordings": int(keep.sum()),
-            "parameters": int(sum(t.numel() for t in model.parameters())),
-            **{k: (None if v != v else round(float(v), 4)) for k, v in metrics.items()}}
+    dataset, y = _labels(load_dataset(data) if isinstance(data, str) else data, info.labels)
+    probs = recording_scores(model, dataset, info.frontend, info.windowing, info.labels)
+    point = info.operating_point or (fixed(info.threshold, "checkpoint threshold (not chosen on data)")
+                                     if len(info.labels) == 2 else argmax_rule())
+    return {"checkpoint": str(folder), "kind": info.kind,
+            "parameters": int(sum(t.numel() for t in model.parameters())), **_figures(y, probs, point)}
+
+
+def evaluate_teacher_probe(folder: str | Path, train: str, test: str, group_column: str,
+                           max_windows: int = 8, seed: int = 0) -> dict[str, Any]:
+    """A linear probe on the teacher's frozen embeddings: fit on ``train`` minus one held-out group (the same split
+    distill makes), threshold chosen there (youden), scored on ``test``. Imports torch."""
+    from acula_edge.checkpoint import load_checkpoint
+    from acula_edge.distill.probe import fit_probe
+    from acula_edge.distill.train import TrainConfig, predict, recording_scores, split_validation
+    from acula_edge.distill.windows import extract_keyed
+    from acula_edge.operating_point import argmax_rule, choose
+
+    model, info = load_checkpoint(folder)
+    fit_ds, val_ds, how = split_validation(load_dataset(train), TrainConfig(group_column=group_column, seed=seed))
+    w = extract_keyed(fit_ds, info.frontend, info.windowing, info.labels, max_windows)
+    emb, _ = predict(model, w.x)
+    probe = fit_probe(emb, w.y, w.recording, len(info.labels))
+    where = f"validation split ({how})"
+    if len(info.labels) == 2:
+        val_ds, y_val = _labels(val_ds, info.labels)
+        val_probs = recording_scores(model, val_ds, info.frontend, info.windowing, info.labels, head=probe.logits)
+        point = choose(y_val == 1, val_probs[:, -1], "youden", where)
+    else:
+        point = argmax_rule(where)
+    test_ds, y = _labels(load_dataset(test), info.labels)
+    probs = recording_scores(model, test_ds, info.frontend, info.windowing, info.labels, head=probe.logits)
+    return {"checkpoint": str(folder), "kind": "teacher linear probe",
+            "parameters": int(sum(t.numel() for t in model.parameters())) + int(probe.weight.size + probe.bias.size),
+            **_figures(y, probs, point)}

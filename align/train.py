@@ -161,6 +161,11 @@ PRESETS: dict[str, AlignConfig] = {
     "cpu": AlignConfig(cnn_channels=(32, 64, 128), cnn_dim=128, hidden_dim=256, embedding_dim=128,
                        max_windows_per_recording=8, batch_size=32, accumulation=1, epochs=3, warmup_steps=50,
                        lr=3e-4),
+    # the pipeline demo's teacher: "cpu" with a wider encoder and projection, 1.09M parameters, over 10x the small
+    # student it is distilled into (86,978 with this 128-d embedding); a distillation story needs the bigger teacher
+    "cpu-wide": AlignConfig(cnn_channels=(96, 192, 384, 768), cnn_strides=(2, 2, 2, 2), cnn_dim=768, hidden_dim=768,
+                            embedding_dim=128, max_windows_per_recording=8, batch_size=32, accumulation=1, epochs=3,
+                            warmup_steps=50, lr=3e-4),
     # AcuLa's setting: OPERA-GT ViT-S on OPERA's own preprocessing, paper optimiser (GPU)
     "vit-s": AlignConfig(frontend_preset="opera", encoder="mae-vit", vit_size="vit-s", vit_frames=256,
                          hidden_dim=512, embedding_dim=256, lr=1e-5, weight_decay=0.01, warmup_steps=400, grad_clip=1.0,

@@ -3,6 +3,7 @@
     python benchmarks/cross_site.py --variants baseline band-norm ... [--folds a b d f] [--epochs 6]
         [--max-windows 4] [--seeds 0] [--int8] [--work /tmp/xsite] [--json FILE]
     python benchmarks/cross_site.py --summary FILE...  # a markdown table of --json files
+    python benchmarks/cross_site.py --op-summary FILE...  # per fold: the shipped operating point on the subset
 
 For every held-out subset (the whole subset is the test set: another site and stethoscope; nothing of it is used
 for training, validation, model selection or thresholds) and every variant, a ``small`` student is trained from
@@ -14,7 +15,11 @@ RESULTS_distill.md) on the other four subsets, subset ``c`` always in training. 
 - the site-shortcut probe (``acula_edge.bench.probe.site_probe``): balanced accuracy of a cross-validated linear
   probe predicting the subset from the model's recording embedding (mean window embedding), over all five subsets,
   and the same inside each label (which removes the route through the site's label balance); chance is 0.20;
-- the untrained (random-initialised) student's probe as the floor any front-end gives.
+- the untrained (random-initialised) student's probe as the floor any front-end gives;
+- the shipped decision (RESULTS_operating_point.md): the held-out subset scored as the device scores it (every
+  window, quality-checked, averaged), decided at the operating point distill chose on its validation split
+  (``--val-group subset``: one whole training subset, as ``acula-edge distill`` does; ``--operating-point``), with
+  Se / Sp (Wilson intervals) next to the best MAcc any threshold reaches on the held-out subset (an oracle).
 
 A variant is a "+"-joined list of options (:data:`OPTIONS`), e.g. ``band-norm+device-sim``. ``--int8`` also
 exports every trained student to a full-int8 LiteRT (TFLite) bundle, calibrated on windows of its training subsets,
@@ -109,7 +114,27 @@ def evaluate_torch(folder: Path, ds: Dataset, fold: str, n: int) -> dict[str, An
     emb, logits = predict(model, w.x)
     rep = info.extra.get("model_report", {})
     return {**score(emb, logits, w, fold), "params": rep.get("parameters"),
-            "best_epoch": info.extra.get("metrics", {}).get("best_epoch")}
+            "best_epoch": info.extra.get("metrics", {}).get("best_epoch"),
+            **operating_point_figures(model, info, ds.where(GROUP, [fold], keep=True))}
+
+
+def operating_point_figures(model: Any, info: Any, test: Dataset) -> dict[str, Any]:
+    """The shipped decision on the held-out subset: every recording scored as the device scores it (all windows,
+    quality-checked, averaged: distill.train.recording_scores), decided at the checkpoint's operating point (chosen
+    by distill on its validation split); Se/Sp with Wilson intervals, and the best MAcc any threshold reaches on
+    this subset (an oracle: chosen on the test data itself, the ceiling the shipped point is measured against)."""
+    from acula_edge.bench.metrics import auroc
+    from acula_edge.distill.train import recording_scores
+    from acula_edge.operating_point import at_threshold, choose
+
+    point = info.operating_point
+    scores = recording_scores(model, test, info.frontend, info.windowing, info.labels)[:, -1]
+    y = np.array([r.label == info.labels[-1] for r in test], dtype=bool)
+    at = at_threshold(y, scores, point.threshold, point.method)
+    best = choose(y, scores, "youden")
+    return {"device_auroc": auroc(y, scores), "op": point.to_dict(), "op_test": at.to_dict(),
+            "macc_op": (at.sensitivity + at.specificity) / 2, "best_macc": (best.sensitivity + best.specificity) / 2,
+            "best_threshold": best.threshold, "best_se": best.sensitivity, "best_sp": best.specificity}
 
 
 def evaluate_untrained(base: TrainConfig, ds: Dataset, fold: str, n: int, seed: int) -> dict[str, Any]:
@@ -185,6 +210,31 @@ def summarise(paths: list[str]) -> None:
               f"{np.min(aurocs):.3f} | {np.mean(sites):.3f} | {np.mean(within) if within else float('nan'):.3f} |")
 
 
+def summarise_operating_point(paths: list[str]) -> None:
+    """Per fold: AUROC, and Se/Sp/MAcc at the shipped operating point beside the best MAcc on the fold."""
+    rows = [json.loads(line) for path in paths for line in Path(path).read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    rows = [r for r in rows if r.get("model") == "torch" and "op" in r]
+    rows = list({(r["fold"], r["variant"], r.get("seed")): r for r in rows}.values())
+
+    def ci(v: float, lo_hi: list[float]) -> str:  # bold below 0.2: the point did not transfer
+        text = f"{v:.2f} [{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]"
+        return f"**{text}**" if v < 0.2 else text
+
+    print("| held-out subset | variant | seed | recordings (abnormal) | AUROC | shipped threshold (method; validation "
+          "subset, recordings) | validation Se / Sp | held-out Se | held-out Sp | held-out MAcc | best MAcc on the "
+          "subset (threshold) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["fold"], r["variant"], r.get("seed"))):
+        op, t = r["op"], r["op_test"]
+        val = op["chosen_on"].split(": ", 1)[-1].rstrip(")")
+        print(f"| {r['fold']} | {r['variant']} | {r.get('seed')} | {t['n_recordings']} ({t['n_positive']}) | "
+              f"{r['device_auroc']:.3f} | {op['threshold']:.3f} ({op['method']}; {val}, {op['n_recordings']}) | "
+              f"{op['sensitivity']:.2f} / {op['specificity']:.2f} | {ci(t['sensitivity'], t['sensitivity_ci95'])} | "
+              f"{ci(t['specificity'], t['specificity_ci95'])} | {r['macc_op']:.3f} | "
+              f"{r['best_macc']:.3f} ({r['best_threshold']:.3f}) |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA))
@@ -199,10 +249,19 @@ def main() -> None:
     ap.add_argument("--untrained", action="store_true", help="also probe the random-initialised student")
     ap.add_argument("--work", default="/tmp/xsite")
     ap.add_argument("--json", default=None, help="append one JSON line per run to this file")
+    ap.add_argument("--val-group", default=None,
+                    help="validation split by whole groups of this column (distill's default: subset); "
+                         "default: 20 %% of the training recordings, stratified by label")
+    ap.add_argument("--operating-point", default="youden", help="how distill chooses the threshold on validation")
     ap.add_argument("--summary", nargs="+", default=None, help="only print a markdown table of these --json files")
+    ap.add_argument("--op-summary", nargs="+", default=None,
+                    help="only print the operating-point table (per fold) of these --json files")
     args = ap.parse_args()
     if args.summary:
         summarise(args.summary)
+        return
+    if args.op_summary:
+        summarise_operating_point(args.op_summary)
         return
     torch.set_num_threads(1)
     work = Path(args.work)
@@ -211,7 +270,8 @@ def main() -> None:
     ds = Dataset(ds.name, tuple(Recording(r.record_id, r.label, dict(r.metadata), samples=r.load(rate),
                                           sample_rate=rate) for r in ds))  # decode once
     base = TrainConfig(student=args.student, epochs=args.epochs, max_windows_per_recording=args.max_windows,
-                       group_column=None, normalisation="per_window", patience=0, batch_size=32, lr=3e-3)
+                       group_column=args.val_group, normalisation="per_window", patience=0, batch_size=32, lr=3e-3,
+                       operating_point=args.operating_point)
     host = f"{platform.node()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"
 
     def emit(row: dict[str, Any]) -> None:

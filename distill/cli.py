@@ -4,7 +4,8 @@ Runs single-process or under ``torchrun --nproc-per-node N $(which acula-edge) d
 Settings come from the TrainConfig defaults, then ``--config FILE`` (JSON object of TrainConfig fields, nested
 ``distill``/``augment``/``probe``/``device_sim`` objects allowed), then the flags given on the command line.
 Cross-site options (benchmarks/RESULTS_cross_site.md): ``--normalisation``, ``--device-copies``, ``--balance-by``,
-``--adversary-by``/``--adversary-weight``.
+``--adversary-by``/``--adversary-weight``. At the end, the decision threshold is chosen on the validation split
+(``--operating-point youden|sensitivity=X|specificity=X|THRESHOLD``; see acula_edge.operating_point).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from acula_edge.distill.students import PRESETS
               help="Metadata column (e.g. subset) a site-adversarial head keeps out of the embedding.")
 @click.option("--adversary-weight", type=float, default=None,
               help="Weight of the site-adversarial loss (needs --adversary-by) [default: 0.3 with --adversary-by].")
+@click.option("--operating-point", "operating_point", default=None,
+              help="How the decision threshold is chosen on the validation split: youden, sensitivity=X, "
+                   "specificity=X, or a fixed threshold such as 0.5 [default: youden].")
 @click.option("--seed", type=int, default=None)
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Resume state and log folder [default: OUT.run].")
@@ -54,7 +58,8 @@ from acula_edge.distill.students import PRESETS
 def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs: int | None,
             config_file: str | None, batch_size: int | None, max_windows: int | None, frontend_preset: str | None,
             normalisation: str | None, device_copies: int | None, balance_column: str | None,
-            adversary_column: str | None, adversary_weight: float | None, seed: int | None, run_dir: str | None, cache_dir: str | None, no_resume: bool, threads: int | None,
+            adversary_column: str | None, adversary_weight: float | None, operating_point: str | None,
+            seed: int | None, run_dir: str | None, cache_dir: str | None, no_resume: bool, threads: int | None,
             device: str, quiet: bool) -> None:
     """Distill TEACHER into a student checkpoint at OUT."""
     import torch
@@ -69,7 +74,8 @@ def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs:
     flags = {"student": student, "epochs": epochs, "batch_size": batch_size,
              "max_windows_per_recording": max_windows, "frontend_preset": frontend_preset, "seed": seed,
              "normalisation": normalisation, "device_copies": device_copies, "balance_column": balance_column,
-             "adversary_column": adversary_column, "adversary_weight": adversary_weight}
+             "adversary_column": adversary_column, "adversary_weight": adversary_weight,
+             "operating_point": operating_point}
     if adversary_column and adversary_weight is None and "adversary_weight" not in settings:
         flags["adversary_weight"] = 0.3
     settings.update({k: v for k, v in flags.items() if v is not None})
@@ -84,7 +90,8 @@ def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs:
         info = read_checkpoint_info(folder)
         summary = {"out": str(folder), "student": config.student, **info.extra.get("model_report", {}),
                    "teacher_sha256": info.extra.get("teacher_sha256"),
-                   "val": info.extra.get("metrics", {}).get("val", {})}
+                   "val": info.extra.get("metrics", {}).get("val", {}),
+                   "operating_point": info.operating_point.to_dict() if info.operating_point else None}
         click.echo(json.dumps(summary, sort_keys=True))
 
 

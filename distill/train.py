@@ -3,7 +3,9 @@
 Flow: split a validation set off the training data (whole groups when the data has the group column, else whole
 recordings, stratified) -> log-mel windows keyed by (recording, window) -> teacher outputs (cached) and, when the
 teacher has no head for these labels, a linear probe on its embeddings -> epochs of augmented student updates ->
-model selection and early stopping on the validation split only -> a student checkpoint folder.
+model selection and early stopping on the validation split only -> the operating point (decision threshold) chosen on
+the validation recordings, scored as the device scores them (:func:`choose_operating_point`) -> a student checkpoint
+folder.
 
 The run folder (``<out>.run`` unless given) holds ``state.pt`` (exact-resume state, rewritten every epoch),
 ``best.safetensors`` (weights of the best validation epoch) and ``log.jsonl``. Running again with the same
@@ -18,7 +20,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,13 +31,14 @@ from acula_edge.data import Dataset, load_dataset, stratified_holdout
 from acula_edge.errors import CheckpointError, ConfigError, check_config_keys
 from acula_edge.frontend import FrontendConfig, Windowing, device_preset_for, preset
 from acula_edge.manifest import Prompts
+from acula_edge.operating_point import VALIDATION_KEY, OperatingPoint, argmax_rule, choose, fixed, parse_method
 from acula_edge.training import (DistEnv, JsonlLog, init_distributed, load_training_state, save_training_state,
                                  seed_everything, unwrap, warmup_cosine)
 from acula_edge.distill.adversary import SiteAdversary, ramp
 from acula_edge.distill.augment import AugmentConfig, Augmenter
 from acula_edge.distill.device_sim import DeviceSimConfig, simulated_copies
 from acula_edge.distill.losses import DistillConfig, distill_loss
-from acula_edge.distill.metrics import recording_metrics, selection_score
+from acula_edge.distill.metrics import recording_metrics, selection_score, softmax
 from acula_edge.distill.probe import ProbeConfig, class_weights, fit_probe
 from acula_edge.distill.students import ARCHITECTURE, DSCNNStudent, model_report, student_config
 from acula_edge.distill.teachers import Teacher, load_teacher, teacher_outputs
@@ -59,6 +62,8 @@ class TrainConfig:
     warmup_steps: int = 20
     grad_clip: float = 5.0  # max gradient norm (0 = off)
     seed: int = 0
+    operating_point: str = "youden"  # how the decision threshold is chosen on the validation split
+    # (acula_edge.operating_point: "youden", "sensitivity=X", "specificity=X" or a fixed threshold such as "0.5")
     max_windows_per_recording: int | None = None  # evenly spaced windows kept per recording (None = all)
     val_fraction: float = 0.2  # share of the training data held out for model selection (0 = none: last epoch)
     group_column: str | None = "subset"  # validation takes whole groups of this metadata column when all have it
@@ -92,6 +97,10 @@ class TrainConfig:
                             f"{self.adversary_weight}")
         if self.adversary_weight > 0 and not self.adversary_column:
             problems.append("adversary_weight > 0 needs adversary_column (the metadata column naming the site)")
+        try:
+            parse_method(self.operating_point)
+        except ConfigError as e:
+            problems.append(str(e))
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
 
@@ -279,6 +288,60 @@ def _evaluate(model: torch.nn.Module, split: _Split, config: TrainConfig, device
         cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
         m["teacher_cosine"] = float(cos.mean()) if len(cos) else float("nan")
     return m
+
+
+def recording_scores(model: torch.nn.Module, dataset: Dataset, fe: FrontendConfig, win: Windowing,
+                     labels: tuple[str, ...], device: str = "cpu",
+                     head: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """(R, C) recording-level probabilities of ``dataset`` exactly as ``classify``/``stream``/``bench`` form them
+    on the device: every window of the recording (short ones zero-padded to one), windows failing the quality
+    checks left out, the rest averaged by :class:`~acula_edge.runtime.aggregation.RecordingAccumulator`.
+    ``head``: maps the model's window embeddings to logits in place of its own (e.g. a linear probe)."""
+    from acula_edge.features import LogMel
+    from acula_edge.runtime.aggregation import RecordingAccumulator
+    from acula_edge.runtime.quality import QualityConfig, window_quality
+    from acula_edge.runtime.results import WindowEvent
+    from acula_edge.windows import recording_windows
+
+    logmel, quality = LogMel(fe), QualityConfig()
+    ws, hs = win.window_samples(fe), win.hop_samples(fe)
+    out = np.zeros((len(dataset), len(labels)), dtype=np.float64)
+    for r, rec in enumerate(dataset):
+        x = rec.load(fe.sample_rate, min_samples=ws, pad=True)
+        windows = recording_windows(x, fe, win, logmel)
+        emb, logits = predict(model, windows, device=device)
+        if head is not None:
+            logits = head(emb)
+        probs = softmax(logits).astype(np.float32)
+        acc = RecordingAccumulator(labels, None, keep_windows=False)
+        for k in range(windows.shape[0]):
+            acc.add(WindowEvent(index=k, start_s=k * win.hop_s, end_s=k * win.hop_s + win.window_s, labels=labels,
+                                probabilities=probs[k], embedding=emb[k],
+                                quality=window_quality(x[k * hs:k * hs + ws], fe, quality)))
+        out[r] = acc.result(duration_s=x.shape[0] / fe.sample_rate).probabilities
+    return out
+
+
+def choose_operating_point(model: torch.nn.Module, val_ds: Dataset | None, fe: FrontendConfig, win: Windowing,
+                           labels: tuple[str, ...], config: TrainConfig, split_how: str,
+                           device: str = "cpu") -> tuple[OperatingPoint, dict[str, Any] | None]:
+    """The decision rule of the trained model, chosen by ``config.operating_point`` on the validation recordings
+    (scored as the device scores them: :func:`recording_scores`), and those recordings' (label, score) pairs so
+    ``export --operating-point`` can choose again. Multi-class: the most probable label. Without a validation
+    split, or with one class in it, the default threshold (recorded as such)."""
+    where = f"validation split ({split_how})"
+    if len(labels) != 2:
+        return argmax_rule(where), None
+    if val_ds is None:
+        return fixed(chosen_on="no validation split (val_fraction 0)"), None
+    keep = [i for i, r in enumerate(val_ds) if r.label in labels]
+    probs = recording_scores(model, val_ds.subset(keep, val_ds.name), fe, win, labels, device)
+    y = np.array([val_ds.recordings[i].label == labels[-1] for i in keep], dtype=bool)
+    scores = probs[:, -1]
+    pairs = {"positive": y.astype(int).tolist(), "score": [float(v) for v in scores]}  # exact: export may re-choose
+    if y.all() or not y.any():
+        return fixed(chosen_on=f"{where}: one class only, nothing to choose on"), pairs
+    return choose(y, scores, config.operating_point, where), pairs
 
 
 def _save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -491,6 +554,7 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
 
         model.load_state_dict(load_file(str(run_dir / BEST_NAME)))
     metrics = {"val": _evaluate(model, val, config, env.device)} if val is not None else {}
+    point, val_scores = choose_operating_point(model, val_ds, fe, win, labels, config, split_how, env.device)
     metrics["best_epoch"] = best["epoch"]
     metrics["steps"] = step
     prompts = teacher.prompts if teacher is not None else Prompts()
@@ -501,15 +565,18 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
              "training_config": config.to_dict(), "metrics": metrics, "student_size": config.student,
              "model_report": report, "data": dataset.name, "validation_split": split_how,
              "run_dir": str(run_dir), **{k: v for k, v in teacher_info.items() if k != "teacher_cache"}}
+    if val_scores is not None:
+        extra[VALIDATION_KEY] = val_scores
     info = CheckpointInfo(kind="student", architecture=ARCHITECTURE, model_config=scfg.to_dict(), frontend=fe,
                           windowing=win, labels=labels, embedding_dim=emb_dim,
-                          threshold=teacher.info.threshold if teacher is not None and teacher.info else 0.5,
-                          prompts=prompts, extra=_jsonable(extra))
+                          threshold=point.threshold if point.threshold is not None else 0.5,
+                          prompts=prompts, extra=_jsonable(extra), operating_point=point)
     if env.is_main:
         cpu_model = DSCNNStudent(scfg)
         cpu_model.load_state_dict({k: v.cpu() for k, v in unwrap(model).state_dict().items()})
         save_checkpoint(cpu_model, info, out)
-        log.write(event="done", out=str(out), **{f"final_{k}": v for k, v in metrics.get("val", {}).items()})
+        log.write(event="done", out=str(out), operating_point=point.to_dict(),
+                  **{f"final_{k}": v for k, v in metrics.get("val", {}).items()})
     return out
 
 

@@ -23,6 +23,7 @@ from acula_edge.export.calibration import DEFAULT_CALIB_WINDOWS, DEFAULT_EVAL_WI
 from acula_edge.export.registry import CALIBRATION_METHODS, OUTPUT_NAMES, ExportJob, get_target, targets
 from acula_edge.export.tolerances import Tolerance, tolerance_for
 from acula_edge.manifest import Manifest, write_manifest
+from acula_edge.operating_point import checkpoint_with
 
 PRECISIONS = {"none": "fp32", "fp32": "fp32", "int8": "int8"}  # --quantize value -> bundle precision
 
@@ -108,12 +109,14 @@ def export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str,
 
 def export_checkpoint(checkpoint_dir: str | Path, out: str | Path, target: str = "all", quantize: str = "none", *,
                       calib_data: str | None = None, eval_data: str | None = None, calibration_method: str = "minmax",
-                      n_calib: int = DEFAULT_CALIB_WINDOWS, n_eval: int = DEFAULT_EVAL_WINDOWS
-                      ) -> dict[str, Manifest]:
+                      n_calib: int = DEFAULT_CALIB_WINDOWS, n_eval: int = DEFAULT_EVAL_WINDOWS,
+                      operating_point: str | None = None) -> dict[str, Manifest]:
     """Export the checkpoint folder to ``target`` (or "all": every target with that precision, one sub-folder
     ``OUT/<target>-<precision>`` each). Returns {bundle path: manifest}.
 
-    With "all", a failing target does not stop the others; the failures are raised together at the end (the
+    ``operating_point``: replaces the checkpoint's (a method such as "sensitivity=0.9", chosen again on the
+    validation recordings the checkpoint stores, or a threshold such as "0.4"). With "all", a failing target does
+    not stop the others; the failures are raised together at the end (the
     successful bundles stay, each complete).
     """
     precision = precision_of(quantize)
@@ -122,6 +125,8 @@ def export_checkpoint(checkpoint_dir: str | Path, out: str | Path, target: str =
     else:
         names = [get_target(target).name]
     model, info = load_checkpoint(checkpoint_dir)
+    if operating_point is not None:  # replaces the checkpoint's decision rule in every bundle (recorded as such)
+        info = checkpoint_with(info, operating_point, "export --operating-point")
     sha = weights_sha256(checkpoint_dir)
     data = prepare_data(info, precision, calib_data, eval_data, n_calib, n_eval)
     source = str(Path(checkpoint_dir).resolve())

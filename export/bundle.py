@@ -56,7 +56,8 @@ def build_manifest(info: CheckpointInfo, target: str, precision: str, result: Ta
         target=target, precision=precision, model_file=result.model_file, model_sha256=model_sha256,
         frontend=info.frontend, windowing=info.windowing, inputs=result.inputs, outputs=result.outputs,
         labels=tuple(info.labels), threshold=info.threshold, prompts=info.prompts, parity=parity,
-        source_checkpoint_sha256=source_sha256, versions=dict(versions), extra=dict(extra))
+        source_checkpoint_sha256=source_sha256, versions=dict(versions), extra=dict(extra),
+        operating_point=info.operating_point)
     manifest.validate()
     return manifest
 

@@ -38,19 +38,26 @@ def _summary(path: str, manifest) -> str:
 @click.option("--eval-windows", type=int, default=DEFAULT_EVAL_WINDOWS, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Bundle folder (with --target all: one sub-folder per target-precision).")
+@click.option("--operating-point", default=None,
+              help="Replace the checkpoint's decision rule: youden, sensitivity=X or specificity=X (chosen again on "
+                   "the validation recordings stored by distill), or a threshold such as 0.4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests' parity reports as JSON.")
 def export(checkpoint_dir: str, target: str, quantize: str, calib_data: str | None, eval_data: str | None,
-           calibration: str, calib_windows: int, eval_windows: int, out: str, as_json: bool) -> None:
+           calibration: str, calib_windows: int, eval_windows: int, out: str, operating_point: str | None,
+           as_json: bool) -> None:
     """Quantize and export CHECKPOINT_DIR to a device bundle; the parity gate must pass or nothing is written."""
     from acula_edge.export.api import export_checkpoint
 
     written = export_checkpoint(checkpoint_dir, out, target, quantize, calib_data=calib_data, eval_data=eval_data,
-                                calibration_method=calibration, n_calib=calib_windows, n_eval=eval_windows)
+                                calibration_method=calibration, n_calib=calib_windows, n_eval=eval_windows,
+                                operating_point=operating_point)
     if as_json:
         click.echo(json.dumps({path: m.parity for path, m in written.items()}, sort_keys=True))
         return
     for path, manifest in written.items():
         click.echo(_summary(path, manifest))
+        if manifest.operating_point is not None:
+            click.echo(f"  decision: {manifest.operating_point.rule}")
         for finding in manifest.extra.get("findings", []):
             click.echo(f"  finding: {finding}")
 

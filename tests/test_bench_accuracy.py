@@ -144,6 +144,8 @@ def test_cli_accuracy_end_to_end(bundles, tmp_path, capsys):
     assert "](../plots/roc.png)" in text and "not an unseen-site estimate" in text
     assert "--group-by subset" in text
     assert "tflite int8" in printed and "note: Per-group figures" in printed
+    assert "## Decision (the answer the device gives)" in text and "decision (the answer the device gives):" in printed
+    assert "manifest threshold" in printed  # the fixture bundles predate the recorded operating point
     assert accuracy_table(doc).splitlines()[0].split()[:3] == ["bundle", "target", "class"]
 
 

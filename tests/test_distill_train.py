@@ -62,7 +62,10 @@ def test_cli_distills_a_student_with_provenance_and_prompts(tmp_path, teacher_di
     teacher_info = read_checkpoint_info(teacher_dir)
     assert info.kind == "student" and info.architecture == ARCHITECTURE
     assert info.frontend == teacher_info.frontend and info.windowing == teacher_info.windowing
-    assert info.labels == ("normal", "abnormal") and info.embedding_dim == 16 and info.threshold == 0.4
+    assert info.labels == ("normal", "abnormal") and info.embedding_dim == 16
+    # the student's own operating point, chosen on its validation split (not the teacher's 0.4)
+    assert info.threshold == info.operating_point.threshold and info.operating_point.method == "youden"
+    assert summary["operating_point"] == info.operating_point.to_dict()
     assert info.prompts == teacher_info.prompts  # zero-shot carries over: same shared space
     assert info.extra["teacher_sha256"] == weights_sha256(teacher_dir)
     assert info.extra["teacher_logits"] == "head"

@@ -10,6 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from acula_edge.errors import AculaEdgeError, ConfigError  # noqa: E402
+from acula_edge.bench.report import fmt_threshold  # noqa: E402
 from acula_edge.pipeline import Pipeline, PipelineConfig  # noqa: E402
 
 TINY = PipelineConfig(data="synthetic:heart?n=16&seed=3", align_preset="tiny", align_epochs=1, students=("tiny",),
@@ -36,8 +37,27 @@ def test_runs_every_stage_and_writes_the_report(finished_run):
     assert "bundles/tiny/onnx-fp32 | onnx fp32 |" in text
     assert "[subset=D]" in text  # the held-out site is named
     accuracy = json.loads((out / "accuracy.json").read_text())
-    assert set(accuracy["checkpoints"]) == {"teacher", "student-tiny"}
+    assert set(accuracy["checkpoints"]) == {"teacher", "teacher-probe", "student-tiny"}
     assert (out / "plots" / "roc.png").stat().st_size > 1000
+
+
+def test_report_leads_with_the_decision_in_one_document(finished_run):
+    out, report, _ = finished_run
+    text = report.read_text()
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert [h for h in headings if h.startswith("# ")] == ["# acula-edge pipeline report"]
+    assert headings[1] == "## The decision on the held-out group" and "## Benchmark detail" in headings
+    assert "### Accuracy (recording level)" in headings and "### Decision (the answer the device gives)" in headings
+    assert "| threshold | Se | Sp | MAcc | AUROC |" in text and "RTF (p50)" in text
+    assert "teacher zero-shot:" in text and "teacher linear probe:" in text and "size: the teacher has" in text
+    # the student's operating point, chosen by distill, is the one its bundle applies and the report shows
+    student = json.loads((out / "students" / "tiny" / "config.json").read_text())["operating_point"]
+    manifest = json.loads((out / "bundles" / "tiny" / "onnx-fp32" / "manifest.json").read_text())
+    assert manifest["operating_point"] == student and manifest["threshold"] == student["threshold"]
+    accuracy = json.loads((out / "accuracy.json").read_text())
+    assert accuracy["bundles"][0]["threshold"] == student["threshold"]
+    assert accuracy["checkpoints"]["student-tiny"]["operating_point"] == student
+    assert f"| {fmt_threshold(student['threshold'])} |" in text
 
 
 def test_rerun_resumes_without_redoing_stages(finished_run):

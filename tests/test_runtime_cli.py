@@ -37,7 +37,8 @@ def test_info_prints_manifest_and_tflm_memory_budget():
     out = cli("info", str(bundle))
     assert out.returncode == 0, out.stderr.decode()
     text = out.stdout.decode()
-    assert "target: tflm (int8)" in text and "labels: normal, abnormal  (decision: p(abnormal) >= 0.5)" in text
+    assert "target: tflm (int8)" in text and "labels: normal, abnormal\n" in text
+    assert "decision: P(positive) >= 0.5 (manifest threshold)" in text
     assert "input: logmel [1, 1, 196, 32] int8, scale" in text
     as_json = json.loads(cli("info", str(bundle), "--json").stdout)
     assert as_json["target"] == "tflm" and as_json["labels"] == ["normal", "abnormal"]

@@ -6,7 +6,8 @@ recording. A recording's probabilities are the mean of its windows' probabilitie
 quality checks (all windows if none does), exactly as :meth:`EdgeModel.classify` computes them.
 
 Figures per class, one-vs-rest: AUROC and AUPRC of that class's probability; sensitivity, specificity and MAcc of
-the decision. Binary bundles report their positive class (the last label) decided at the manifest's threshold;
+the decision. Binary bundles report their positive class (the last label) decided at the bundle's operating point
+(the manifest's, chosen by distill on validation data, unless ``load(..., threshold=)`` replaced it);
 multi-class bundles report every class, decided by the most probable class. Intervals come from resampling
 recordings (seeded; within groups when ``group_by`` is set).
 
@@ -34,6 +35,10 @@ import numpy as np
 from acula_edge.bench.metrics import BOOTSTRAP_SAMPLES, CONFIDENCE, bootstrap
 from acula_edge.data import Dataset
 from acula_edge.errors import AudioError, ConfigError, DatasetError
+from acula_edge.runtime.aggregation import decide_scores
+
+# Below this held-out sensitivity or specificity the shipped operating point has not transferred to the data.
+TRANSFER_WARNING_BELOW = 0.2
 
 GROUP_NOTE = ("Per-group figures break the evaluated recordings down by '{col}'. Plain bundles were already "
               "trained: unless a bundle was trained without a group, its figures on that group are not an "
@@ -115,7 +120,8 @@ def _bundle_info(model: Any) -> dict[str, Any]:
     m = model.manifest
     path = Path(model.bundle_dir) / m.model_file
     return {"bundle": str(model.bundle_dir), "target": m.target, "precision": m.precision,
-            "runtime": model.backend.name, "labels": list(m.labels), "threshold": m.threshold,
+            "runtime": model.backend.name, "labels": list(m.labels), "threshold": model.threshold,
+            "operating_point": model.operating_point.to_dict(), "decision_rule": model.operating_point.rule,
             "model_bytes": path.stat().st_size if path.is_file() else None}
 
 
@@ -216,7 +222,8 @@ def class_targets(bp: BundlePredictions, labels: Sequence[str | None]) -> list[t
                                                                                       np.ndarray]]:
     """(class, y, scores, decisions) per reported class, over :func:`rows` (labelled, scored recordings).
 
-    Binary: the positive class (last label), decided at the manifest threshold (per recording for pooled folds).
+    Binary: the positive class (last label), decided at the bundle's operating point (per recording for pooled
+    folds) by :func:`~acula_edge.runtime.aggregation.decide_scores`, the rule classify and stream apply.
     Multi-class: every class, one-vs-rest, decided by the most probable class. Raises DatasetError when the data
     has labels the bundle does not know.
     """
@@ -231,7 +238,7 @@ def class_targets(bp: BundlePredictions, labels: Sequence[str | None]) -> list[t
     if len(names) == 2:
         scores = p[:, -1].astype(np.float64)
         thr = bp.info["threshold"] if bp.row_thresholds is None else bp.row_thresholds[keep]
-        return [(names[-1], y_idx == 1, scores, scores >= thr)]
+        return [(names[-1], y_idx == 1, scores, decide_scores(scores, thr))]
     top = np.argmax(p, axis=1)
     return [(c, y_idx == j, p[:, j].astype(np.float64), top == j) for j, c in enumerate(names)]
 
@@ -262,6 +269,8 @@ def pool_folds(folds: Sequence[BundlePredictions], groups: Sequence[str]) -> Bun
     ordered = sorted(folds, key=lambda f: str(f.held_out))
     info = {**first.info, "bundle": f"leave-one-group-out/{first.info['target']}-{first.info['precision']}",
             "threshold": {f.held_out: f.info["threshold"] for f in ordered},
+            "operating_point": {f.held_out: f.info.get("operating_point") for f in ordered},
+            "decision_rule": "per fold: " + "; ".join(f"{f.held_out}: {f.info.get('decision_rule')}" for f in ordered),
             "folds": {f.held_out: f.bundle for f in ordered}}
     return BundlePredictions(bundle=info["bundle"], info=info, probabilities=probs, embeddings=emb,
                              n_windows=sum(f.n_windows for f in folds), n_excluded=sum(f.n_excluded for f in folds),
@@ -336,11 +345,31 @@ def evaluate(pred: Predictions, cfg: AccuracyConfig = AccuracyConfig()) -> list[
 
                 rec["site_probe"] = site_probe(bp.embeddings[keep], list(groups),
                                                [lab for lab, k in zip(pred.labels, keep) if k], seed=cfg.seed)
+        rec["warnings"] = transfer_warnings(rec)
         ref = next(r for r in reported if (r.row_thresholds is None) == (bp.row_thresholds is None))
         if bp is not ref and bp.labels == ref.labels:
             rec["vs_first"] = _agreement(bp, ref, pred.labels)
         results.append(rec)
     return results
+
+
+def transfer_warnings(rec: dict[str, Any]) -> list[str]:
+    """One line per pooled or per-group figure set whose Se or Sp at the shipped operating point is below
+    :data:`TRANSFER_WARNING_BELOW` (binary bundles; multi-class bundles report every class and get none)."""
+    from acula_edge.bench.report import fmt_threshold
+
+    if rec["task"] != "binary":
+        return []
+    out = []
+    blocks = [("all recordings", rec["pooled"])] + [(f"{g}", b) for g, b in rec["by_group"].items()]
+    for where, block in blocks:
+        for cls, fig in block.items():
+            low = [f"{name} {fig[key]['value']:.3f}" for key, name in (("sensitivity", "Se"), ("specificity", "Sp"))
+                   if fig[key]["value"] is not None and fig[key]["value"] < TRANSFER_WARNING_BELOW]
+            if low:
+                out.append(f"{where}: {', '.join(low)} at threshold {fmt_threshold(rec['threshold'])}: this operating "
+                           f"point does not transfer to this data (n = {fig['n']}, {fig['n_positive']} {cls})")
+    return out
 
 
 def bench_accuracy(bundles: Sequence[str | Path | BundleSpec], data: str, cfg: AccuracyConfig = AccuracyConfig(),

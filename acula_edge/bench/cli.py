@@ -93,8 +93,8 @@ def latency(ctx: click.Context, bundles: tuple[str, ...], threads: int, warmup: 
 def accuracy(ctx: click.Context, bundles: tuple[str, ...], data: str, group_by: str | None, threads: int,
              n_boot: int, seed: int, json_out: str | None, plots_dir: str | None, latency_json: str | None,
              report_out: str | None, markdown: bool) -> None:
-    """Recording-level AUROC, AUPRC, sensitivity, specificity and MAcc of BUNDLE... on --data, with bootstrap 95 %
-    intervals. The same windows of every recording go through every bundle, so fp32, int8 and runtimes line up.
+    """Recording-level sensitivity, specificity and MAcc at each bundle's operating point (the decision it ships
+    with), AUROC and AUPRC of BUNDLE... on --data, with bootstrap 95 % intervals; a warning where Se or Sp < 0.2. The same windows of every recording go through every bundle, so fp32, int8 and runtimes line up.
 
     With --group-by COLUMN: per-group figures and a site-shortcut probe (the group predicted from the embedding).
     A bundle given as GROUP=PATH was trained without GROUP (a leave-one-group-out fold): it runs on GROUP only, and
@@ -103,7 +103,7 @@ def accuracy(ctx: click.Context, bundles: tuple[str, ...], data: str, group_by: 
     from acula_edge import atomic
     from acula_edge.bench.accuracy import AccuracyConfig, bench_accuracy
     from acula_edge.bench.report import (LATENCY_SCHEMA, LATENCY_SCHEMA_VERSION, accuracy_table, agreement_table,
-                                         markdown_report, probe_table, read_document)
+                                         decision_lines, markdown_report, probe_table, read_document)
 
     lat = read_document(latency_json, LATENCY_SCHEMA, LATENCY_SCHEMA_VERSION) if latency_json else None
     cfg = AccuracyConfig(n_boot=n_boot, seed=seed, threads=_threads(threads), group_by=group_by)
@@ -130,6 +130,7 @@ def accuracy(ctx: click.Context, bundles: tuple[str, ...], data: str, group_by: 
         atomic.write_text(report_out, markdown_report(doc, lat, plots, command))
         _say(f"wrote {report_out}")
     click.echo(accuracy_table(doc, markdown=markdown))
+    click.echo("\ndecision (the answer the device gives):\n" + "\n".join(decision_lines(doc)))
     agreement = agreement_table(doc, markdown=markdown)
     if agreement:
         click.echo("\n" + agreement)

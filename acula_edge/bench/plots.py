@@ -12,6 +12,7 @@ from typing import Any
 from acula_edge.errors import MissingDependencyError
 
 STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v")
 
 
 def _figure(width: float, height: float) -> Any:
@@ -38,34 +39,40 @@ def _save(fig: Any, path: Path) -> Path:
 
 def roc_png(pred: Any, path: str | Path, title: str = "ROC") -> Path:
     """ROC curves of every reported entry of ``pred`` (:class:`~acula_edge.bench.accuracy.Predictions`: plain
-    bundles and pooled leave-one-group-out folds), one panel per reported class, AUROC in the legend. Returns
-    ``path``."""
+    bundles and pooled leave-one-group-out folds), one panel per reported class, AUROC in the legend, and each
+    entry's operating point (its own decisions: the shipped threshold, or argmax) marked on its curve with the Se
+    and Sp there. Returns ``path``."""
     from acula_edge.bench.accuracy import class_targets, entries
     from acula_edge.bench.metrics import auroc, roc_curve
     from acula_edge.bench.report import short_names
 
     reported = entries(pred)
     names = short_names([bp.bundle for bp in reported])
-    panels: dict[str, list[tuple[str, Any, Any, float]]] = {}
+    panels: dict[str, list[tuple[str, Any, Any, float, tuple[float, float]]]] = {}
     for name, bp in zip(names, reported):
-        for cls, y, s, _ in class_targets(bp, pred.labels):
+        for cls, y, s, decided in class_targets(bp, pred.labels):
             if y.all() or not y.any():
                 continue  # a single-class sample has no ROC curve
             fpr, tpr, _ = roc_curve(y, s)
-            panels.setdefault(cls, []).append((name, fpr, tpr, auroc(y, s)))
+            # the shipped operating point: where the bundle's own decisions fall on its curve
+            point = (float((decided & ~y).sum() / (~y).sum()), float((decided & y).sum() / y.sum()))
+            panels.setdefault(cls, []).append((name, fpr, tpr, auroc(y, s), point))
     n = max(len(panels), 1)
     fig = _figure(4.2 * n, 4.2)
     for k, (cls, curves) in enumerate(panels.items() or [("(no class has both outcomes)", [])]):
         ax = fig.add_subplot(1, n, k + 1)
         ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
-        for j, (name, fpr, tpr, a) in enumerate(curves):  # dashes tell apart curves that coincide (fp32 twins)
-            ax.step(fpr, tpr, where="post", linewidth=1.5, linestyle=STYLES[j % len(STYLES)],
-                    label=f"{name} (AUROC {a:.3f})")
+        for j, (name, fpr, tpr, a, (x, y)) in enumerate(curves):  # dashes tell apart coinciding curves (fp32 twins)
+            line, = ax.step(fpr, tpr, where="post", linewidth=1.5, linestyle=STYLES[j % len(STYLES)],
+                            label=f"{name} (AUROC {a:.3f}; Se {y:.2f}, Sp {1 - x:.2f})")
+            ax.plot([x], [y], marker=MARKERS[j % len(MARKERS)], markersize=8, color=line.get_color(),
+                    markerfacecolor="none", markeredgewidth=1.5, linestyle="none", clip_on=False, zorder=5)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
         ax.set_xlabel("false positive rate (1 - specificity)")
         ax.set_ylabel("true positive rate (sensitivity)")
-        ax.set_title(f"{title}: {cls} vs rest" if len(panels) > 1 else f"{title}: {cls}")
+        ax.set_title((f"{title}: {cls} vs rest" if len(panels) > 1 else f"{title}: {cls}")
+                     + "; markers: shipped operating points")
         if curves:
             ax.legend(loc="lower right", fontsize=7)
     return _save(fig, Path(path))

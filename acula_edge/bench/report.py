@@ -37,10 +37,12 @@ LATENCY_BUNDLE_KEYS = ("bundle", "target", "precision", "runtime", "model_file",
                        "stages_ms", "rtf", "samples_ms")
 ACCURACY_KEYS = ("schema", "schema_version", "created_utc", "data", "n_recordings", "label_counts", "config",
                  "machine", "seconds", "group_by", "bundles")
-ACCURACY_BUNDLE_KEYS = ("bundle", "target", "precision", "runtime", "labels", "threshold", "model_bytes", "task",
-                        "n_windows", "n_windows_excluded", "model_seconds", "pooled", "by_group")
-METRIC_LABELS = (("auroc", "AUROC"), ("auprc", "AUPRC"), ("sensitivity", "Se"), ("specificity", "Sp"),
-                 ("macc", "MAcc"))
+ACCURACY_BUNDLE_KEYS = ("bundle", "target", "precision", "runtime", "labels", "threshold", "operating_point",
+                        "decision_rule", "model_bytes", "task", "n_windows", "n_windows_excluded", "model_seconds",
+                        "pooled", "by_group", "warnings")
+# the decision first (Se, Sp, MAcc at the shipped operating point) beside the ranking figures
+METRIC_LABELS = (("sensitivity", "Se"), ("specificity", "Sp"), ("macc", "MAcc"), ("auroc", "AUROC"),
+                 ("auprc", "AUPRC"))
 
 
 def check_document(doc: Any, schema: str, version: int, source: str = "document") -> dict[str, Any]:
@@ -113,11 +115,11 @@ def latency_table(doc: dict[str, Any], markdown: bool = False) -> str:
                      fmt_ms(b["cold_load_ms"]), fmt_ms(b["load_ms"]), fmt_ms(b["first_inference_ms"]),
                      fmt_ms(st["frontend"]["p50"]), fmt_ms(st["model"]["p50"]), fmt_ms(st["hop"]["p50"]),
                      fmt_ms(st["hop"]["p90"]), fmt_ms(st["hop"]["p99"]), fmt_ms(st["session"]["p50"]),
-                     fmt_ms(st["session_cpu"]["p50"]), f"{b['rtf']['session']['mean']:.2e}",
+                     fmt_ms(st["session_cpu"]["p50"]), f"{b['rtf']['session']['p50']:.2e}",
                      fmt_ms(st["model_switch"]["p50"]), str(b["runs"])])
     m = doc["machine"]
     cfg = doc["config"]
-    foot = (f"times in ms per hop; RTF = session compute / hop duration; switch = the model's first call after "
+    foot = (f"times in ms per hop; RTF = session p50 / hop duration; switch = the model's first call after "
             f"the other bundles ran (cold caches); threads {cfg['threads']}; "
             f"{doc['rounds']} interleaved rounds in {doc['steady_seconds']:.1f} s; peak RSS "
             f"{human_bytes(doc['peak_rss_bytes'])}; {m['cpu_model']} ({m['usable_cores']} cores), {m['os']}; "
@@ -144,7 +146,8 @@ def _accuracy_rows(names: Sequence[str], bundles: Sequence[dict[str, Any]], key:
             row = [name, f"{b['target']} {b['precision']}"]
             if group is not None:
                 row.insert(0, group)
-            row += [cls, f"{fig['n']} ({fig['n_positive']})"] + [fmt_estimate(fig[k]) for k, _ in METRIC_LABELS]
+            row += [cls, f"{fig['n']} ({fig['n_positive']})", fmt_threshold(b.get("threshold"))]
+            row += [fmt_estimate(fig[k]) for k, _ in METRIC_LABELS]
             rows.append(row)
     return rows
 
@@ -153,7 +156,7 @@ def accuracy_table(doc: dict[str, Any], markdown: bool = False) -> str:
     """Pooled figures per bundle and class, then per group (when grouped), with 95 % intervals."""
     bundles = doc["bundles"]
     names = short_names([b["bundle"] for b in bundles])
-    header = ["bundle", "target", "class", "n (pos)", *(label for _, label in METRIC_LABELS)]
+    header = ["bundle", "target", "class", "n (pos)", "threshold", *(label for _, label in METRIC_LABELS)]
     parts = [_table(header, _accuracy_rows(names, bundles, "pooled"), markdown)]
     if doc.get("group_by"):
         rows = []
@@ -161,6 +164,25 @@ def accuracy_table(doc: dict[str, Any], markdown: bool = False) -> str:
             rows += _accuracy_rows(names, bundles, "by_group", g)
         parts.append(_table([doc["group_by"], *header], rows, markdown))
     return ("\n\n" if markdown else "\n\n").join(parts)
+
+
+def fmt_threshold(t: Any) -> str:
+    """A bundle's decision threshold: a number, per-fold numbers (pooled folds) or argmax (multi-class)."""
+    if t is None:
+        return "argmax"
+    if isinstance(t, dict):
+        return ", ".join(f"{g}: {fmt_threshold(v)}" for g, v in t.items())
+    return f"{t:.3f}" if 0.001 <= t <= 0.999 else f"{t:.8g}"  # a saturated model's point stays distinguishable
+
+
+def decision_lines(doc: dict[str, Any]) -> list[str]:
+    """Markdown bullets: each bundle's decision rule, then every transfer warning (Se or Sp below 0.2)."""
+    names = short_names([b["bundle"] for b in doc["bundles"]])
+    lines = [f"- `{n}`: {b.get('decision_rule') or fmt_threshold(b.get('threshold'))}"
+             for n, b in zip(names, doc["bundles"])]
+    for n, b in zip(names, doc["bundles"]):
+        lines += [f"- **WARNING** `{n}`: {w}" for w in b.get("warnings", [])]
+    return lines
 
 
 def agreement_table(doc: dict[str, Any], markdown: bool = False) -> str | None:
@@ -197,14 +219,17 @@ def _fmt_float(v: Any) -> str:
 
 
 def markdown_report(accuracy: dict[str, Any], latency: dict[str, Any] | None = None,
-                    plots: dict[str, str] | None = None, command: str | None = None) -> str:
-    """The Markdown report: data, machine, accuracy tables, agreement, latency (when given) and plot links.
+                    plots: dict[str, str] | None = None, command: str | None = None, level: int = 1) -> str:
+    """The Markdown report: data, machine, the decision (rule and warnings), accuracy tables, agreement, latency
+    (when given) and plot links.
 
-    ``plots``: caption -> path of a PNG relative to the report's folder.
+    ``plots``: caption -> path of a PNG relative to the report's folder; ``level``: heading level of its title (2
+    when it is a section of a larger document, e.g. the pipeline report).
     """
     m = accuracy["machine"]
     cfg = accuracy["config"]
-    lines = ["# acula-edge benchmark report", ""]
+    h = "#" * (level + 1)  # section headings, one level below the title
+    lines = ["#" * level + (" acula-edge benchmark report" if level == 1 else " Benchmark detail"), ""]
     lines.append(f"- date (UTC): {accuracy['created_utc']}")
     if command:
         lines.append(f"- command: `{command}`")
@@ -215,9 +240,10 @@ def markdown_report(accuracy: dict[str, Any], latency: dict[str, Any] | None = N
     lines.append(f"- intervals: {cfg['confidence']:.0%} percentile bootstrap over recordings, {cfg['n_boot']} "
                  f"resamples, seed {cfg['seed']}" + (f", stratified by {accuracy['group_by']}"
                                                      if accuracy.get("group_by") else ""))
-    lines.append("- decisions: binary bundles at their manifest threshold on the probability of the last label; "
-                 "multi-class bundles by the most probable class (figures one-vs-rest)")
-    lines += ["", "## Accuracy (recording level)", "", accuracy_table(accuracy, markdown=True), ""]
+    lines.append("- decisions: binary bundles at their operating point (manifest) on the probability of the last "
+                 "label; multi-class bundles by the most probable class (figures one-vs-rest)")
+    lines += ["", f"{h} Decision (the answer the device gives)", "", *decision_lines(accuracy), ""]
+    lines += [f"{h} Accuracy (recording level)", "", accuracy_table(accuracy, markdown=True), ""]
     if accuracy.get("group_by"):
         lines += [f"> {accuracy['group_note']}", ""]
         g_rows = [[b["bundle"], _fmt_float(b.get("group_mean_auroc")), _fmt_float(b.get("group_min_auroc"))]
@@ -227,22 +253,22 @@ def markdown_report(accuracy: dict[str, Any], latency: dict[str, Any] | None = N
                          [[n, *r[1:]] for n, r in zip(names, g_rows)], True), ""]
     probe = probe_table(accuracy, markdown=True)
     if probe:
-        lines += [f"## Site shortcut: {accuracy['group_by']} from the embedding", "",
+        lines += [f"{h} Site shortcut: {accuracy['group_by']} from the embedding", "",
                   "Balanced accuracy of a linear probe (ridge, cross-validated over recordings) predicting the "
                   "group from each recording's embedding; lower is better, chance is the floor. 'within label' "
                   "repeats it inside each class, so label-rate differences between groups cannot help.", "",
                   probe, ""]
     folds = [b for b in accuracy["bundles"] if b.get("folds")]
     if folds:
-        lines += ["## Leave-one-group-out folds", ""]
+        lines += [f"{h} Leave-one-group-out folds", ""]
         for b in folds:
             lines.append(f"- {b['bundle']}: " + "; ".join(f"{g}: `{p}`" for g, p in b["folds"].items()))
         lines.append("")
     agreement = agreement_table(accuracy, markdown=True)
     if agreement:
-        lines += ["## Agreement between bundles (same recordings)", "", agreement, ""]
+        lines += [f"{h} Agreement between bundles (same recordings)", "", agreement, ""]
     if latency is not None:
-        lines += ["## Latency (per hop of streaming audio)", "", latency_table(latency, markdown=True), ""]
+        lines += [f"{h} Latency (per hop of streaming audio)", "", latency_table(latency, markdown=True), ""]
     for caption, rel in (plots or {}).items():
         lines += [f"![{caption}]({rel})", ""]
     return "\n".join(lines)

@@ -17,6 +17,24 @@ from acula_edge.runtime.results import ClassificationResult, RecordingUpdate, Wi
 AGGREGATIONS = ("mean", "ema")
 
 
+def decide_scores(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The binary decision rule, vectorised: positive where the positive-class probability is >= ``threshold``.
+
+    The one definition every path applies (classify, stream, bench accuracy, and distill when it chooses the
+    threshold: acula_edge.operating_point)."""
+    return np.asarray(scores, dtype=np.float64) >= threshold
+
+
+def decide(probabilities: np.ndarray, threshold: float | None) -> bool:
+    """The decision for one recording's probabilities (C,): binary tasks compare the last label's probability with
+    ``threshold`` (:func:`decide_scores`); multi-class tasks (or ``threshold`` None) answer whether the last label
+    is the most probable one (rule "argmax")."""
+    p = np.asarray(probabilities)
+    if p.shape[-1] == 2 and threshold is not None:
+        return bool(decide_scores(p[-1], threshold))
+    return bool(int(np.argmax(p)) == p.shape[-1] - 1)
+
+
 @dataclass(frozen=True)
 class DecisionConfig:
     """Hysteresis and debounce of the live decision (on the probability of the last label)."""
@@ -83,7 +101,7 @@ class Hysteresis:
 
     def update(self, p: float) -> bool | None:
         if self.state is None:
-            self.state = p >= self.threshold
+            self.state = bool(decide_scores(p, self.threshold))
             return self.state
         beyond = p < self.threshold - self.cfg.margin if self.state else p >= self.threshold + self.cfg.margin
         self._streak = self._streak + 1 if beyond else 0
@@ -100,7 +118,7 @@ class RecordingAccumulator:
     embedding fall back to all windows and the decision is None.
     """
 
-    def __init__(self, labels: tuple[str, ...], threshold: float, aggregation: str = "mean",
+    def __init__(self, labels: tuple[str, ...], threshold: float | None, aggregation: str = "mean",
                  ema_alpha: float = 0.3, decision: DecisionConfig | None = None, keep_windows: bool = True) -> None:
         self.labels = labels
         self.keep_windows = keep_windows  # False: only running sums are kept (memory independent of length)
@@ -130,7 +148,7 @@ class RecordingAccumulator:
     def _current(self) -> tuple[np.ndarray, bool | None]:
         if self._included.count:
             p = self._included.value
-            return p, bool(p[-1] >= self.threshold)
+            return p, decide(p, self.threshold)
         return self._all.value, None
 
     def add(self, event: WindowEvent) -> RecordingUpdate:
@@ -144,7 +162,10 @@ class RecordingAccumulator:
             self._included.update(event.probabilities)
             self._emb_included = e64.copy() if self._emb_included is None else self._emb_included + e64
         p, raw = self._current()
-        stable = self._hysteresis.update(float(p[-1])) if event.included else self._hysteresis.state
+        if self.threshold is None:  # multi-class: the most probable label, no hysteresis on one probability
+            stable = raw
+        else:
+            stable = self._hysteresis.update(float(p[-1])) if event.included else self._hysteresis.state
         return RecordingUpdate(time_s=event.end_s, labels=self.labels, probabilities=p, n_windows=self.n_windows,
                                n_excluded=self.n_excluded, decision=stable, raw_decision=raw)
 

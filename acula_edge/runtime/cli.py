@@ -85,6 +85,7 @@ def firmware_budget_rows(extra: dict[str, Any]) -> list[tuple[str, str]]:
 def info(bundle: str, as_json: bool) -> None:
     """Print BUNDLE's manifest readably: target, tensors, front-end, labels, parity, memory budget."""
     from acula_edge.manifest import RUNTIME_EXTRA, read_manifest
+    from acula_edge.runtime.model import bundle_operating_point
 
     m = read_manifest(bundle)
     if as_json:
@@ -99,7 +100,8 @@ def info(bundle: str, as_json: bool) -> None:
         ("model file", f"{m.model_file} ({size}), sha256 {m.model_sha256[:16]}..."),
         ("schema", f"{m.schema_version}; bundle digest {m.bundle_sha256[:16]}... (checked: manifest and "
                    f"{len(m.files())} file(s))"),
-        ("labels", ", ".join(m.labels) + f"  (decision: p({m.labels[-1]}) >= {m.threshold})"),
+        ("labels", ", ".join(m.labels)),
+        ("decision", bundle_operating_point(m).rule),
         ("front-end", f"{fe.sample_rate} Hz, n_fft {fe.n_fft}, win {fe.win_length}, hop {fe.hop_length}, "
                       f"{fe.n_mels} mel {fe.fmin:g}-{fe.fmax:g} Hz, {fe.window}, normalisation {fe.normalisation}"),
         ("windowing", f"{win.window_s:g} s windows every {win.hop_s:g} s "

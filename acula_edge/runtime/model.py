@@ -24,6 +24,7 @@ from acula_edge.audio import check_audio_file, check_sample_rate, prepare_sample
 from acula_edge.errors import AudioError, BundleError, ConfigError
 from acula_edge.features import LogMel
 from acula_edge.manifest import Manifest, read_bundle
+from acula_edge.operating_point import OperatingPoint, argmax_rule, fixed, overridden
 from acula_edge.runtime.aggregation import DecisionConfig, RecordingAccumulator
 from acula_edge.runtime.backends import Backend, open_backend
 from acula_edge.runtime.quality import QualityConfig, window_quality
@@ -47,7 +48,7 @@ class EdgeModel:
     """A bundle loaded on its runtime. Thread-safe: one model can serve many :class:`StreamSession` s."""
 
     def __init__(self, manifest: Manifest, backend: Backend, bundle_dir: Path,
-                 quality: QualityConfig | None = None) -> None:
+                 quality: QualityConfig | None = None, threshold: float | None = None) -> None:
         self.manifest = manifest
         self.backend = backend
         self.bundle_dir = bundle_dir
@@ -73,6 +74,12 @@ class EdgeModel:
         if n_classes != len(self.labels):
             raise BundleError(f"{bundle_dir}: {len(self.labels)} labels but the logits output has {n_classes} values")
         self.logmel = LogMel(fe)  # read-only after construction: shared by every session
+        self.operating_point = bundle_operating_point(manifest, threshold)
+
+    @property
+    def threshold(self) -> float | None:
+        """The decision threshold every path applies (None: multi-class, most probable label)."""
+        return self.operating_point.threshold
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -112,8 +119,7 @@ class EdgeModel:
 
     def accumulator(self, aggregation: str = "mean", ema_alpha: float = 0.3, decision: DecisionConfig | None = None,
                     keep_windows: bool = True) -> RecordingAccumulator:
-        return RecordingAccumulator(self.labels, self.manifest.threshold, aggregation, ema_alpha, decision,
-                                    keep_windows)
+        return RecordingAccumulator(self.labels, self.threshold, aggregation, ema_alpha, decision, keep_windows)
 
     # -- batch use --------------------------------------------------------------------------------------------
 
@@ -231,8 +237,26 @@ def file_blocks(path: Path, block_samples: int) -> Iterator[np.ndarray]:
         raise AudioError(f"{path}: truncated: the header promises {declared} samples but only {got} could be read")
 
 
+def bundle_operating_point(manifest: Manifest, threshold: float | None = None) -> OperatingPoint:
+    """The operating point a loaded bundle applies: the manifest's (bundles exported before it was recorded: their
+    ``threshold``, method "manifest threshold"), or ``threshold`` given to :func:`load` (recorded as overridden)."""
+    point = manifest.operating_point
+    if point is not None and point.threshold is not None and point.threshold != manifest.threshold:
+        raise BundleError(f"the manifest's threshold {manifest.threshold} differs from its operating point's "
+                          f"{point.threshold}: the manifest was edited by hand; re-export the bundle (or override "
+                          f"with load(..., threshold=...))")
+    if point is None:
+        point = fixed(manifest.threshold, "manifest threshold") if len(manifest.labels) == 2 else argmax_rule()
+    if threshold is None:
+        return point
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
+        raise ConfigError(f"threshold={threshold!r}: give a probability strictly between 0 and 1 for the positive "
+                          f"label {manifest.labels[-1]!r}")
+    return overridden(point, repr(float(threshold)), "load(threshold=...)")
+
+
 def load(bundle_dir: str | os.PathLike, num_threads: int | None = None,
-         quality: QualityConfig | None = None) -> EdgeModel:
+         quality: QualityConfig | None = None, threshold: float | None = None) -> EdgeModel:
     """Open an exported bundle folder on the runtime its manifest names.
 
     Reads every file of the bundle once and checks it (strict manifest schema, the sha256 of each file and the
@@ -244,4 +268,4 @@ def load(bundle_dir: str | os.PathLike, num_threads: int | None = None,
     """
     contents = read_bundle(bundle_dir)
     backend = open_backend(contents.model_path, contents.manifest, num_threads, contents.model_bytes)
-    return EdgeModel(contents.manifest, backend, contents.folder, quality)
+    return EdgeModel(contents.manifest, backend, contents.folder, quality, threshold)

@@ -14,6 +14,11 @@ def _floats(a: np.ndarray, ndigits: int = 6) -> list[float]:
     return [round(float(v), ndigits) for v in np.asarray(a).reshape(-1)]
 
 
+def _probs(labels: tuple[str, ...], p: np.ndarray) -> str:
+    """Short text of labelled probabilities for ``repr`` (3 decimals)."""
+    return "{" + ", ".join(f"{lb!r}: {float(v):.3f}" for lb, v in zip(labels, np.asarray(p).reshape(-1))) + "}"
+
+
 @dataclass(frozen=True)
 class WindowQuality:
     """Signal quality of one window (see :mod:`acula_edge.runtime.quality`); ``flags`` empty = usable."""
@@ -52,6 +57,11 @@ class WindowEvent:
         """Whether the window counts towards the recording-level result (its quality is acceptable)."""
         return self.quality.ok
 
+    def __repr__(self) -> str:  # short: no embedding values
+        return (f"WindowEvent(index={self.index}, {self.start_s:g}-{self.end_s:g} s, "
+                f"probabilities={_probs(self.labels, self.probabilities)}, included={self.included}, "
+                f"flags={list(self.quality.flags)})")
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": "window", "index": self.index, "start_s": round(self.start_s, 6),
                 "end_s": round(self.end_s, 6), "probabilities": dict(zip(self.labels, _floats(self.probabilities))),
@@ -71,6 +81,11 @@ class RecordingUpdate:
     decision: bool | None  # debounced: is the last label present? None until a usable window was seen
     raw_decision: bool | None  # aggregate probability of the last label >= threshold, without hysteresis
 
+    def __repr__(self) -> str:
+        return (f"RecordingUpdate(time_s={self.time_s:g}, probabilities={_probs(self.labels, self.probabilities)}, "
+                f"decision={self.decision}, raw_decision={self.raw_decision}, windows={self.n_windows} "
+                f"({self.n_excluded} excluded))")
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": "update", "time_s": round(self.time_s, 6),
                 "probabilities": dict(zip(self.labels, _floats(self.probabilities))), "n_windows": self.n_windows,
@@ -82,14 +97,15 @@ class ClassificationResult:
     """Recording-level result: aggregated probabilities, the decision, the recording embedding and every window.
 
     ``decision`` is whether the probability of the last label (the positive class of a binary task) reaches
-    ``threshold``; None when no window passed the quality checks (then ``probabilities`` and ``embedding`` fall
-    back to all windows and should not be trusted).
+    ``threshold``, the bundle's operating point (multi-class: whether the last label is the most probable); None
+    when no window passed the quality checks (then ``probabilities`` and ``embedding`` fall back to all windows and
+    should not be trusted).
     """
 
     labels: tuple[str, ...]
     probabilities: np.ndarray  # (C,) aggregate over included windows
     decision: bool | None
-    threshold: float
+    threshold: float | None  # the operating point's threshold (None: multi-class, most probable label)
     embedding: np.ndarray  # (D,) mean of the included windows' embeddings
     windows: tuple[WindowEvent, ...]  # every window, in order (empty when the session kept none: keep_windows=False)
     n_windows: int  # windows scored
@@ -100,10 +116,22 @@ class ClassificationResult:
 
     @property
     def label(self) -> str | None:
-        """The most probable label, or None when no window was usable."""
+        """The answer: for a binary task the label the decision picks at the operating point (the last label when
+        its probability reaches ``threshold``, even if below 0.5), else the most probable label; None when no window
+        was usable."""
         if self.decision is None:
             return None
+        if len(self.labels) == 2 and self.threshold is not None:
+            return self.labels[-1] if self.decision else self.labels[0]
         return self.labels[int(np.argmax(self.probabilities))]
+
+    def __repr__(self) -> str:  # short: the summary, not every window's embedding (see to_dict for all)
+        thr = "argmax" if self.threshold is None else f"{self.threshold:.4g}"
+        return (f"ClassificationResult(source={self.source!r}, duration_s={self.duration_s:.3f}, label={self.label!r}, "
+                f"decision={self.decision} ({self.labels[-1]!r} at threshold {thr}), "
+                f"probabilities={_probs(self.labels, self.probabilities)}, windows={self.n_windows} "
+                f"({self.n_excluded} excluded), aggregation={self.aggregation!r}, "
+                f"embedding=<{self.embedding.shape[0]} floats>)")
 
     def probability(self, label: str) -> float:
         return float(self.probabilities[self.labels.index(label)])
@@ -132,6 +160,10 @@ class ZeroShotResult:
     def best(self) -> str:
         """The prompt text with the highest score."""
         return self.texts[int(np.argmax(self.scores))]
+
+    def __repr__(self) -> str:
+        scores = ", ".join(f"{t!r}: {float(v):.3f}" for t, v in zip(self.texts, self.scores))
+        return f"ZeroShotResult(best={self.best!r}, scores={{{scores}}}, embedding=<{self.embedding.shape[0]} floats>)"
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "zero_shot", "scores": dict(zip(self.texts, _floats(self.scores))), "best": self.best}
