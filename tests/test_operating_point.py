@@ -192,4 +192,4 @@ def test_classify_stream_and_bench_apply_the_manifest_operating_point(tmp_path, 
     edited = read_manifest(bundle).to_dict()
     edited["threshold"] = 0.5  # two facts that disagree are refused, not silently resolved
     with pytest.raises(BundleError, match="differs from its operating point's"):
-        bundle_operating_point(Manifest.from_dict(edited))
+        bundle_operating_point(Manifest.from_dict(json.loads(json.dumps(edited))))
