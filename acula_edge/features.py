@@ -98,13 +98,14 @@ class LogMel:
         return out
 
 
-def normalise_window(window: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
+def normalise_window(window: np.ndarray, cfg: FrontendConfig, out: np.ndarray | None = None) -> np.ndarray:
     """Apply window-level normalisation (cfg.normalisation in WINDOW_NORMALISATIONS); identity otherwise.
 
-    ``window`` has shape (..., frames, n_mels). "per_window": zero mean, unit std over both axes.
+    ``window`` has shape (..., frames, n_mels), float32. "per_window": zero mean, unit std over both axes.
     "per_window_band": each mel band to zero mean over the window's frames, then unit std over both axes.
     "per_window_db_minmax": natural-log mel power -> dB, clipped ``top_db`` below the window's peak, min-max scaled
     to [0, 1] (a constant window gives zeros, as librosa's power_to_db(ref=max) does before OPERA's min-max).
+    ``out``: a float32 array of the window's shape to write the result into (a stream reuses one per session).
     """
     if cfg.normalisation not in WINDOW_NORMALISATIONS:
         return window
@@ -114,11 +115,15 @@ def normalise_window(window: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
         db = np.maximum(db, peak - cfg.top_db)
         low = db.min(axis=(-2, -1), keepdims=True)
         span = peak - low
-        return np.where(span > 0, (db - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+        scaled = np.where(span > 0, (db - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+        if out is None:
+            return scaled
+        out[...] = scaled
+        return out
     axes = (-2,) if cfg.normalisation == "per_window_band" else (-2, -1)
-    centred = window - window.mean(axis=axes, keepdims=True)
+    centred = np.subtract(window, window.mean(axis=axes, keepdims=True), out=out, dtype=np.float32)
     std = np.sqrt((centred * centred).mean(axis=(-2, -1), keepdims=True))
-    return (centred / np.maximum(std, 1e-5)).astype(np.float32)
+    return np.divide(centred, np.maximum(std, 1e-5), out=centred)
 
 
 class LogMelStream:

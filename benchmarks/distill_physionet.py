@@ -78,6 +78,10 @@ def main() -> None:
     ap.add_argument("--test-windows", type=int, default=8, help="test windows per recording")
     ap.add_argument("--normalisation", default="per_window")
     ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--stems", nargs="+", default=["conv"],
+                    help="student stem forms (distill.students.STEMS); several: one row per stem")
+    ap.add_argument("--scratch-only", action="store_true", help="no teacher, no distilled students")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--reuse-teacher", action="store_true", help="reuse the base teacher a previous run trained")
     ap.add_argument("--work", default="/tmp/distill-bench")
     ap.add_argument("--json", default=None)
@@ -108,7 +112,9 @@ def main() -> None:
     for fold in args.folds:
         train_ds = ds.where("subset", [fold], keep=False)
         test_ds = ds.where("subset", [fold], keep=True)
-        if args.teacher:
+        if args.scratch_only:
+            teacher_dir = None
+        elif args.teacher:
             teacher_dir = Path(args.teacher)
             rows.append({"fold": fold, "model": "teacher(align)", **evaluate(teacher_dir, test_ds, args.test_windows)})
         elif args.reuse_teacher and (work / fold / "teacher(base-supervised)" / "config.json").is_file():
@@ -121,9 +127,13 @@ def main() -> None:
             model, info = load_checkpoint(teacher_dir)
             save_checkpoint(model, dataclasses.replace(info, kind="teacher"), teacher_dir)
         for size in args.sizes:
-            cfg = dataclasses.replace(base, student=size)
-            run(fold, f"{size}/scratch", cfg, None, train_ds, test_ds)
-            run(fold, f"{size}/distilled", cfg, str(teacher_dir), train_ds, test_ds)
+            for stem in args.stems:
+                for seed in args.seeds:
+                    cfg = dataclasses.replace(base, student=size, stem=stem, seed=seed)
+                    tag = (f",{stem}" if len(args.stems) > 1 else "") + (f",seed{seed}" if len(args.seeds) > 1 else "")
+                    run(fold, f"{size}/scratch{tag}", cfg, None, train_ds, test_ds)
+                    if teacher_dir is not None:
+                        run(fold, f"{size}/distilled{tag}", cfg, str(teacher_dir), train_ds, test_ds)
         if args.ablations:
             small = dataclasses.replace(base, student="small")
             run(fold, "small/scratch,no-aug", dataclasses.replace(small, augment=AugmentConfig.off()), None,

@@ -1,9 +1,9 @@
 """Device-sized students: depthwise-separable CNNs built only from int8-friendly operations.
 
-Every operation runs (and quantizes well) on ExecuTorch/XNNPACK, ONNX Runtime, LiteRT and TFLite Micro: conv2d,
-depthwise conv2d, batch-norm (folded into the preceding conv at export), ReLU/ReLU6/hard-swish, residual add,
-``adaptive_avg_pool2d`` (delegated by XNNPACK, unlike a plain ``mean(dim=(2, 3))``) and linear layers. No
-recurrent or attention layers, no data-dependent shapes.
+Every operation runs (and quantizes well) on ExecuTorch/XNNPACK, ONNX Runtime, LiteRT and TFLite Micro: a
+space-to-depth reshape/transpose in front of the stem, conv2d, depthwise conv2d, batch-norm (folded into the
+preceding conv at export), ReLU/ReLU6/hard-swish, residual add, ``adaptive_avg_pool2d`` (delegated by XNNPACK,
+unlike a plain ``mean(dim=(2, 3))``) and linear layers. No recurrent or attention layers, no data-dependent shapes.
 
 ``DSCNNStudent.forward(x)`` takes log-mel windows of shape (batch, 1, frames, n_mels) and returns
 ``(embedding (batch, embedding_dim), logits (batch, num_classes))``. The embedding is projected into the teacher's
@@ -29,6 +29,14 @@ from acula_edge.errors import ConfigError, check_config_keys
 
 ARCHITECTURE = "acula_edge.distill.students:DSCNNStudent"
 ACTIVATIONS = ("relu", "relu6", "hardswish")
+# How the stem reads the single-channel log-mel. "conv": one strided conv on 1 input channel (how students train).
+# "space_to_depth": the same function computed as a (time stride x mel stride) space-to-depth (e.g. 4 x 2 blocks ->
+# 8 channels) followed by a stride-1 conv on those channels; :meth:`DSCNNStudent.for_export` converts a "conv"
+# student to it exactly. Why: a 1-input-channel conv is 2x slower in int8 than fp32 under XNNPACK and was 35-41 %
+# of a student's int8 time; with the space-to-depth form `small` int8 ran 26-27 % faster on LiteRT and ExecuTorch
+# (benchmarks/RESULTS_runtime.md). Trained from scratch in that form (its 27 extra taps free) `small` scored
+# within seed noise of, but not above, the plain stem (RESULTS_runtime.md), so students train with "conv".
+STEMS = ("conv", "space_to_depth")
 # Parameter budget per named size (the issue's device classes).
 PARAM_BUDGETS = {"tiny": 30_000, "small": 150_000, "small-mcu": 150_000, "base": 1_000_000}
 
@@ -40,6 +48,7 @@ class StudentConfig:
     channels: tuple[int, ...] = (48, 48, 48, 48)  # stem width, then the output width of each DS block
     strides: tuple[tuple[int, int], ...] = ((4, 2), (1, 1), (2, 2), (1, 1))  # stem stride, then one per DS block
     stem_kernel: tuple[int, int] = (9, 5)  # (time, mel) kernel of the first full convolution
+    stem: str = "conv"  # one of STEMS: the training form; export converts "conv" to "space_to_depth" (exact)
     embedding_dim: int = 384  # width of the embedding output: the teacher's shared space
     num_classes: int = 2  # width of the logits output
     activation: str = "relu"  # one of ACTIVATIONS
@@ -57,6 +66,11 @@ class StudentConfig:
             problems.append(f"channels must be positive, got {self.channels}")
         if any(len(s) != 2 or min(s) < 1 for s in self.strides):
             problems.append(f"strides must be (time, mel) pairs >= 1, got {self.strides}")
+        if self.stem not in STEMS:
+            problems.append(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.stem == "space_to_depth" and any(k % 2 == 0 for k in self.stem_kernel):
+            problems.append(f"a space_to_depth stem needs an odd stem_kernel (padding k // 2 on both sides), got "
+                            f"{self.stem_kernel}; use stem='conv'")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.embedding_dim <= 0 or self.num_classes <= 0:
@@ -132,6 +146,66 @@ class ConvBN(nn.Sequential):
         super().__init__(*layers)
 
 
+def _block_taps(kernel: int, stride: int) -> int:
+    """Blocks of ``stride`` input rows a stride-``stride`` conv of ``kernel`` taps (padding kernel // 2) reaches on
+    either side of its own block: the stride-1 conv on the space-to-depth blocks has 2 * this + 1 taps."""
+    pad = kernel // 2
+    return max(-(-pad // stride), (kernel - 1 - pad) // stride)
+
+
+def space_to_depth_weight(weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """A (C, 1, kh, kw) stem-conv weight (stride ``stride``, padding k // 2) as the (C, sh * sw, Kh, Kw) weight of
+    the stride-1 conv on space-to-depth blocks that computes the same outputs; taps outside the original kernel
+    are zero. Channel ``a * sw + b`` of the blocks holds input row ``a`` and column ``b`` of each block."""
+    c, one, kh, kw = weight.shape
+    if one != 1:
+        raise ConfigError(f"a space-to-depth stem converts a 1-input-channel conv, got weight shape "
+                          f"{tuple(weight.shape)}")
+    sh, sw = stride
+    rh, rw = _block_taps(kh, sh), _block_taps(kw, sw)
+    out = weight.new_zeros(c, sh * sw, 2 * rh + 1, 2 * rw + 1)
+    for a in range(sh):
+        for u in range(2 * rh + 1):
+            i = (u - rh) * sh + a + kh // 2  # the original kernel row this tap reads
+            if not 0 <= i < kh:
+                continue
+            for b in range(sw):
+                for v in range(2 * rw + 1):
+                    j = (v - rw) * sw + b + kw // 2
+                    if 0 <= j < kw:
+                        out[:, a * sw + b, u, v] = weight[:, 0, i, j]
+    return out
+
+
+class SpaceToDepthStem(ConvBN):
+    """The stem conv (1 input channel, ``kernel``, ``stride``, padding kernel // 2) computed as a space-to-depth of
+    the input into ``stride`` blocks followed by a stride-1 conv over the block grid (same outputs, see
+    :func:`space_to_depth_weight`). Loads the plain stem's (C, 1, kh, kw) weights too, converting them."""
+
+    def __init__(self, c_out: int, kernel: tuple[int, int], stride: tuple[int, int], activation: str) -> None:
+        rh, rw = _block_taps(kernel[0], stride[0]), _block_taps(kernel[1], stride[1])
+        super().__init__(stride[0] * stride[1], c_out, (2 * rh + 1, 2 * rw + 1), (1, 1), groups=1,
+                         activation=activation)
+        self.block = (int(stride[0]), int(stride[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, t, m = x.shape
+        sh, sw = self.block
+        pad_t, pad_m = -t % sh, -m % sw
+        if pad_t or pad_m:  # the strided conv's zero padding at the end, made explicit
+            x = nn.functional.pad(x, (0, pad_m, 0, pad_t))
+        tb, mb = (t + pad_t) // sh, (m + pad_m) // sw
+        x = x.reshape(b, tb, sh, mb, sw).permute(0, 2, 4, 1, 3).reshape(b, sh * sw, tb, mb)
+        return super().forward(x)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        key = prefix + "0.weight"  # a plain stem's (C, 1, kh, kw) weight converts on load
+        w = state_dict.get(key)
+        if w is not None and w.shape[1] == 1 and self[0].weight.shape[1] != 1:
+            state_dict[key] = space_to_depth_weight(w, self.block)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 class DSBlock(nn.Module):
     """Depthwise 3x3 conv + pointwise 1x1 conv, each with batch-norm and activation; residual when shapes match."""
 
@@ -154,7 +228,10 @@ class DSCNNStudent(nn.Module):
         self.config = config
         c = config.channels
         self.input_norm = nn.BatchNorm2d(1) if config.input_norm else nn.Identity()
-        self.stem = ConvBN(1, c[0], config.stem_kernel, config.strides[0], groups=1, activation=config.activation)
+        if config.stem == "space_to_depth":
+            self.stem: nn.Module = SpaceToDepthStem(c[0], config.stem_kernel, config.strides[0], config.activation)
+        else:
+            self.stem = ConvBN(1, c[0], config.stem_kernel, config.strides[0], groups=1, activation=config.activation)
         self.blocks = nn.Sequential(*[DSBlock(c[i - 1], c[i], config.strides[i], config.activation)
                                       for i in range(1, len(c))])
         self.dropout = nn.Dropout(config.dropout)
@@ -167,6 +244,13 @@ class DSCNNStudent(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         return self.config.to_dict()
+
+    def for_export(self) -> "DSCNNStudent":
+        """The same function in the form that runs fastest in int8 runtimes: a copy with the space-to-depth stem,
+        weights converted exactly (:func:`space_to_depth_weight`), in eval mode. Export calls this."""
+        model = DSCNNStudent(dataclasses.replace(self.config, stem="space_to_depth"))
+        model.load_state_dict(self.state_dict())
+        return model.to(next(self.parameters()).dtype).eval()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, 1, frames, n_mels) -> pooled trunk features (batch, channels[-1])."""

@@ -55,6 +55,7 @@ class TrainConfig:
     """Everything a distillation run depends on (saved in the student checkpoint's ``extra``)."""
 
     student: str = "small"  # "tiny", "small" or "base" (acula_edge.distill.students.PRESETS)
+    stem: str = "conv"  # the student's stem form while training (acula_edge.distill.students.STEMS)
     epochs: int = 20
     batch_size: int = 64  # windows per optimizer step (per process under torchrun)
     lr: float = 3e-3  # AdamW peak learning rate
@@ -421,7 +422,7 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
         tr, val = _Split(train_w), (_Split(val_w) if val_w is not None else None)
         emb_dim, t_scale = config.embedding_dim, 1.0
 
-    scfg = student_config(config.student, emb_dim, len(labels), dropout=config.dropout)
+    scfg = student_config(config.student, emb_dim, len(labels), dropout=config.dropout, stem=config.stem)
     model = DSCNNStudent(scfg).to(env.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

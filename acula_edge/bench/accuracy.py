@@ -133,8 +133,6 @@ def predict(models: Sequence[Any], dataset: Dataset, group_by: str | None = None
     ``held_out[i]``: model ``i`` was trained without that group of ``group_by``; it runs on that group only (its
     other rows are NaN).
     """
-    from acula_edge.runtime.quality import window_quality
-    from acula_edge.runtime.results import WindowEvent
     from acula_edge.windows import recording_windows
 
     if not models:
@@ -178,18 +176,13 @@ def predict(models: Sequence[Any], dataset: Dataset, group_by: str | None = None
                 problems.append(str(e))
                 break
             windows = recording_windows(x, first.frontend, first.windowing, first.logmel)
-            ws, hs = first.window_samples, first.hop_samples
-            quality = [window_quality(x[k * hs:k * hs + ws], first.frontend, first.quality)
-                       for k in range(windows.shape[0])]
+            quality = first.meter.windows(x, windows.shape[0])
             for i in members:
                 m = models[i]
                 acc = m.accumulator("mean")
                 t0 = time.perf_counter()
                 for k in range(windows.shape[0]):
-                    emb, p = m.run_window(windows[k])
-                    start = k * m.windowing.hop_s
-                    acc.add(WindowEvent(index=k, start_s=start, end_s=start + m.windowing.window_s,
-                                        labels=m.labels, probabilities=p, embedding=emb, quality=quality[k]))
+                    acc.add(m.score_window(k, windows[k], quality[k]))
                 seconds[i] += time.perf_counter() - t0
                 res = acc.result(duration_s=x.shape[0] / m.sample_rate, source=rec.source)
                 probs[i][r] = res.probabilities

@@ -43,10 +43,32 @@ def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """The integer output ``q`` as float32 using ``spec``'s scale and zero point; float outputs pass through."""
+    """The output ``q`` as a new float32 array, using ``spec``'s scale and zero point for integer outputs."""
     if spec.dtype == "float32":
-        return np.asarray(q, dtype=np.float32)
-    return ((q.astype(np.float32) - np.float32(spec.zero_point)) * np.float32(spec.scale)).astype(np.float32)
+        return np.array(q, dtype=np.float32)
+    out = np.subtract(q, np.float32(spec.zero_point), dtype=np.float32)
+    out *= np.float32(spec.scale)
+    return out
+
+
+class _Quantizer:
+    """Float32 -> ``spec``'s integer dtype into preallocated buffers (same values as :func:`quantize`)."""
+
+    def __init__(self, spec: TensorSpec) -> None:
+        self._lo, self._hi = _INT_RANGES[spec.dtype]
+        self._scale = np.float32(spec.scale)
+        self._zp = np.float32(spec.zero_point)
+        self._work = np.zeros(spec.shape, dtype=np.float32)
+        self._out = np.zeros(spec.shape, dtype=spec.dtype)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        w = self._work
+        np.divide(x.reshape(w.shape), self._scale, out=w)  # a division, as quantize(): same rounding
+        np.rint(w, out=w)
+        w += self._zp
+        np.clip(w, self._lo, self._hi, out=w)
+        self._out[...] = w
+        return self._out
 
 
 def check_quantized(spec: TensorSpec, source: Path) -> None:
@@ -78,6 +100,8 @@ class Backend:
         for spec in (self.input_spec, self.embedding_spec, self.logits_spec):
             check_quantized(spec, path)
         self._lock = threading.Lock()
+        # Integer inputs are quantized into these buffers (under the lock), so a call allocates no window-sized array.
+        self._quantizer = _Quantizer(self.input_spec) if self.input_spec.dtype != "float32" else None
 
     def check_io(self, inputs: Sequence[tuple[Sequence[Any], str]],
                  outputs: Sequence[tuple[str, Sequence[Any], str]]) -> tuple[int, int]:
@@ -114,15 +138,18 @@ class Backend:
         raise NotImplementedError
 
     def run(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One float32 window (1, 1, frames, n_mels) -> float32 (embedding (D,), logits (C,))."""
-        x = quantize(window, self.input_spec)
-        if self.thread_safe:
-            emb, logits = self._invoke(x)
+        """One float32 window (1, 1, frames, n_mels) -> float32 (embedding (D,), logits (C,)), new arrays."""
+        if self._quantizer is None and self.thread_safe:
+            emb, logits = self._invoke(np.ascontiguousarray(window, dtype=np.float32))
         else:
             with self._lock:
+                x = (np.ascontiguousarray(window, dtype=np.float32) if self._quantizer is None
+                     else self._quantizer(window))
                 emb, logits = self._invoke(x)
-        return (dequantize(np.asarray(emb), self.embedding_spec).reshape(-1),
-                dequantize(np.asarray(logits), self.logits_spec).reshape(-1))
+                # copied before the lock is released: a runtime may hand out views of its own output buffers
+                emb, logits = dequantize(emb, self.embedding_spec), dequantize(logits, self.logits_spec)
+            return emb.reshape(-1), logits.reshape(-1)
+        return dequantize(emb, self.embedding_spec).reshape(-1), dequantize(logits, self.logits_spec).reshape(-1)
 
 
 def _check_tensor(source: Path, what: str, shape: Sequence[Any], dtype: str, spec: TensorSpec) -> None:

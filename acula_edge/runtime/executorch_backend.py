@@ -3,6 +3,7 @@ in the loader, and nowhere else in the device runtime)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,23 @@ from acula_edge.runtime.backends import Backend
 # ExecuTorch ScalarType codes (c10 numbering) -> the manifest's dtype names.
 _SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 6: "float32"}
 
+# The ExecuTorch threadpool is one per process, shared by every loaded program. FACTS.md records a crash in
+# libexecutorch_threadpool when it was reset after a program was loaded; resetting between calls, with programs
+# loaded, ran fine here (2026-12-01), so a reset only ever happens under the lock every ExecuTorch call holds:
+# never while a program runs.
+_RUN_LOCK = threading.Lock()
+
+
+def _size_threadpool(num_threads: int | None) -> None:
+    """Resize the process-wide threadpool to ``num_threads`` (None: leave it as it is)."""
+    if num_threads is None:
+        return
+    pybind = require("executorch.extension.pybindings.portable_lib", RUNTIME_EXTRA["executorch"],
+                     "the ExecuTorch threadpool")
+    with _RUN_LOCK:
+        if pybind._threadpool_get_thread_count() != num_threads:
+            pybind._unsafe_reset_threadpool(int(num_threads))
+
 
 class ExecuTorchBackend(Backend):
     """``Runtime.get().load_program(data, verification=InternalConsistency).load_method("forward")``; calls
@@ -21,8 +39,11 @@ class ExecuTorchBackend(Backend):
 
     The program's internal-consistency verification checks the flatbuffer, but a flipped byte in a delegate's
     payload (XNNPACK) still aborts the process (SIGABRT, "terminate called ..."), so the bundle is first loaded
-    and run once in a child process (``needs_probe``). ``num_threads`` is not configurable from Python in
-    ExecuTorch 1.5 (XNNPACK uses its own threadpool); it is accepted and ignored.
+    and run once in a child process (``needs_probe``).
+
+    ``num_threads`` sizes ExecuTorch's threadpool (XNNPACK runs on it). There is one pool per process, so the
+    latest load that gives ``num_threads`` sets it for every ExecuTorch bundle of the process; the calls of all
+    ExecuTorch bundles are serialised by one lock (they would share the pool anyway).
     """
 
     needs_probe = True
@@ -32,6 +53,8 @@ class ExecuTorchBackend(Backend):
         super().__init__(path, manifest, num_threads, data)
         rt = require("executorch.runtime", RUNTIME_EXTRA["executorch"], "running an ExecuTorch bundle")
         self._torch = require("torch", RUNTIME_EXTRA["executorch"], "the ExecuTorch Python runtime")
+        self._lock = _RUN_LOCK
+        _size_threadpool(num_threads)
         try:
             program = rt.Runtime.get().load_program(self.data, verification=rt.Verification.InternalConsistency)
             meta = program.metadata("forward")
@@ -47,11 +70,16 @@ class ExecuTorchBackend(Backend):
             [(f"output_{i}", t.sizes(), _SCALAR_TYPES.get(t.dtype(), f"scalar type {t.dtype()}"))
              for i, t in enumerate(outputs)])
         self._program = program
+        # One input tensor reused by every call (calls are serialised): no per-call copy or allocation.
+        self._input = self._torch.zeros(tuple(self.input_spec.shape),
+                                        dtype=getattr(self._torch, self.input_spec.dtype))
+        self._input_np = self._input.numpy()
 
     @property
     def name(self) -> str:
         return "executorch"
 
     def _invoke(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self._method.execute([self._torch.from_numpy(np.array(x))])  # a writable copy for torch
+        self._input_np[...] = x.reshape(self._input_np.shape)
+        out = self._method.execute([self._input])
         return out[self._emb_i].numpy(), out[self._log_i].numpy()

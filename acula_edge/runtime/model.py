@@ -14,9 +14,10 @@ very long recordings never sit in memory, at any file rate.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -27,21 +28,21 @@ from acula_edge.manifest import Manifest, read_bundle
 from acula_edge.operating_point import OperatingPoint, argmax_rule, fixed, overridden
 from acula_edge.runtime.aggregation import DecisionConfig, RecordingAccumulator
 from acula_edge.runtime.backends import Backend, open_backend
-from acula_edge.runtime.quality import QualityConfig, window_quality
-from acula_edge.runtime.results import ClassificationResult, WindowEvent, ZeroShotResult
+from acula_edge.runtime.quality import BlockQuality, QualityConfig
+from acula_edge.runtime.results import ClassificationResult, WindowEvent, WindowQuality, ZeroShotResult
+from acula_edge.runtime.streaming import StreamSession
 from acula_edge.windows import frame_windows
-
-if TYPE_CHECKING:  # pragma: no cover
-    from acula_edge.runtime.streaming import StreamSession
 
 # Samples read per block when classify_file streams a file from disk (2M samples: 8 MB of float32).
 FILE_BLOCK_SAMPLES = 1 << 21
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - np.max(logits)
-    e = np.exp(z)
-    return (e / e.sum()).astype(np.float32)
+    """Probabilities (C,) float32 of float32 logits (C,); a new array."""
+    z = logits - logits.max()
+    np.exp(z, out=z)
+    z /= z.sum()
+    return z
 
 
 class EdgeModel:
@@ -74,6 +75,8 @@ class EdgeModel:
         if n_classes != len(self.labels):
             raise BundleError(f"{bundle_dir}: {len(self.labels)} labels but the logits output has {n_classes} values")
         self.logmel = LogMel(fe)  # read-only after construction: shared by every session
+        self.meter = BlockQuality(fe, self.window_samples, self.hop_samples, self.quality)  # read-only too
+        self._input_shape = want
         self.operating_point = bundle_operating_point(manifest, threshold)
 
     @property
@@ -95,27 +98,30 @@ class EdgeModel:
         return 1 + (num_samples - self.window_samples) // self.hop_samples
 
     def run_window(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A normalised log-mel window (frames, n_mels) -> (embedding (D,), probabilities (C,)), float32."""
-        x = np.ascontiguousarray(window, dtype=np.float32).reshape(1, 1, self.frames_per_window,
-                                                                    self.frontend.n_mels)
-        if not np.isfinite(x).all():  # so that a front-end overflow is never blamed on the model file below
-            raise AudioError("a log-mel window is not finite: the audio's magnitude is beyond what the front-end "
-                             "can represent (full scale is 1.0); check the input's scaling")
+        """A normalised log-mel window (frames, n_mels), float32 -> (embedding (D,), probabilities (C,)), float32.
+
+        The samples were checked where they entered (finite); what can still go wrong here is a front-end overflow
+        (audio far beyond full scale) or a corrupt model, so the one check is on the sums of the input and the
+        outputs (a NaN or Inf anywhere makes its sum non-finite), and the slower search for the culprit runs only
+        then."""
+        x = window.reshape(self._input_shape)
         emb, logits = self.backend.run(x)
-        if not (np.isfinite(emb).all() and np.isfinite(logits).all()):
+        if not math.isfinite(float(x.sum()) + float(emb.sum()) + float(logits.sum())):
+            if not np.isfinite(x).all():  # a front-end overflow, not the model file's fault
+                raise AudioError("a log-mel window is not finite: the audio's magnitude is beyond what the "
+                                 "front-end can represent (full scale is 1.0); check the input's scaling")
             # A corrupt weight (a flipped exponent bit under a recomputed checksum) would otherwise give NaN
             # probabilities and a silent "negative" decision.
             raise BundleError(f"{self.backend.path}: the model gave NaN or Inf outputs for a finite input window; "
                               f"the model file is corrupt or was exported wrongly; re-export the bundle")
         return emb, softmax(logits)
 
-    def score_window(self, index: int, window: np.ndarray, samples: np.ndarray) -> WindowEvent:
-        """Run and quality-check window ``index`` (normalised log-mel ``window`` and its ``samples``)."""
+    def score_window(self, index: int, window: np.ndarray, quality: WindowQuality) -> WindowEvent:
+        """Run window ``index`` (normalised log-mel ``window``) and return its event with ``quality``."""
         emb, probs = self.run_window(window)
         start = index * self.windowing.hop_s
         return WindowEvent(index=index, start_s=start, end_s=start + self.windowing.window_s, labels=self.labels,
-                           probabilities=probs, embedding=emb,
-                           quality=window_quality(samples, self.frontend, self.quality))
+                           probabilities=probs, embedding=emb, quality=quality)
 
     def accumulator(self, aggregation: str = "mean", ema_alpha: float = 0.3, decision: DecisionConfig | None = None,
                     keep_windows: bool = True) -> RecordingAccumulator:
@@ -136,9 +142,9 @@ class EdgeModel:
         x = prepare_samples(samples, sample_rate, self.sample_rate, min_samples=self.window_samples, pad=pad,
                             source=source)
         windows = frame_windows(self.logmel(x), self.frontend, self.windowing)
-        ws, hs = self.window_samples, self.hop_samples
-        for k in range(self.count_windows(x.shape[0])):
-            acc.add(self.score_window(k, windows[k], x[k * hs:k * hs + ws]))
+        quality = self.meter.windows(x, self.count_windows(x.shape[0]))
+        for k, q in enumerate(quality):
+            acc.add(self.score_window(k, windows[k], q))
         return acc.result(duration_s=n_in / sample_rate, source=source)
 
     def classify_file(self, path: str | os.PathLike, aggregation: str = "mean", ema_alpha: float = 0.3,
@@ -191,7 +197,7 @@ class EdgeModel:
     # -- streaming --------------------------------------------------------------------------------------------
 
     def stream(self, aggregation: str = "mean", ema_alpha: float = 0.3, decision: DecisionConfig | None = None,
-               pad: bool = False, source: str = "<stream>", keep_windows: bool = True) -> "StreamSession":
+               pad: bool = False, source: str = "<stream>", keep_windows: bool = True) -> StreamSession:
         """A new streaming session (one recording) on this model; see :class:`StreamSession`.
 
         ``aggregation``: "mean" of the usable windows' probabilities, or "ema" (weight ``ema_alpha`` on the newest);
@@ -199,8 +205,6 @@ class EdgeModel:
         window (default: refuse it as too short); ``keep_windows``: keep every WindowEvent for the summary
         (False: counts only, constant memory).
         """
-        from acula_edge.runtime.streaming import StreamSession
-
         return StreamSession(self, aggregation=aggregation, ema_alpha=ema_alpha, decision=decision, pad=pad,
                              source=source, keep_windows=keep_windows)
 

@@ -19,21 +19,41 @@ agree for any chunking.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+import contextlib
+import threading
+from typing import Iterator, Protocol, Union
 
 import numpy as np
 
 from acula_edge.audio import check_sample_rate, to_mono_float
 from acula_edge.errors import AudioError, ConfigError
-from acula_edge.features import LogMelStream, normalise_window
-from acula_edge.runtime.aggregation import DecisionConfig
+from acula_edge.features import LogMel, LogMelStream, normalise_window
+from acula_edge.frontend import FrontendConfig
+from acula_edge.runtime.aggregation import DecisionConfig, RecordingAccumulator
+from acula_edge.runtime.quality import BlockQuality
 from acula_edge.runtime.resampling import StreamResampler
-from acula_edge.runtime.results import ClassificationResult, RecordingUpdate, WindowEvent
-
-if TYPE_CHECKING:  # pragma: no cover
-    from acula_edge.runtime.model import EdgeModel
+from acula_edge.runtime.results import ClassificationResult, RecordingUpdate, WindowEvent, WindowQuality
 
 Event = Union[WindowEvent, RecordingUpdate]
+
+
+class WindowModel(Protocol):
+    """What a session needs of its model (:class:`~acula_edge.runtime.model.EdgeModel` provides it); named here so
+    this module does not import the model module, which imports this one."""
+
+    frontend: FrontendConfig
+    logmel: LogMel
+    meter: BlockQuality
+    sample_rate: int
+    window_samples: int
+    hop_samples: int
+    frames_per_window: int
+    frames_per_hop: int
+
+    def accumulator(self, aggregation: str, ema_alpha: float, decision: DecisionConfig | None,
+                    keep_windows: bool) -> RecordingAccumulator: ...
+
+    def score_window(self, index: int, window: np.ndarray, quality: WindowQuality) -> WindowEvent: ...
 
 
 class StreamSession:
@@ -41,9 +61,13 @@ class StreamSession:
 
     Events from :meth:`push` come in pairs, in time order: a :class:`WindowEvent` for each newly complete window,
     followed by the :class:`RecordingUpdate` (running aggregate and debounced decision) after it.
+
+    A session is one recording, so it is not shared between threads: a call made while another thread is inside
+    ``push``, ``finish`` or ``reset`` of the same session raises ConfigError (one session per thread; the model
+    itself is shared safely).
     """
 
-    def __init__(self, model: "EdgeModel", aggregation: str = "mean", ema_alpha: float = 0.3,
+    def __init__(self, model: WindowModel, aggregation: str = "mean", ema_alpha: float = 0.3,
                  decision: DecisionConfig | None = None, pad: bool = False, source: str = "<stream>",
                  keep_windows: bool = True) -> None:
         self.model = model
@@ -55,18 +79,41 @@ class StreamSession:
         self._ws, self._hs = m.window_samples, m.hop_samples
         self._wf, self._hf = m.frames_per_window, m.frames_per_hop
         # Rolling buffers, preallocated: after each piece (<= one hop) at most one window + two hops are held.
-        self._samples = np.zeros(self._ws + 2 * self._hs, dtype=np.float32)
         self._pending = np.zeros(self._ws + 2 * self._hs, dtype=np.float32)  # not yet given to the front-end
         self._frames = np.zeros((self._wf + 2 * self._hf + 2, m.frontend.n_mels), dtype=np.float32)
+        self._window = np.zeros((self._wf, m.frontend.n_mels), dtype=np.float32)  # the normalised window
+        # Quality from per-block statistics (BlockQuality): a partial block, and a ring of the last blocks' rows.
+        meter = self._meter = m.meter
+        self._block = np.zeros(meter.block, dtype=np.float32)
+        self._ring = meter.blocks_per_window + meter.blocks_per_hop + 1
+        self._rows = np.zeros((self._ring, meter.width), dtype=np.float64)
+        self._window_blocks = np.arange(meter.blocks_per_window)
+        self._busy = threading.Lock()
         self.reset()
+
+    @contextlib.contextmanager
+    def _enter(self, what: str) -> Iterator[None]:
+        """The session's guard: held for the whole call; a second thread gets a clear error, not corrupt state."""
+        if not self._busy.acquire(blocking=False):
+            raise ConfigError(f"{self.source}: StreamSession.{what}() was called while another thread was inside "
+                              f"this session; a session holds one recording's state: give each thread its own "
+                              f"session (model.stream()) or serialise the calls")
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     def reset(self) -> None:
         """Forget the current recording; the session can take a new one."""
+        with self._enter("reset"):
+            self._reset()
+
+    def _reset(self) -> None:
         self._fe.reset()
         self._acc.reset()
         self._total = 0  # samples pushed (absolute index of the next sample)
-        self._s0 = 0  # absolute index of _samples[0]
-        self._slen = 0  # valid samples in _samples
+        self._blen = 0  # samples in the partial quality block
+        self._nblocks = 0  # quality blocks completed (absolute index of the next one)
         self._plen = 0  # valid samples in _pending
         self._f0 = 0  # absolute index of _frames[0]
         self._flen = 0  # valid frames in _frames
@@ -92,6 +139,10 @@ class StreamSession:
 
         Returns the events that became ready, oldest first (possibly none).
         """
+        with self._enter("push"):
+            return self._push(samples, sample_rate)
+
+    def _push(self, samples: np.ndarray, sample_rate: int) -> list[Event]:
         if self._finished:
             raise ConfigError("this session was finished; call reset() to start a new recording")
         rate = check_sample_rate(sample_rate, self.source)  # AudioError for 0, None, "2000", 2000.5...
@@ -122,6 +173,10 @@ class StreamSession:
         Windows completed only now (the resampler's last samples, or the padding) are in the summary and, as
         events, in :attr:`tail_events`.
         """
+        with self._enter("finish"):
+            return self._finish()
+
+    def _finish(self) -> ClassificationResult:
         if self._finished:
             raise ConfigError("this session was already finished; call reset() to start a new recording")
         if self._n_in == 0:
@@ -149,17 +204,36 @@ class StreamSession:
     def _feed(self, piece: np.ndarray, events: list[Event]) -> None:
         """Append at most one hop of samples; score every window now complete."""
         n = piece.shape[0]
-        # Samples before _s0 belong to no window (only when hop > window); the quality buffer skips them.
-        skip = min(max(self._s0 - self._total, 0), n)
-        keep = piece[skip:]
-        self._samples[self._slen:self._slen + keep.shape[0]] = keep
-        self._slen += keep.shape[0]
+        self._quality_blocks(piece)
         self._pending[self._plen:self._plen + n] = piece
         self._plen += n
         self._total += n
         while self._total >= self._next * self._hs + self._ws:
             self._frontend()
             self._emit(events)
+
+    def _quality_blocks(self, piece: np.ndarray) -> None:
+        """Add ``piece`` to the quality statistics: one stats row per completed block."""
+        g, i, n = self._block.shape[0], 0, piece.shape[0]
+        if self._blen:
+            i = min(g - self._blen, n)
+            self._block[self._blen:self._blen + i] = piece[:i]
+            self._blen += i
+            if self._blen < g:
+                return
+            self._store(self._meter.stats(self._block))
+            self._blen = 0
+        full = (n - i) // g
+        if full:
+            self._store(self._meter.stats(piece[i:i + full * g]))
+            i += full * g
+        self._block[:n - i] = piece[i:]
+        self._blen = n - i
+
+    def _store(self, rows: np.ndarray) -> None:
+        for row in rows:
+            self._rows[self._nblocks % self._ring] = row
+            self._nblocks += 1
 
     def _frontend(self) -> None:
         """Run the incremental front-end on the pending samples; keep the frames the next windows need."""
@@ -174,20 +248,16 @@ class StreamSession:
 
     def _emit(self, events: list[Event]) -> None:
         k = self._next
-        s = k * self._hs - self._s0
         f = k * self._hf - self._f0
-        window = normalise_window(self._frames[f:f + self._wf], self.model.frontend)
-        event = self.model.score_window(k, window, self._samples[s:s + self._ws])
+        window = normalise_window(self._frames[f:f + self._wf], self.model.frontend, out=self._window)
+        rows = self._rows[(k * self._meter.blocks_per_hop + self._window_blocks) % self._ring]
+        event = self.model.score_window(k, window, self._meter.quality(rows))
         events.append(event)
         events.append(self._acc.add(event))
         self._next = k + 1
-        # Drop what the next window no longer needs.
-        sdrop = min(self._next * self._hs - self._s0, self._slen)
-        self._samples[:self._slen - sdrop] = self._samples[sdrop:self._slen]
-        self._slen -= sdrop
+        # Drop the frames the next window no longer needs.
         fdrop = min(self._next * self._hf - self._f0, self._flen)
         self._frames[:self._flen - fdrop] = self._frames[fdrop:self._flen]
         self._flen -= fdrop
-        # Buffers now start at the next window (later samples/frames before it, if any, are skipped on arrival).
-        self._s0 = self._next * self._hs
+        # The buffer now starts at the next window (later frames before it, if any, are skipped on arrival).
         self._f0 = self._next * self._hf

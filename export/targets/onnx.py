@@ -1,10 +1,14 @@
 """ONNX: ``torch.onnx.export(dynamo=True)``; int8 as QDQ static quantization with onnxruntime.quantization.
 
 int8 keeps float32 input and output tensors (QuantizeLinear/DequantizeLinear pairs inside the graph); activations are
-int8 with ranges from the calibration windows (method selectable); weights are symmetric int8, per channel or per
+unsigned 8-bit with ranges from the calibration windows (method selectable); weights are symmetric int8, per channel or per
 tensor, whichever reproduces the fp32 model better on the first calibration windows (recorded in the manifest).
 Why both: on a trained distill/ "small" student, onnxruntime 1.32's per-channel QDQ gave an embedding cosine of
 0.98 against PyTorch where per-tensor gave 0.999 (measured 2026-11-23); on other models per-channel is better.
+Why unsigned activations: with signed int8 ones, a tensor with two consumers (a residual skip) blocks onnxruntime's
+signed-to-unsigned rewrite, so the convs around it ran as float Conv with their weights dequantized on every call;
+uint8 activations let every conv fuse into an integer kernel (`small` -30 %, `tiny` -47 %, same embedding cosine;
+measured 2026-11-30, benchmarks/RESULTS_runtime.md).
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def _quantize(job: ExportJob, fp32: Path, out: Path, work: Path) -> dict:
     for granularity in ("per-channel", "per-tensor"):
         path = work / f"int8-{granularity}.onnx"
         quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=granularity == "per-channel", activation_type=QuantType.QInt8,
+                        per_channel=granularity == "per-channel", activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[job.calibration_method],
                         op_types_to_quantize=op_types)
         got = run_onnx(path, probe, spec_in, spec_out)["embedding"]
@@ -125,7 +129,7 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
     outputs = tuple(TensorSpec(n, tuple(int(s) for s in out_shapes[n]), "float32") for n in OUTPUT_NAMES)
     extra = {"opset": OPSET}
     if job.precision == "int8":
-        extra.update(quantization=f"QDQ static, {chosen['weights']} symmetric int8 weights, int8 activations",
+        extra.update(quantization=f"QDQ static, {chosen['weights']} symmetric int8 weights, uint8 activations",
                      calibration_method=job.calibration_method, weight_selection=chosen)
     return TargetResult(MODEL_FILE, inputs, outputs, _versions(), extra)
 

@@ -1,0 +1,412 @@
+"""Does int8 pay? Per-window latency of the students fp32 vs int8 on every desktop runtime, beside a hand-built
+reference DS-CNN, plus the SDK's per-window overhead and the streaming hop against its floor; one process,
+interleaved.
+
+    python benchmarks/int8_runtime.py [--sizes small,tiny] [--work /tmp/acula-int8-runtime] [--seconds 20]
+
+Bundles: randomly initialised distill students (latency does not depend on the weights) exported by
+acula_edge.export to onnx / tflite / executorch x fp32 / int8 (calibrated on synthetic heart sounds; a size
+written ``small:plain-stem`` is exported with its 1-channel stem conv as trained instead of the space-to-depth form
+export writes, for a before/after),
+and the reference network of benchmarks/reference_dscnn.py exported per each runtime's docs. Cached in ``--work``.
+
+Everything is measured in one process, 1 runtime thread, garbage collection paused, interleaved: every round runs
+one step of every row, starting at a rotating row, so the load of a shared machine hits every row alike. Rows:
+
+- ``raw``: the runtime's own call on one window (input already in the model's dtype), what a user calling the
+  runtime directly pays;
+- ``sdk``: :meth:`EdgeModel.run_window` on the same window (float window in, embedding + probabilities out);
+  overhead = sdk - raw (medians);
+- ``hop``: one 1 s hop pushed into a :class:`StreamSession` (front-end, quality, model, aggregate), vs ``floor``:
+  the incremental front-end on the same hop + window assembly + the raw model call (the least any streaming
+  implementation must do).
+
+Times are CPU time of the process (``time.process_time_ns``), medians over rounds; the report also gives the 90 %
+interval of each ratio from a bootstrap over rounds.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import datetime as dt  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+TARGETS = ("onnx", "tflite", "executorch")
+PRECISIONS = ("fp32", "int8")
+clock = time.process_time_ns
+
+
+# -- raw runtime calls ------------------------------------------------------------------------------------------
+
+def raw_runner(path: Path, x: np.ndarray) -> Callable[[], Any]:
+    """A no-argument callable running the model file once on ``x`` (float32 window) with the runtime's own API,
+    1 thread; integer inputs are quantized once, here, not per call."""
+    suffix = path.suffix
+    if suffix == ".onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        return lambda: sess.run(None, feed)
+    if suffix == ".tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(path), num_threads=1)
+        it.allocate_tensors()
+        d = it.get_input_details()[0]
+        q = x
+        if d["dtype"] != np.float32:
+            scale, zp = d["quantization"]
+            q = np.clip(np.rint(x / scale) + zp, -128, 127).astype(d["dtype"])
+        q = q.reshape(d["shape"])
+        outs = [o["index"] for o in it.get_output_details()]
+
+        def run() -> Any:
+            it.set_tensor(d["index"], q)
+            it.invoke()
+            return [it.get_tensor(i) for i in outs]
+        return run
+    if suffix == ".pte":
+        import torch
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+        t = torch.from_numpy(x.copy())
+        return lambda: method.execute([t])
+    raise ValueError(f"unknown model file type {path}")
+
+
+# -- bundles ------------------------------------------------------------------------------------------------------
+
+def build_bundles(work: Path, variant: str) -> dict[tuple[str, str], Path]:
+    """Export a seeded random student (``size`` or ``size:stem``) to every target x precision, cached."""
+    import torch
+
+    from acula_edge.checkpoint import CheckpointInfo
+    from acula_edge.distill.students import ARCHITECTURE, build_student
+    from acula_edge.export.api import export_model
+    from acula_edge.export.calibration import prepare_data
+    from acula_edge.export.tolerances import tolerance_for
+    from acula_edge.frontend import preset
+
+    size, _, form = variant.partition(":")
+    torch.manual_seed(0)
+    fe, win = preset("heart")
+    model = build_student(size, embedding_dim=128, num_classes=2).eval()
+    if form == "plain-stem":  # hide for_export, so export writes the 1-channel stem conv as trained
+        model = torch.nn.Sequential(model).eval()
+    info = CheckpointInfo(kind="student", architecture=ARCHITECTURE, model_config=model.config_dict(),
+                          frontend=fe, windowing=win, labels=("normal", "abnormal"), embedding_dim=128)
+    out = {}
+    for target in TARGETS:
+        for precision in PRECISIONS:
+            dest = work / f"{variant.replace(':', '-')}-{target}-{precision}"
+            if not (dest / "manifest.json").is_file():
+                data = prepare_data(info, precision, calib_data="synthetic:heart?n=24&seed=0"
+                                    if precision == "int8" else None)
+                # a random-init student: only speed is measured here, so the parity gate is relaxed
+                export_model(model, info, dest, target, precision, data=data,
+                             tolerance=tolerance_for(target, precision).scaled(0.0))
+            out[(target, precision)] = dest
+    return out
+
+
+def calibration_windows(n: int = 32) -> np.ndarray:
+    """(n, 1, frames, n_mels) normalised log-mel windows of synthetic heart sounds (the reference's calibration)."""
+    from acula_edge.checkpoint import CheckpointInfo
+    from acula_edge.export.calibration import prepare_data
+    from acula_edge.frontend import preset
+
+    fe, win = preset("heart")
+    info = CheckpointInfo(kind="student", architecture="-", model_config={}, frontend=fe, windowing=win,
+                          labels=("normal", "abnormal"), embedding_dim=128)
+    return prepare_data(info, "int8", calib_data="synthetic:heart?n=24&seed=0").calibration.x[:n]
+
+
+# -- steps ----------------------------------------------------------------------------------------------------------
+
+def timed(fn: Callable[[], Any]) -> Callable[[], dict[str, int]]:
+    def step() -> dict[str, int]:
+        t0 = clock()
+        fn()
+        return {"t": clock() - t0}
+    return step
+
+
+def paired(**fns: Callable[[], Any]) -> Callable[[], dict[str, int]]:
+    """One step timing each of ``fns`` once, the order rotating every call: whichever runs second finds the
+    model's weights in cache, so a fixed order would favour one of them."""
+    names = list(fns)
+    calls = [0]
+
+    def step() -> dict[str, int]:
+        out = {}
+        r = calls[0] % len(names)
+        calls[0] += 1
+        for name in names[r:] + names[:r]:
+            t0 = clock()
+            fns[name]()
+            out[name] = clock() - t0
+        return out
+    return step
+
+
+class HopPair:
+    """A StreamSession hop and its floor on the same loaded bundle, alternating inside one step."""
+
+    def __init__(self, model: Any, raw: Callable[[], Any]) -> None:
+        from acula_edge.bench.latency import test_signal
+        from acula_edge.features import LogMelStream, normalise_window
+
+        self.model, self.raw = model, raw
+        fe = model.frontend
+        self.rate, self.hop, self.window = model.sample_rate, model.hop_samples, model.window_samples
+        self.signal = test_signal(self.rate, (self.window + 64 * self.hop) / self.rate, fe.fmin, fe.fmax, 0)
+        self.n_hops = (self.signal.shape[0] - self.window) // self.hop
+        self.normalise = normalise_window
+        self.stream = LogMelStream(fe, model.logmel)
+        self.frames = np.zeros((model.frames_per_window, fe.n_mels), dtype=np.float32)
+        self.frames[:] = self.stream.push(self.signal[:self.window])
+        self.session = model.stream(source="bench", keep_windows=False)
+        self.session.push(self.signal[:self.window], self.rate)
+        self.k = 0
+
+    def _piece(self) -> np.ndarray:
+        k = self.k % self.n_hops
+        if k == 0 and self.k:  # wrap: a new recording (untimed)
+            self.session.reset()
+            self.session.push(self.signal[:self.window], self.rate)
+            self.stream.reset()
+            self.frames[:] = self.stream.push(self.signal[:self.window])
+        self.k += 1
+        s = self.window + k * self.hop
+        return self.signal[s:s + self.hop]
+
+    def _floor(self, piece: np.ndarray) -> int:
+        t0 = clock()
+        new = self.stream.push(piece)
+        k = new.shape[0]
+        self.frames[:-k] = self.frames[k:]
+        self.frames[-k:] = new
+        self.normalise(self.frames, self.model.frontend)
+        self.raw()
+        return clock() - t0
+
+    def _session(self, piece: np.ndarray) -> int:
+        t0 = clock()
+        self.session.push(piece, self.rate)
+        return clock() - t0
+
+    def step(self) -> dict[str, int]:
+        piece = self._piece()
+        if self.k % 2:  # alternate which of the two runs first (the second finds the model's weights in cache)
+            floor = self._floor(piece)
+            return {"floor": floor, "hop": self._session(piece)}
+        hop = self._session(piece)
+        return {"floor": self._floor(piece), "hop": hop}
+
+
+# -- statistics ----------------------------------------------------------------------------------------------------
+
+def ratio_ci(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n: int = 500) -> tuple[float, float, float]:
+    """Median(a) / median(b) and its 90 % bootstrap interval, resampling rounds (a[i], b[i] share round i)."""
+    idx = rng.integers(0, a.shape[0], size=(n, a.shape[0]))
+    boots = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    return float(np.median(a) / np.median(b)), float(np.percentile(boots, 5)), float(np.percentile(boots, 95))
+
+
+def cpu_flags() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no lscpu)"
+    model, flags = "", []
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("Flags:"):
+            flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx")) or "vnni" in f]
+    return f"{model}; SIMD flags: {' '.join(flags) or 'none'}"
+
+
+# -- report ----------------------------------------------------------------------------------------------------------
+
+BEGIN, END = "<!-- int8_runtime.py: begin -->", "<!-- int8_runtime.py: end -->"
+
+
+def splice(path: Path, section: str) -> None:
+    """Put ``section`` between this script's markers in ``path`` (after the title block when absent), leaving the
+    rest of the file (benchmarks/stream_rtf.py's part) as it is."""
+    text = path.read_text() if path.is_file() else "# Runtime\n"
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        cut = text.find("\n## ")
+        text = text + "\n" + block if cut < 0 else text[:cut + 1] + "\n" + block + "\n" + text[cut + 1:]
+    path.write_text(text)
+
+
+def report(doc: dict) -> str:
+    """The markdown section: per-window raw latency, int8 / fp32 and int8 / reference, SDK overhead, hop / floor."""
+    rng = np.random.default_rng(0)
+    s = {k: np.asarray(v, dtype=np.float64) for k, v in doc["samples_ns"].items()}
+    med = {k: float(np.median(v)) / 1e3 for k, v in s.items()}
+
+    def ratio(a: str, b: str) -> str:
+        r, lo, hi = ratio_ci(s[a], s[b], rng)
+        return f"{r:.2f} [{lo:.2f}, {hi:.2f}]"
+
+    variants = list(dict.fromkeys(m["variant"] for m in doc["meta"] if m["variant"] != "reference"))
+    kib = {(m["variant"], m["target"], m["precision"]): m["model_bytes"] / 1024 for m in doc["meta"]}
+    size = {m["variant"]: (m["parameters"], m["macs_per_window"] / 1e6) for m in doc["meta"]}
+    runtime = {m["target"]: m["runtime"] for m in doc["meta"] if m["runtime"]}
+    lines = [
+        "## Does int8 pay? Per window, per hop, per SDK call (one interleaved run)", "",
+        f"- command: `{doc['command']}`; {doc['date']}",
+        f"- CPU: {doc['cpu']}; process pinned to CPUs {doc['affinity']}; 1 runtime thread; load average at start "
+        f"{doc['load_average']:.1f} on a machine shared with other jobs: absolute times are inflated, the ratios "
+        f"(every row measured in the same rounds) are the figures to read",
+        f"- {doc['rounds']} interleaved rounds over {doc['seconds']:.0f} s; CPU time of the process; medians, "
+        "ratio intervals are 90 % bootstrap intervals over rounds",
+        "- students: random weights (latency does not depend on them), exported by `acula-edge export`; "
+        "`small:plain-stem` is `small` exported with its 1-channel stem conv as trained (before the space-to-depth "
+        "export form); "
+        "reference: benchmarks/reference_dscnn.py, exported per each runtime's docs", "",
+        "Raw runtime call per window (µs), and int8 against fp32 and against the reference's int8:", "",
+        "| model | params / MMACs | runtime | fp32 µs | int8 µs | int8 / fp32 | int8 / reference int8 | int8 µs per "
+        "MMAC | KiB fp32 / int8 |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for v in variants + ["reference"]:
+        for t in TARGETS:
+            f32, i8, ref = f"{v}|{t}|fp32|raw", f"{v}|{t}|int8|raw", f"reference|{t}|int8|raw"
+            if f32 not in s:
+                continue
+            vs_ref = "—" if v == "reference" else ratio(i8, ref)
+            params, mmacs = size[v]
+            lines.append(f"| {v} | {params / 1e3:.1f}K / {mmacs:.1f} | {runtime.get(t, t)} | {med[f32]:.0f} | "
+                         f"{med[i8]:.0f} | {ratio(i8, f32)} | {vs_ref} | {med[i8] / mmacs:.1f} | "
+                         f"{kib[(v, t, 'fp32')]:.0f} / {kib[(v, t, 'int8')]:.0f} |")
+    lines += ["", "SDK overhead per window: `EdgeModel.run_window` (float window in; quantize, run, checks, "
+              "dequantize, softmax) minus the raw call on the same window in the same step (order alternating), "
+              "median of the per-step differences (µs) [90 % bootstrap interval]:", "",
+              "| model | runtime | fp32 | int8 |", "|---|---|---|---|"]
+
+    def overhead(key: str) -> str:
+        d = s[key + "|sdk"] - s[key + "|raw"]
+        boots = np.median(d[rng.integers(0, d.shape[0], size=(500, d.shape[0]))], axis=1) / 1e3
+        return f"{np.median(d) / 1e3:.1f} [{np.percentile(boots, 5):.1f}, {np.percentile(boots, 95):.1f}]"
+
+    for v in variants:
+        for t in TARGETS:
+            lines.append(f"| {v} | {runtime.get(t, t)} | {overhead(f'{v}|{t}|fp32')} | "
+                         f"{overhead(f'{v}|{t}|int8')} |")
+    lines += ["", "Streaming, int8 bundles: CPU per 1 s hop pushed into a `StreamSession` (front-end, quality, "
+              "model, aggregate) against the floor (incremental front-end on the same hop + window assembly + "
+              "the raw model call):", "",
+              "| model | runtime | floor µs | session hop µs | hop / floor |", "|---|---|---|---|---|"]
+    for v in variants:
+        for t in TARGETS:
+            k = f"{v}|{t}|int8|stream"
+            if f"{k}|hop" in s:
+                lines.append(f"| {v} | {runtime.get(t, t)} | {med[k + '|floor']:.0f} | {med[k + '|hop']:.0f} | "
+                             f"{ratio(k + '|hop', k + '|floor')} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- main -----------------------------------------------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="small,tiny,small:plain-stem",
+                    help="Student variants: a size, or size:plain-stem (exported without the space-to-depth stem).")
+    ap.add_argument("--work", default="/tmp/acula-int8-runtime", help="Where bundles are cached.")
+    ap.add_argument("--seconds", type=float, default=20.0, help="Steady-state time, all rows together.")
+    ap.add_argument("--rounds", type=int, default=200, help="At least this many rounds.")
+    ap.add_argument("--json", default="/tmp/acula-int8-runtime.json", help="Raw samples (kept out of the repo).")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS_runtime.md"), help="Report to update.")
+    ap.add_argument("--report-only", action="store_true", help="Rewrite the report from --json, no measuring.")
+    args = ap.parse_args()
+    if args.report_only:
+        splice(Path(args.out), report(json.loads(Path(args.json).read_text())))
+        return
+    import reference_dscnn
+
+    from acula_edge.bench.latency import measure_interleaved
+    from acula_edge.distill.students import build_student, model_report
+    from acula_edge.runtime.model import load
+
+    def student_size(variant: str) -> dict[str, int]:
+        size, _, form = variant.partition(":")
+        student = build_student(size, 128, 2)
+        return model_report(student if form else student.for_export(), *x.shape[2:])
+
+    work = Path(args.work)
+    variants = [v for v in args.sizes.split(",") if v]
+    bundles = {v: build_bundles(work, v) for v in variants}
+    calib = calibration_windows()
+    reference = reference_dscnn.export_all(calib, work / "reference")
+    window = calib[0]  # (1, frames, n_mels)
+    x = window[None]  # (1, 1, frames, n_mels)
+
+    names, steps, meta = [], [], []
+    hops = {}
+    for v in variants:  # SDK loads first: the first ExecuTorch load sizes its threadpool (1 thread)
+        for (target, precision), path in bundles[v].items():
+            model = load(path, num_threads=1)
+            mfile = path / model.manifest.model_file
+            raw = raw_runner(mfile, x)
+            w = window[0]
+            names.append(f"{v}|{target}|{precision}")
+            steps.append(paired(raw=raw, sdk=lambda m=model, w=w: m.run_window(w)))
+            meta.append({"variant": v, "target": target, "precision": precision, "runtime": model.backend.name,
+                         "model_bytes": mfile.stat().st_size, **student_size(v)})
+            if precision == "int8":
+                hops[(v, target)] = HopPair(model, raw)
+    for (target, precision), path in reference.items():
+        names.append(f"reference|{target}|{precision}")
+        ref = raw_runner(path, x)
+        steps.append(paired(raw=ref, again=ref))  # timed like the students' rows: alternately first and second
+        meta.append({"variant": "reference", "target": target, "precision": precision, "runtime": "",
+                     "model_bytes": path.stat().st_size, **model_report(reference_dscnn.build(), *x.shape[2:])})
+    hop_keys = list(hops)
+    steps += [hops[k].step for k in hop_keys]
+    names += [f"{v}|{t}|int8|stream" for v, t in hop_keys]
+    print(f"{len(steps)} rows, interleaved", flush=True)
+    date = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    load_avg = os.getloadavg()[0]
+    samples, elapsed, rounds = measure_interleaved(steps, warmup=20, runs=args.rounds, min_seconds=args.seconds)
+    series = {}
+    for name, runs in zip(names, samples):
+        for key in runs[0]:
+            series[name if key == "t" else f"{name}|{key}"] = [r[key] for r in runs]
+    doc = {"command": "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+           "date": date, "cpu": cpu_flags(), "load_average": load_avg, "rounds": rounds, "seconds": elapsed,
+           "affinity": sorted(os.sched_getaffinity(0)), "meta": meta,
+           "medians_us": {k: float(np.median(v)) / 1e3 for k, v in series.items()}, "samples_ns": series}
+    Path(args.json).write_text(json.dumps(doc) + "\n")
+    section = report(doc)
+    splice(Path(args.out), section)
+    print(section)
+    print(f"wrote {args.out} (samples: {args.json})")
+
+
+if __name__ == "__main__":
+    main()

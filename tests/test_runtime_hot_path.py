@@ -1,0 +1,176 @@
+"""The per-window and per-hop path: block quality statistics, preallocated quantization, output ownership, the
+finiteness check and the ExecuTorch threadpool."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import runtime_fixtures as rf  # noqa: E402
+
+import acula_edge  # noqa: E402
+from acula_edge.errors import AudioError  # noqa: E402
+from acula_edge.frontend import preset  # noqa: E402
+from acula_edge.manifest import TensorSpec  # noqa: E402
+from acula_edge.runtime import backends  # noqa: E402
+from acula_edge.runtime.model import softmax  # noqa: E402
+from acula_edge.runtime.quality import BlockQuality, QualityConfig, window_quality  # noqa: E402
+
+FE, WIN = preset("heart")
+W, H = WIN.window_samples(FE), WIN.hop_samples(FE)
+
+
+def _recording(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * FE.sample_rate)) / FE.sample_rate
+    x = 0.2 * np.sin(2 * np.pi * 60 * t) * (1 + np.sin(2 * np.pi * 0.3 * t)) + 0.02 * rng.standard_normal(t.size)
+    x[1000:1100] = 1.0  # a clipped burst, so clip fractions differ between windows
+    x += 0.01 * (t > seconds / 2)  # and a DC step
+    return x.astype(np.float32)
+
+
+def test_block_quality_level_checks_equal_the_whole_window_ones():
+    x = _recording(9.0)
+    meter = BlockQuality(FE, W, H, QualityConfig())
+    assert (meter.block, meter.blocks_per_window, meter.blocks_per_hop) == (H, W // H, 1)
+    n = 1 + (x.shape[0] - W) // H
+    blocks = meter.windows(x, n)
+    assert len(blocks) == n == 6
+    for k, q in enumerate(blocks):
+        whole = window_quality(x[k * H:k * H + W], FE, QualityConfig())
+        assert q.rms_dbfs == pytest.approx(whole.rms_dbfs, abs=1e-9)
+        assert q.dc_offset == pytest.approx(whole.dc_offset, abs=1e-12)
+        assert q.clip_fraction == whole.clip_fraction
+        # flatness: Welch (mean of 1 s periodograms) vs one 4 s periodogram of the same samples
+        assert q.flatness == pytest.approx(whole.flatness, abs=0.05)
+        assert q.flags == whole.flags
+    assert blocks[0].clip_fraction == 100 / W and blocks[1].clip_fraction == 0.0
+
+
+@pytest.mark.parametrize("make, flags", [
+    (lambda rng, t: 0.1 * np.sin(2 * np.pi * 60 * t), ()),
+    (lambda rng, t: 0.0 * t, ("silence",)),
+    (lambda rng, t: 0.05 * rng.standard_normal(t.size), ("noise",)),
+    (lambda rng, t: np.clip(3 * np.sin(2 * np.pi * 60 * t), -1, 1), ("clipping", "too_loud")),
+    (lambda rng, t: 0.1 * np.sin(2 * np.pi * 60 * t) + 0.5, ("dc_offset",)),
+])
+def test_block_quality_flags(make, flags):
+    t = np.arange(W) / FE.sample_rate
+    x = make(np.random.default_rng(0), t).astype(np.float32)
+    q = BlockQuality(FE, W, H, QualityConfig()).windows(x, 1)[0]
+    assert q.flags == flags
+
+
+def test_block_quality_too_short_for_the_bands_reports_no_flatness():
+    meter = BlockQuality(FE, W, 8, QualityConfig())  # 8-sample blocks: 1 kHz per bin, no bin per band
+    assert not meter.flatness_available
+    q = meter.windows((0.05 * np.random.default_rng(0).standard_normal(W)).astype(np.float32), 1)[0]
+    assert np.isnan(q.flatness) and "noise" not in q.flags
+
+
+def test_streamed_quality_equals_offline_for_any_chunking():
+    bundle = rf.bundle_or_skip("onnx-fp32")
+    model = acula_edge.load(bundle, num_threads=1)
+    x = _recording(9.5, seed=3)
+    offline = model.classify(x, FE.sample_rate)
+    for chunk in (7, 333, 2000, 5000):
+        session = model.stream()
+        for i in range(0, x.shape[0], chunk):
+            session.push(x[i:i + chunk], FE.sample_rate)
+        streamed = session.finish()
+        assert len(streamed.windows) == len(offline.windows) == 6
+        for a, b in zip(streamed.windows, offline.windows):
+            assert a.quality.flags == b.quality.flags
+            assert a.quality.rms_dbfs == pytest.approx(b.quality.rms_dbfs, abs=1e-9)
+            assert a.quality.flatness == pytest.approx(b.quality.flatness, rel=1e-5)
+
+
+def test_preallocated_quantizer_equals_quantize():
+    spec = TensorSpec("x", (1, 1, 4, 3), "int8", 0.05, -3)
+    q = backends._Quantizer(spec)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = (rng.standard_normal(spec.shape) * 8).astype(np.float32)
+        x[0, 0, 0, :2] = (-50.0, 50.0)  # beyond the int8 range: saturates
+        got = q(x)
+        np.testing.assert_array_equal(got, backends.quantize(x, spec))
+        assert got.dtype == np.int8 and got.min() == -128 and got.max() == 127
+
+
+def test_dequantize_returns_a_new_array():
+    out = np.arange(4, dtype=np.float32)
+    got = backends.dequantize(out, TensorSpec("y", (4,), "float32"))
+    out[:] = -1  # a runtime reusing its output buffer must not change what was returned
+    np.testing.assert_array_equal(got, [0, 1, 2, 3])
+    q = backends.dequantize(np.array([-3, 17], np.int8), TensorSpec("y", (2,), "int8", 0.5, -3))
+    np.testing.assert_allclose(q, [0.0, 10.0])
+    assert q.dtype == np.float32
+
+
+def test_softmax_is_float32_and_matches_float64():
+    logits = np.array([3.0, -1.5, 80.0], np.float32)
+    p = softmax(logits)
+    ref = np.exp(logits.astype(np.float64) - 80.0)
+    np.testing.assert_allclose(p, ref / ref.sum(), rtol=1e-6)
+    assert p.dtype == np.float32 and logits[0] == 3.0  # the input is left alone
+
+
+def test_a_non_finite_window_is_blamed_on_the_audio():
+    model = acula_edge.load(rf.bundle_or_skip("onnx-fp32"), num_threads=1)
+    window = np.zeros((model.frames_per_window, model.frontend.n_mels), np.float32)
+    window[3, 4] = np.inf
+    with pytest.raises(AudioError, match="a log-mel window is not finite: the audio's magnitude is beyond"):
+        model.run_window(window)
+
+
+def test_executorch_num_threads_sizes_the_threadpool():
+    bundle = rf.bundle_or_skip("executorch-int8")
+    from executorch.extension.pybindings import portable_lib
+
+    window = rf.calibration_windows(FE, WIN, n=1, seed=5)[0, 0]
+    one = acula_edge.load(bundle, num_threads=1)
+    assert portable_lib._threadpool_get_thread_count() == 1
+    before = one.run_window(window)
+    two = acula_edge.load(bundle, num_threads=2)
+    assert portable_lib._threadpool_get_thread_count() == 2
+    for a, b in zip(before, one.run_window(window)):  # the first model still runs, with the same outputs
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for a, b in zip(before, two.run_window(window)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    acula_edge.load(bundle)  # None leaves the pool as it is
+    assert portable_lib._threadpool_get_thread_count() == 2
+
+
+def test_a_session_refuses_a_second_thread_clearly():
+    import threading
+
+    from acula_edge.errors import ConfigError
+
+    model = acula_edge.load(rf.bundle_or_skip("onnx-fp32"), num_threads=1)
+    session = model.stream(source="shared")
+    inside, release = threading.Event(), threading.Event()
+    score = model.score_window
+
+    def slow_score(*args, **kwargs):  # holds the first thread inside push() until the main thread has tried
+        inside.set()
+        release.wait(10)
+        return score(*args, **kwargs)
+
+    model.score_window = slow_score
+    x = _recording(4.0)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(session.push(x, FE.sample_rate)))
+    worker.start()
+    assert inside.wait(10)
+    with pytest.raises(ConfigError, match=r"shared: StreamSession.push\(\) was called while another thread was "
+                                          r"inside this session; .* give each thread its own session"):
+        session.push(x[:10], FE.sample_rate)
+    release.set()
+    worker.join(10)
+    model.score_window = score
+    assert len(results) == 1 and len(results[0]) == 2  # the first thread's window and update, undisturbed
+    assert session.finish().n_windows == 1
