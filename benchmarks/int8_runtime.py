@@ -108,10 +108,10 @@ def build_bundles(work: Path, variant: str) -> dict[tuple[str, str], Path]:
     size, _, form = variant.partition(":")
     torch.manual_seed(0)
     fe, win = preset("heart")
-    model = build_student(size, embedding_dim=128, num_classes=2).eval()
-    if form == "plain-stem":  # hide for_export, so export writes the 1-channel stem conv as trained
-        model = torch.nn.Sequential(model).eval()
-    info = CheckpointInfo(kind="student", architecture=ARCHITECTURE, model_config=model.config_dict(),
+    student = build_student(size, embedding_dim=128, num_classes=2).eval()
+    # plain-stem: hide for_export, so export writes the 1-channel stem conv as trained
+    model = torch.nn.Sequential(student).eval() if form == "plain-stem" else student
+    info = CheckpointInfo(kind="student", architecture=ARCHITECTURE, model_config=student.config_dict(),
                           frontend=fe, windowing=win, labels=("normal", "abnormal"), embedding_dim=128)
     out = {}
     for target in TARGETS:
@@ -328,9 +328,36 @@ def report(doc: dict) -> str:
             if f"{k}|hop" in s:
                 lines.append(f"| {v} | {runtime.get(t, t)} | {med[k + '|floor']:.0f} | {med[k + '|hop']:.0f} | "
                              f"{ratio(k + '|hop', k + '|floor')} |")
+    lines += ["", "Against the bars (medians of this run): " + "; ".join(verdicts(med, s, variants))]
     if doc.get("accuracy"):
         lines += accuracy_lines(doc["accuracy"])
     return "\n".join(lines) + "\n"
+
+
+def verdicts(med: dict, s: dict, variants: list[str]) -> list[str]:
+    """One line per bar: small int8 <= 0.75 x fp32 and <= reference int8, tiny int8 <= fp32, SDK overhead <= 30 us,
+    session hop <= 1.15 x floor."""
+    out = []
+    for v, bar in (("small", 0.75), ("tiny", 1.0)):
+        if v not in variants:
+            continue
+        r = {t: med[f"{v}|{t}|int8|raw"] / med[f"{v}|{t}|fp32|raw"] for t in TARGETS}
+        out.append(f"{v} int8 / fp32 <= {bar}: {'met' if max(r.values()) <= bar else 'NOT met'} "
+                   f"(max {max(r.values()):.2f})")
+    if "small" in variants:
+        r = {t: med[f"small|{t}|int8|raw"] / med[f"reference|{t}|int8|raw"] for t in TARGETS}
+        out.append(f"small int8 / reference int8 <= 1.0: {'met' if max(r.values()) <= 1.0 else 'NOT met'} "
+                   f"(max {max(r.values()):.2f})")
+    over = [float(np.median(s[f"{v}|{t}|int8|sdk"] - s[f"{v}|{t}|int8|raw"])) / 1e3
+            for v in variants for t in TARGETS]
+    out.append(f"SDK overhead <= 30 µs (int8 rows): {'met' if max(over) <= 30 else 'NOT met'} "
+               f"(max {max(over):.0f} µs, min {min(over):.0f} µs)")
+    hop = [med[f"{v}|{t}|int8|stream|hop"] / med[f"{v}|{t}|int8|stream|floor"] for v in variants for t in TARGETS
+           if f"{v}|{t}|int8|stream|hop" in med]
+    if hop:
+        out.append(f"session hop <= 1.15 x floor: {'met' if max(hop) <= 1.15 else 'NOT met'} "
+                   f"({min(hop):.2f}-{max(hop):.2f})")
+    return out
 
 
 def accuracy_lines(acc: dict) -> list[str]:
