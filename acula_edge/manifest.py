@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from acula_edge import atomic, typed
 from acula_edge.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
@@ -36,11 +36,37 @@ from acula_edge.typed import SchemaError
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 DIGEST_FIELD = "bundle_sha256"
-TARGETS = ("executorch", "onnx", "tflite", "tflm")
 PRECISIONS = ("fp32", "int8")
 DTYPES = ("float32", "int8", "uint8", "int16", "int32")
-# Which pip extra provides the runtime for each target (named in "not installed" errors).
-RUNTIME_EXTRA = {"executorch": "executorch", "onnx": "onnx", "tflite": "tflite", "tflm": "export"}
+
+
+class TargetTable(Mapping[str, str]):
+    """A read-only view {target name: one field of its Target}, over acula_edge.export.registry (the one place a
+    target is declared). The registry is read on first use (no torch, no converter), not at import."""
+
+    def __init__(self, attribute: str) -> None:
+        self._attribute = attribute
+
+    def _table(self) -> dict[str, str]:
+        from acula_edge.export.registry import targets
+
+        return {name: getattr(t, self._attribute) for name, t in targets().items()}
+
+    def __getitem__(self, name: str) -> str:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __repr__(self) -> str:
+        return repr(tuple(self._table()))
+
+
+TARGETS = TargetTable("name")  # the targets a manifest may name
+RUNTIME_EXTRA = TargetTable("extra")  # target -> pip extra providing its runtime (named in "not installed" errors)
 
 # Size limits, read before anything is allocated from a manifest value. Each is far above what a health-audio
 # model uses (the largest preset: 64 mels, 250 frames, 8 s windows) and far below what exhausts a device's memory

@@ -24,6 +24,7 @@ import click
 from acula_edge import atomic
 from acula_edge.data import load_dataset, with_filter
 from acula_edge.errors import AculaEdgeError, ConfigError
+from acula_edge.manifest import TARGETS
 
 STATE_NAME = "pipeline.json"
 
@@ -41,7 +42,7 @@ class PipelineConfig:
     students: tuple[str, ...] = ("small",)  # acula_edge.distill.students presets
     distill_epochs: int = 12
     max_windows_per_recording: int = 8  # training windows per recording (evenly spaced)
-    targets: tuple[str, ...] = ("onnx", "tflite", "executorch", "tflm")
+    targets: tuple[str, ...] = tuple(TARGETS)  # every registered export target
     precisions: tuple[str, ...] = ("fp32", "int8")
     latency_runs: int = 100
     latency_seconds: float = 1.0
@@ -285,7 +286,7 @@ class Pipeline:
 @click.option("--group-by", default=None, help="Metadata column whose groups are held out whole.")
 @click.option("--test-group", default=None, help="The held-out group (default: last in sorted order).")
 @click.option("--students", default=None, help="Comma-separated student sizes (tiny,small,base).")
-@click.option("--targets", default=None, help="Comma-separated export targets (onnx,tflite,executorch,tflm).")
+@click.option("--targets", default=None, help=f"Comma-separated export targets ({','.join(TARGETS)}).")
 @click.option("--threads", type=int, default=None, help="Threads for latency benchmarks.")
 @click.option("--restart", is_flag=True, help="Start over instead of resuming a previous run in --out.")
 def pipeline(data: str | None, out_dir: str, preset: str, group_by: str | None, test_group: str | None,

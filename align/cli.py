@@ -62,10 +62,12 @@ def _read_config_file(path: str) -> dict[str, Any]:
 @click.option("--device", help="cpu or cuda (default: cuda when available).")
 @click.option("--no-resume", is_flag=True, help="Ignore OUT/state.pt and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--verbose", is_flag=True, help="Show library output (default: captured to OUT/align.log, shown if "
+                                              "the stage fails).")
 def align(data: str, out_dir: str, preset: str, config_file: str | None, epochs: int | None, max_steps: int | None,
           audio_encoder: str | None, pretrained: str | None, text_model: str | None, report_lm: str | None,
           frontend_preset: str | None, align_loss: str | None, sound_type: str | None, seed: int | None,
-          device: str | None, no_resume: bool, quiet: bool) -> None:
+          device: str | None, no_resume: bool, quiet: bool, verbose: bool) -> None:
     """Align an audio encoder with a frozen language model (AcuLa) and write the teacher checkpoint."""
     from acula_edge.align.train import AlignConfig, preset_config, train_alignment
 
@@ -83,9 +85,12 @@ def align(data: str, out_dir: str, preset: str, config_file: str | None, epochs:
     if quiet:
         overrides["progress"] = False
     cfg = dataclasses.replace(cfg, **overrides)
-    result = train_alignment(cfg, data, out_dir, device=device, resume=not no_resume, echo=click.echo)
     import os
 
+    from acula_edge.quiet import captured, rank_log
+
+    with captured(rank_log(Path(out_dir) / "align.log"), verbose, "align", progress_bars=not quiet) as console:
+        result = train_alignment(cfg, data, out_dir, device=device, resume=not no_resume, echo=console.line)
     if int(os.environ.get("RANK", "0")) == 0:
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         click.echo(f"teacher: {result.teacher_dir} ({result.steps} steps, final loss {loss}; log {result.log_path})")

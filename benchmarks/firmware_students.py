@@ -42,9 +42,9 @@ from acula_edge.distill.metrics import recording_metrics  # noqa: E402
 from acula_edge.distill.train import TrainConfig, predict, train_student  # noqa: E402
 from acula_edge.distill.windows import extract_keyed  # noqa: E402
 from acula_edge.errors import ParityError  # noqa: E402
+from acula_edge.export import parity  # noqa: E402
 from acula_edge.export.api import export_model  # noqa: E402
 from acula_edge.export.calibration import prepare_data  # noqa: E402
-from acula_edge.export.runners import run_tflite, run_tflm  # noqa: E402
 from acula_edge.export.targets.tflm import MCU_FLASH_BYTES as FLASH_BUDGET  # noqa: E402
 from acula_edge.export.targets.tflm import MCU_RAM_BYTES as RAM_BUDGET  # noqa: E402
 from acula_edge.frontend import preset  # noqa: E402
@@ -80,9 +80,9 @@ def agreement(bundle: Path, x: np.ndarray) -> dict[str, Any]:
     m = read_manifest(bundle)
     path = bundle / m.model_file
     t0 = time.perf_counter()
-    litert = run_tflite(path, x, m.inputs, m.outputs)
+    litert = parity.file_outputs("tflite", path, x, m.inputs, m.outputs)
     t1 = time.perf_counter()
-    tflm = run_tflm(path, x, m.inputs, m.outputs, {"arena_bytes": m.extra["arena_bytes"]})
+    tflm = parity.file_outputs("tflm", path, x, m.inputs, m.outputs, {"arena_bytes": m.extra["arena_bytes"]})
     t2 = time.perf_counter()
     out: dict[str, Any] = {"litert": litert, "tflm": tflm, "litert_ms": 1e3 * (t1 - t0) / len(x),
                            "tflm_ms": 1e3 * (t2 - t1) / len(x), "outputs": {}}

@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 from acula_edge.checkpoint import load_checkpoint  # noqa: E402
 from acula_edge.export import parity, pt2e  # noqa: E402
 from acula_edge.export.calibration import ExportData, prepare_data  # noqa: E402
-from acula_edge.export.runners import run_tflite, run_tflm  # noqa: E402
 from acula_edge.export.targets.tflite import describe  # noqa: E402
 from acula_edge.export.targets.tflm import ARENA_MARGIN_BYTES, measure_arena  # noqa: E402
 from acula_edge.export.tolerances import tolerance_for  # noqa: E402
@@ -68,12 +67,12 @@ def measure(model: torch.nn.Module, data: ExportData, options: pt2e.QuantizeOpti
         out["embedding_scale"] = desc["outputs"][[o.name for o in desc["outputs"]].index("embedding")].scale
         arena = measure_arena(path)
         out["arena_measured"] = arena
-        runs = {"litert": run_tflite(path, ev.x, desc["inputs"], desc["outputs"], {}),
-                "tflm": run_tflm(path, ev.x, desc["inputs"], desc["outputs"],
-                                 {"arena_bytes": arena + ARENA_MARGIN_BYTES})}
+        runs = {"litert": parity.file_outputs("tflite", path, ev.x, desc["inputs"], desc["outputs"]),
+                "tflm": parity.file_outputs("tflm", path, ev.x, desc["inputs"], desc["outputs"],
+                                            {"arena_bytes": arena + ARENA_MARGIN_BYTES})}
     tol = tolerance_for("tflm", "int8")
     for runtime, got in runs.items():
-        rep = parity.parity_report(reference, got, ev.recording, ev.y, ev.source)
+        rep = parity.parity_report(reference, got, 0.5, tol, ev.recording, ev.y, ev.source)
         o = rep["outputs"]
         agree = float(np.mean(np.argmax(got["logits"], 1) == np.argmax(reference["logits"], 1)))
         problems = parity.mismatches(rep, tol)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import click
 
 from acula_edge.frontend import NORMALISATIONS
@@ -55,12 +57,14 @@ from acula_edge.distill.students import PRESETS
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--device", default="cpu", show_default=True, help="'cpu' or 'cuda'.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--verbose", is_flag=True, help="Show library output (default: captured to OUT.distill.log beside the "
+                                              "checkpoint, shown if the stage fails).")
 def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs: int | None,
             config_file: str | None, batch_size: int | None, max_windows: int | None, frontend_preset: str | None,
             normalisation: str | None, device_copies: int | None, balance_column: str | None,
             adversary_column: str | None, adversary_weight: float | None, operating_point: str | None,
             seed: int | None, run_dir: str | None, cache_dir: str | None, no_resume: bool, threads: int | None,
-            device: str, quiet: bool) -> None:
+            device: str, quiet: bool, verbose: bool) -> None:
     """Distill TEACHER into a student checkpoint at OUT."""
     import torch
 
@@ -80,10 +84,14 @@ def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs:
         flags["adversary_weight"] = 0.3
     settings.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(settings)
+    from acula_edge.quiet import captured, rank_log
+
     env = init_distributed(device)
+    log = rank_log(Path(out).with_name(Path(out).name + ".distill.log"))
     try:
-        folder = train_student(config, teacher, data_spec, out, run_dir=run_dir, cache_dir=cache_dir,
-                               resume=not no_resume, progress=not quiet, env=env, device=device)
+        with captured(log, verbose, "distill", progress_bars=not quiet):
+            folder = train_student(config, teacher, data_spec, out, run_dir=run_dir, cache_dir=cache_dir,
+                                   resume=not no_resume, progress=not quiet, env=env, device=device)
     finally:
         shutdown_distributed()
     if env.is_main:

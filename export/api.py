@@ -8,10 +8,10 @@ built in a temporary folder and renamed into place only after the parity gate pa
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from acula_edge.errors import ExportError
 from acula_edge.export import bundle, parity
 from acula_edge.export.calibration import DEFAULT_CALIB_WINDOWS, DEFAULT_EVAL_WINDOWS, ExportData, prepare_data
 from acula_edge.export.registry import CALIBRATION_METHODS, OUTPUT_NAMES, ExportJob, get_target, targets
-from acula_edge.export.tolerances import Tolerance, tolerance_for
+from acula_edge.export.tolerances import Tolerance
 from acula_edge.manifest import Manifest, write_manifest
 from acula_edge.operating_point import checkpoint_with
 
@@ -54,7 +54,7 @@ def export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str,
         data = prepare_data(info, precision)
     if precision == "int8" and data.calibration is None:
         raise ExportError("int8 export needs real calibration windows: pass --calib-data SPEC")
-    tolerance = tolerance or tolerance_for(target, precision)
+    tolerance = tolerance or tgt.tolerance(precision)
     model = model.float().eval()
     # The architecture's own export form when it has one (same function, faster in int8 runtimes: students).
     model = model.for_export() if hasattr(model, "for_export") else model
@@ -75,24 +75,23 @@ def export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str,
                     calibration_method=method)
     what = f"{target} {precision} export"
     out = Path(out)
+    ev = data.evaluation
+    timings: dict[str, float] = {}
     with atomic.atomic_dir(out) as tmp:
         start = time.perf_counter()
         result = tgt.export(job, tmp)
-        seconds = time.perf_counter() - start
+        timings["export"] = time.perf_counter() - start
         model_path = tmp / result.model_file
         if not model_path.is_file():
             raise ExportError(f"{what}: the target wrote no {result.model_file}")
-        ev = data.evaluation
+        start = time.perf_counter()
         reference = parity.torch_outputs(model, ev.x, OUTPUT_NAMES)
-        candidate = tgt.run(model_path, ev.x, result.inputs, result.outputs, result.extra)
-        report = parity.parity_report(reference, candidate, ev.recording, ev.y, ev.source)
-        report.update(runtime=tgt.runtime, held_out=data.held_out, note=data.note)
-        parity.gate(report, tolerance, f"{what} (nothing was written to {out})")
         k = min(bundle.REFERENCE_WINDOWS, len(ev))
-        bundle.write_reference(tmp / bundle.REFERENCE_FILE, ev.x[:k], {n: v[:k] for n, v in reference.items()})
+        bundle.write_reference(tmp / bundle.REFERENCE_FILE, ev.x[:k], {n: v[:k] for n, v in reference.items()},
+                               recording=ev.recording[:k], y=ev.y[:k])
         extra = dict(result.extra)
         extra.update(
-            findings=[*result.findings, *notes], export_seconds=round(seconds, 3),
+            findings=[*result.findings, *notes], export_seconds=round(timings["export"], 3),
             files=bundle.file_hashes(tmp, [*result.files, bundle.REFERENCE_FILE]),
             reference_file=bundle.REFERENCE_FILE, model_class=f"{type(model).__module__}:{type(model).__name__}",
             source_checkpoint=source_path or "", model_bytes=model_path.stat().st_size)
@@ -100,21 +99,54 @@ def export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str,
             extra["calibration"] = {"windows": int(calib.shape[0]), "recordings": data.calibration.n_recordings,
                                     "data": data.calibration.source, "method": method}
         versions = {**bundle.package_versions(), **result.versions}
-        manifest = bundle.build_manifest(info, target, precision, result, atomic.sha256_file(model_path), report,
+        manifest = bundle.build_manifest(info, target, precision, result, atomic.sha256_file(model_path), {},
                                          source_sha256, versions, extra)
+        # the gate loads this folder as the device will (manifest first), then the verdict joins the manifest
+        write_manifest(manifest, tmp)
+        report = parity.check_bundle(tmp, ev.x, reference, tolerance, f"{what} (nothing was written to {out})",
+                                     ev.recording, ev.y, ev.source)
+        report.update(held_out=data.held_out, note=data.note)
+        timings["parity"] = time.perf_counter() - start
+        extra["parity_seconds"] = round(timings["parity"], 3)
+        manifest = dataclasses.replace(manifest, parity=report, extra=extra)
         write_manifest(manifest, tmp)
         bundle.set_default_permissions(tmp)
-    for finding in manifest.extra["findings"]:
-        print(f"warning: {target} {precision}: {finding}", file=sys.stderr)
     return manifest
+
+
+def progress_line(name: str, dest: str | Path, seconds: float, manifest: Manifest | None = None,
+                  error: Exception | None = None) -> str:
+    """One line per exported target: name, verdict, wall time, size and the gate's key figures (or why it failed)."""
+    if manifest is None:
+        problems = getattr(error, "mismatches", None) or [str(error).splitlines()[0] if error else "failed"]
+        verdict = "REFUSED" if getattr(error, "mismatches", None) else "FAILED"
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return f"{name:<16} {verdict:<7} {seconds:6.1f} s  {problems[0]}{more}"
+    p = manifest.parity
+    figures = []
+    emb = p.get("outputs", {}).get("embedding", {})
+    if "cosine_mean" in emb:
+        figures.append(f"emb cos {emb['cosine_mean']:.5f}")
+    if "probabilities" in p:
+        figures.append(f"max dp {p['probabilities']['max_abs_error']:.3f}")
+    if p.get("decisions"):
+        figures.append(f"decisions {100 * p['decisions']['agreement']:.1f}%")
+    if p.get("auroc"):
+        figures.append(f"dAUROC {p['auroc']['delta']:+.3f}")
+    size = f"{manifest.extra.get('model_bytes', 0) / 1024:.1f} KiB"
+    found = manifest.extra.get("findings") or []
+    note = f", {len(found)} finding(s) in manifest" if found else ""
+    return f"{name:<16} {'ok':<7} {seconds:6.1f} s  {size:>10}  {', '.join(figures)}{note}  -> {dest}"
 
 
 def export_checkpoint(checkpoint_dir: str | Path, out: str | Path, target: str = "all", quantize: str = "none", *,
                       calib_data: str | None = None, eval_data: str | None = None, calibration_method: str = "minmax",
                       n_calib: int = DEFAULT_CALIB_WINDOWS, n_eval: int = DEFAULT_EVAL_WINDOWS,
-                      operating_point: str | None = None) -> dict[str, Manifest]:
+                      operating_point: str | None = None,
+                      progress: Callable[[str], None] | None = None) -> dict[str, Manifest]:
     """Export the checkpoint folder to ``target`` (or "all": every target with that precision, one sub-folder
-    ``OUT/<target>-<precision>`` each). Returns {bundle path: manifest}.
+    ``OUT/<target>-<precision>`` each). Returns {bundle path: manifest}. ``progress`` gets one line per target
+    (:func:`progress_line`) as it finishes.
 
     ``operating_point``: replaces the checkpoint's (a method such as "sensitivity=0.9", chosen again on the
     validation recordings the checkpoint stores, or a threshold such as "0.4"). With "all", a failing target does
@@ -136,15 +168,22 @@ def export_checkpoint(checkpoint_dir: str | Path, out: str | Path, target: str =
     failures: list[str] = []
     for name in names:
         dest = Path(out) / f"{name}-{precision}" if target == "all" else Path(out)
+        start = time.perf_counter()
         try:
-            written[str(dest)] = export_model(model, info, dest, name, precision, data=data,
-                                              calibration_method=calibration_method, source_sha256=sha,
-                                              source_path=source)
+            manifest = export_model(model, info, dest, name, precision, data=data,
+                                    calibration_method=calibration_method, source_sha256=sha, source_path=source)
         except ExportError as e:
+            if progress:
+                progress(progress_line(f"{name}-{precision}", dest, time.perf_counter() - start, error=e))
             if target != "all":
                 raise
             failures.append(f"{name}-{precision}: {e}")
+            continue
+        written[str(dest)] = manifest
+        if progress:
+            progress(progress_line(f"{name}-{precision}", dest, time.perf_counter() - start, manifest))
     if failures:
         raise ExportError(f"{len(failures)} of {len(names)} exports failed (the others were written to {out}):\n  "
                           + "\n  ".join(failures))
     return written
+

@@ -24,23 +24,28 @@ REFERENCE_FILE = "reference.npz"
 REFERENCE_WINDOWS = 8  # windows stored in reference.npz
 
 
-def write_reference(path: Path, x: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
-    """Store input windows ``x`` (N, 1, frames, n_mels) and the PyTorch outputs for them (no pickles)."""
+def write_reference(path: Path, x: np.ndarray, outputs: dict[str, np.ndarray], recording: np.ndarray | None = None,
+                    y: np.ndarray | None = None) -> None:
+    """Store input windows ``x`` (N, 1, frames, n_mels), the PyTorch outputs for them and, when known, each window's
+    recording id and label index (-1 unknown), for the recording-level figures of the gate (no pickles)."""
     buf = io.BytesIO()
+    meta = {k: np.asarray(v, dtype=np.int64) for k, v in (("recording", recording), ("y", y)) if v is not None}
     np.savez(buf, input=np.ascontiguousarray(x, dtype=np.float32),
-             **{f"output_{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in outputs.items()})
+             **{f"output_{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in outputs.items()}, **meta)
     atomic.write_bytes(path, buf.getvalue())
 
 
-def read_reference(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(input windows, {output name: PyTorch output}) from a bundle's reference.npz."""
+def read_reference(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(input windows, {output name: PyTorch output}, {"recording"/"y": per-window ids, when stored}) from a
+    bundle's reference.npz."""
     try:
         with np.load(path, allow_pickle=False) as data:
             x = data["input"]
             outs = {k[len("output_"):]: data[k] for k in data.files if k.startswith("output_")}
+            meta = {k: data[k] for k in ("recording", "y") if k in data.files}
     except (OSError, KeyError, ValueError) as e:
         raise BundleError(f"{path}: unreadable reference set ({e}); re-export the bundle") from e
-    return x, outs
+    return x, outs, meta
 
 
 def file_hashes(folder: Path, names: tuple[str, ...] | list[str]) -> dict[str, str]:

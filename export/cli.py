@@ -13,16 +13,12 @@ from acula_edge.export.registry import CALIBRATION_METHODS, targets
 TARGET_CHOICES = (*targets(), "all")
 
 
-def _summary(path: str, manifest) -> str:
-    p = manifest.parity
-    parts = [f"{manifest.target}-{manifest.precision}: {path}",
-             f"{manifest.extra.get('model_bytes', 0) / 1024:.1f} KiB", f"{manifest.extra.get('export_seconds')} s"]
-    for name, stats in p.get("outputs", {}).items():
-        if "cosine_mean" in stats:
-            parts.append(f"{name} cos {stats['cosine_mean']:.5f} maxabs {stats['max_abs_error']:.3g}")
-    if "auroc" in p:
-        parts.append(f"AUROC {p['auroc']['runtime']:.4f} (fp32 {p['auroc']['pytorch_fp32']:.4f})")
-    return ", ".join(parts)
+def export_log_path(out: str | Path, target: str) -> Path:
+    """Where ``export`` writes captured third-party output: ``OUT/export.log`` for ``--target all`` (OUT holds one
+    folder per bundle), else beside the bundle (``OUT.export.log``): a bundle folder holds only what its manifest
+    lists."""
+    out = Path(out)
+    return out / "export.log" if target == "all" else out.with_name(out.name + ".export.log")
 
 
 @click.command()
@@ -42,24 +38,31 @@ def _summary(path: str, manifest) -> str:
               help="Replace the checkpoint's decision rule: youden, sensitivity=X or specificity=X (chosen again on "
                    "the validation recordings stored by distill), or a threshold such as 0.4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests' parity reports as JSON.")
+@click.option("--verbose", is_flag=True, help="Show converter and runtime output (default: captured to a log file "
+                                              "beside the bundles, shown if the export fails).")
 def export(checkpoint_dir: str, target: str, quantize: str, calib_data: str | None, eval_data: str | None,
            calibration: str, calib_windows: int, eval_windows: int, out: str, operating_point: str | None,
-           as_json: bool) -> None:
-    """Quantize and export CHECKPOINT_DIR to a device bundle; the parity gate must pass or nothing is written."""
-    from acula_edge.export.api import export_checkpoint
+           as_json: bool, verbose: bool) -> None:
+    """Quantize and export CHECKPOINT_DIR to a device bundle; the parity gate must pass or nothing is written.
 
-    written = export_checkpoint(checkpoint_dir, out, target, quantize, calib_data=calib_data, eval_data=eval_data,
-                                calibration_method=calibration, n_calib=calib_windows, n_eval=eval_windows,
-                                operating_point=operating_point)
+    Prints one line per target (verdict, time, size, the gate's key figures) to stderr."""
+    from acula_edge.quiet import captured
+
+    log = export_log_path(out, target)
+    with captured(log, verbose, what="export") as console:
+        from acula_edge.export.api import export_checkpoint
+
+        written = export_checkpoint(checkpoint_dir, out, target, quantize, calib_data=calib_data,
+                                    eval_data=eval_data, calibration_method=calibration, n_calib=calib_windows,
+                                    n_eval=eval_windows, operating_point=operating_point, progress=console.line)
+        if console.log_path is not None:
+            console.line(f"converter output: {console.log_path}")
     if as_json:
         click.echo(json.dumps({path: m.parity for path, m in written.items()}, sort_keys=True))
         return
-    for path, manifest in written.items():
-        click.echo(_summary(path, manifest))
-        if manifest.operating_point is not None:
-            click.echo(f"  decision: {manifest.operating_point.rule}")
-        for finding in manifest.extra.get("findings", []):
-            click.echo(f"  finding: {finding}")
+    rules = sorted({m.operating_point.rule for m in written.values() if m.operating_point is not None})
+    for rule in rules:  # the same decision rule in every bundle of one checkpoint
+        click.echo(f"decision: {rule}")
 
 
 @click.command()
@@ -68,11 +71,16 @@ def export(checkpoint_dir: str, target: str, quantize: str, calib_data: str | No
 @click.option("--checkpoint", default=None, type=click.Path(file_okay=False),
               help="Source checkpoint (default: the path recorded in the manifest, if it still matches).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(bundle_dir: str, data: str | None, checkpoint: str | None, as_json: bool) -> None:
-    """Re-check BUNDLE_DIR: schema, sha256 of its files, and the parity gate in the bundle's runtime."""
-    from acula_edge.export.verify import verify_bundle
+@click.option("--verbose", is_flag=True, help="Show runtime output (default: captured, shown if verify fails).")
+def verify(bundle_dir: str, data: str | None, checkpoint: str | None, as_json: bool, verbose: bool) -> None:
+    """Re-check BUNDLE_DIR: schema, sha256 of its files, the target's own file checks (tflm: the C array against the
+    model file), and the export's parity gate, run by loading the bundle as the device does."""
+    from acula_edge.quiet import captured
 
-    report = verify_bundle(bundle_dir, data=data, checkpoint=checkpoint)
+    with captured(None, verbose, what="verify"):
+        from acula_edge.export.verify import verify_bundle
+
+        report = verify_bundle(bundle_dir, data=data, checkpoint=checkpoint)
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
         return
@@ -81,6 +89,11 @@ def verify(bundle_dir: str, data: str | None, checkpoint: str | None, as_json: b
     for name, stats in report["outputs"].items():
         click.echo(f"  {name}: cosine mean {stats['cosine_mean']:.6f} min {stats['cosine_min']:.6f}, "
                    f"max abs error {stats['max_abs_error']:.4g}")
+    if "probabilities" in report:
+        d = report["decisions"]
+        click.echo(f"  probabilities: max abs error {report['probabilities']['max_abs_error']:.4g}; decisions at "
+                   f"threshold {d['threshold']:.4g}: {d['changed']} of {report['windows']} changed")
     if "auroc" in report:
         a = report["auroc"]
-        click.echo(f"  AUROC: runtime {a['runtime']:.4f}, PyTorch fp32 {a['pytorch_fp32']:.4f}")
+        click.echo(f"  AUROC: runtime {a['runtime']:.4f}, PyTorch fp32 {a['pytorch_fp32']:.4f} (delta "
+                   f"{a['delta']:+.4f}, 95% interval [{a['ci95'][0]:+.4f}, {a['ci95'][1]:+.4f}])")

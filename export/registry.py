@@ -1,11 +1,14 @@
-"""The export targets: one module per target in ``acula_edge.export.targets``, found by name.
+"""The export targets: one :class:`Target` per file in ``acula_edge.export.targets``, found by name.
 
-A target module defines ``TARGET = Target(...)``: what precisions it exports, a function that writes the model
-file(s) into a folder, and the function that runs the written model in the target's real runtime (in
-:mod:`acula_edge.export.runners`) for the parity gate. Adding a target means adding one file there (and its name to
-``acula_edge.manifest.TARGETS`` and its bars to :mod:`acula_edge.export.tolerances`).
+A :class:`Target` owns everything about a target: the precisions it exports, the function that writes its files,
+the device backend class that runs them (``acula_edge.runtime.<x>_backend``, imported only when a bundle of that
+target is loaded), the pip extra that installs that runtime, the files it writes and the parity tolerance per
+precision. :data:`acula_edge.manifest.TARGETS`, :data:`acula_edge.manifest.RUNTIME_EXTRA`,
+:data:`acula_edge.runtime.backends.REGISTRY` and :func:`acula_edge.export.tolerances.tolerance_for` are views of
+these objects, so adding a target is one file here (plus its backend).
 
-Target modules must import their converter lazily (inside functions) so listing targets stays cheap.
+The device path reads this registry too (to find a bundle's backend), so neither this module nor a target module
+may import torch or a converter at import time: converters load inside the export functions.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from acula_edge.checkpoint import CheckpointInfo
 from acula_edge.errors import ExportError
+from acula_edge.export.tolerances import Tolerance
 from acula_edge.manifest import TensorSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from acula_edge.checkpoint import CheckpointInfo
+    from acula_edge.manifest import Manifest
 
 INPUT_NAME = "logmel"  # the single model input: one window of log-mel frames, NCHW (1, 1, frames, n_mels)
 OUTPUT_NAMES = ("embedding", "logits")  # the model's outputs, in forward() order
@@ -32,7 +39,7 @@ class ExportJob:
     """What a target needs to write one model file."""
 
     model: Any  # torch.nn.Module in eval mode: forward(x (1, 1, frames, n_mels)) -> (embedding, logits)
-    info: CheckpointInfo  # front-end, windowing and labels of the model
+    info: "CheckpointInfo"  # front-end, windowing and labels of the model
     precision: str  # "fp32" or "int8"
     example: np.ndarray  # (1, 1, frames, n_mels) float32: the shape the model is exported with
     calibration: np.ndarray | None = None  # (N, 1, frames, n_mels) float32 real windows, required for int8
@@ -52,21 +59,35 @@ class TargetResult:
     files: tuple[str, ...] = ()  # other files written beside the model (their sha256 goes into the manifest)
 
 
-# (model file, x (N, 1, frames, n_mels) float32, inputs, outputs, options) -> {output name: (N, ...) float32}
-Runner = Callable[[Path, np.ndarray, tuple[TensorSpec, ...], tuple[TensorSpec, ...], dict[str, Any]],
-                  dict[str, np.ndarray]]
-
-
 @dataclass(frozen=True)
 class Target:
-    """One export target."""
+    """One export target and everything that belongs to it."""
 
-    name: str
+    name: str  # manifest.target of its bundles
     precisions: tuple[str, ...]  # subset of ("fp32", "int8")
     export: Callable[[ExportJob, Path], TargetResult]  # writes into an existing empty folder
-    run: Runner  # runs the written model in the target's runtime
-    runtime: str  # human name of the runtime used by ``run``
+    backend: str  # "module:Class" of the acula_edge.runtime Backend that runs its bundles (imported lazily)
+    extra: str  # pip extra installing that runtime: pip install 'acula-edge[<extra>]'
+    runtime: str  # human name of the runtime
+    model_file: str  # the model file's name in the bundle
+    tolerances: Mapping[str, Tolerance]  # precision -> the parity gate's bars
+    files: tuple[str, ...] = ()  # other files the target writes beside the model
     calibration_methods: tuple[str, ...] = ("minmax",)  # int8 range methods it offers; the first is its default
+    # what verify checks beyond checksums: (bundle folder, manifest) -> problems, e.g. that tflm's C array holds the
+    # model file's bytes
+    check: Callable[[Path, "Manifest"], list[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if set(self.tolerances) != set(self.precisions):
+            raise ExportError(f"target {self.name!r} declares tolerances for {sorted(self.tolerances)} but exports "
+                              f"{list(self.precisions)}: declare one Tolerance per precision")
+
+    def tolerance(self, precision: str) -> Tolerance:
+        """The declared bars at ``precision``; ExportError when the target does not export it."""
+        if precision not in self.tolerances:
+            raise ExportError(f"no parity tolerance declared for target {self.name!r} at precision {precision!r}; "
+                              f"it exports {list(self.precisions)}")
+        return self.tolerances[precision]
 
 
 def _discover() -> dict[str, Target]:
@@ -81,7 +102,7 @@ def _discover() -> dict[str, Target]:
         if not isinstance(target, Target):
             raise ExportError(f"target module {module.__name__} defines no TARGET = Target(...)")
         found[target.name] = target
-    return found
+    return dict(sorted(found.items()))
 
 
 _TARGETS: dict[str, Target] | None = None

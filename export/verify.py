@@ -1,4 +1,6 @@
-"""Re-check an exported bundle: integrity (schema, sha256 of every file) and the parity gate.
+"""Re-check an exported bundle: integrity (schema, sha256 of every file, the target's own file checks such as
+tflm's C array against its model file) and the parity gate of the export, run the same way: the bundle loaded with
+:func:`acula_edge.load` and compared by :func:`acula_edge.export.parity.check_bundle`.
 
 Parity is measured against the source checkpoint when it is given or found at the path the manifest recorded
 (and its weights still hash to ``source_checkpoint_sha256``), on windows of ``data`` when given; otherwise against
@@ -10,13 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from acula_edge.checkpoint import WEIGHTS_NAME, load_checkpoint, weights_sha256
-from acula_edge.data import load_dataset
+from acula_edge.checkpoint import WEIGHTS_NAME, weights_sha256
 from acula_edge.errors import BundleError
 from acula_edge.export import bundle, parity
-from acula_edge.export.calibration import DEFAULT_EVAL_WINDOWS, EVAL_WINDOWS_PER_RECORDING, select_windows
+from acula_edge.export.calibration import DEFAULT_EVAL_WINDOWS, EVAL_WINDOWS_PER_RECORDING
 from acula_edge.export.registry import OUTPUT_NAMES, get_target
-from acula_edge.export.tolerances import tolerance_for
 from acula_edge.manifest import MANIFEST_NAME, read_bundle
 from acula_edge.runtime.backends import open_backend
 
@@ -37,6 +37,8 @@ def _source_model(manifest: Any, checkpoint: str | Path | None) -> tuple[Any, st
                               f"exported from ({manifest.source_checkpoint_sha256[:12]}...); give the right "
                               f"--checkpoint or none (to use the bundle's stored reference outputs)")
         return None, f"reference outputs stored at export ({path} has changed since)"
+    from acula_edge.checkpoint import load_checkpoint  # torch: only when a checkpoint is compared with
+
     model, info = load_checkpoint(path)
     if info.frontend != manifest.frontend or info.windowing != manifest.windowing:
         raise BundleError(f"{path}: its front-end or windowing differs from the bundle's manifest; this bundle was "
@@ -60,6 +62,11 @@ def verify_bundle(bundle_dir: str | Path, data: str | None = None, checkpoint: s
     # process are tried in a child), so a bad bundle is a BundleError here too, not a crash of the parity run.
     open_backend(model_path, manifest, None, contents.model_bytes)
     target = get_target(manifest.target)
+    if target.check is not None:
+        problems = target.check(folder, manifest)
+        if problems:
+            raise BundleError(f"{folder}: {len(problems)} {target.name} file(s) inconsistent:\n  "
+                              + "\n  ".join(problems))
     model, compared = _source_model(manifest, checkpoint)
     recording = y = None
     if data is not None:
@@ -67,18 +74,22 @@ def verify_bundle(bundle_dir: str | Path, data: str | None = None, checkpoint: s
             raise BundleError(f"--data needs the source checkpoint to compare with: pass --checkpoint DIR (the "
                               f"manifest's recorded source {manifest.extra.get('source_checkpoint')!r} is not "
                               f"usable); without --data the bundle's reference set is checked")
+        from acula_edge.data import load_dataset
+        from acula_edge.export.calibration import select_windows
+
         windows = select_windows(load_dataset(data), manifest.frontend, manifest.windowing, manifest.labels,
                                  n_windows, per_recording=EVAL_WINDOWS_PER_RECORDING)
         x, recording, y = windows.x, windows.recording, windows.y
         reference = parity.torch_outputs(model, x, OUTPUT_NAMES)
     else:
-        x, stored = bundle.read_reference(folder / manifest.extra.get("reference_file", bundle.REFERENCE_FILE))
+        x, stored, meta = bundle.read_reference(folder / manifest.extra.get("reference_file", bundle.REFERENCE_FILE))
         # (reference_file is a plain name listed in extra.files: the schema refuses paths out of the bundle)
         reference = parity.torch_outputs(model, x, OUTPUT_NAMES) if model is not None else stored
-    candidate = target.run(model_path, x, manifest.inputs, manifest.outputs, manifest.extra)
-    report = parity.parity_report(reference, candidate, recording, y, data or "reference.npz")
-    report.update(runtime=target.runtime, compared_with=compared,
+        recording, y = meta.get("recording"), meta.get("y")
+    report = parity.check_bundle(folder, x, reference, target.tolerance(manifest.precision), f"verify {folder}",
+                                 recording, y, data or "reference.npz")
+    report.update(compared_with=compared,
                   integrity=f"schema v{manifest.schema_version}, bundle digest {contents.digest[:12]}... over the "
-                            f"manifest and {len(manifest.files())} file(s) ok")
-    parity.gate(report, tolerance_for(manifest.target, manifest.precision), f"verify {folder}")
+                            f"manifest and {len(manifest.files())} file(s) ok"
+                            + (f", {target.name} files consistent" if target.check is not None else ""))
     return report

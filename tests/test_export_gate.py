@@ -6,12 +6,18 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from acula_edge.errors import BundleError, ExportError, ParityError
-from acula_edge.export import parity
-from acula_edge.export.tolerances import TOLERANCES, Tolerance, tolerance_for
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import runtime_fixtures as rf  # noqa: E402
+
+from acula_edge.errors import BundleError, ExportError, ParityError  # noqa: E402
+from acula_edge.export import parity  # noqa: E402
+from acula_edge.export.tolerances import FP32, INT8, tolerance_for  # noqa: E402
 
 
 # --- parity metrics and gate (no torch) --------------------------------------------------------------------------
@@ -42,37 +48,162 @@ def test_cosine_rows():
     np.testing.assert_allclose(parity.cosine_rows(a, b), [1.0, 1.0, -1.0])
 
 
-def _report(cos_e: float, cos_l: float, auc_delta: float, per_class: int = 20) -> dict:
-    return {"outputs": {"embedding": {"cosine_mean": cos_e, "cosine_min": cos_e, "max_abs_error": 0.1},
-                        "logits": {"cosine_mean": cos_l, "cosine_min": cos_l, "max_abs_error": 0.2}},
-            "auroc": {"pytorch_fp32": 0.9, "runtime": 0.9 + auc_delta, "delta": auc_delta,
-                      "recordings_per_class": [per_class, per_class], "gated": per_class >= 10}}
+def _outputs(n: int = 60, seed: int = 0, spread: float = 2.0) -> dict[str, np.ndarray]:
+    """Reference-like outputs: 16-d embeddings, two logits whose difference spreads over the decision range."""
+    rng = np.random.default_rng(seed)
+    logits = np.stack([np.zeros(n), rng.normal(0.0, spread, n)], axis=1)
+    return {"embedding": rng.normal(size=(n, 16)), "logits": logits}
 
 
-def test_gate_collects_every_mismatch():
-    tol = Tolerance(min_cosine={"embedding": 0.99, "logits": 0.99}, max_auroc_delta=0.01)
+def _labels(n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    recording = np.arange(n) // 2  # two windows per recording
+    return recording, (recording % 2).astype(int)
+
+
+def _gate(reference, candidate, tol=INT8, threshold=0.5, labelled=True):
+    recording, y = _labels(reference["logits"].shape[0]) if labelled else (None, None)
+    report = parity.parity_report(reference, candidate, threshold, tol, recording, y, "test")
+    return parity.gate(report, tol, "onnx int8 export")
+
+
+def _noisy(reference: dict, scale: float, seed: int = 1) -> dict:
+    """int8-like noise: each output perturbed by ``scale`` x its own standard deviation."""
+    rng = np.random.default_rng(seed)
+    return {k: v + scale * v.std() * rng.standard_normal(v.shape) for k, v in reference.items()}
+
+
+def test_quantization_noise_passes_the_int8_gate():
+    ref = _outputs()
+    report = _gate(ref, _noisy(ref, 0.02))
+    assert report["passed"] is True and report["tolerance"] == INT8.to_dict()
+    assert report["decisions"]["threshold"] == 0.5 and report["ranking"]["recordings"] == 30
+    assert report["probabilities"]["max_abs_error"] < INT8.max_prob_error
+    assert report["auroc"]["ci95"][0] <= report["auroc"]["delta"] <= report["auroc"]["ci95"][1]
+
+
+def test_a_logit_shifted_by_one_fails_with_every_symptom_named():
+    ref = _outputs()
+    shifted = {"embedding": ref["embedding"].copy(), "logits": ref["logits"] + np.array([1.0, 0.0])}
     with pytest.raises(ParityError) as err:
-        parity.gate(_report(0.5, float("nan"), -0.05), tol, "onnx int8 export")
+        _gate(ref, shifted)
+    kinds = [p.split(":")[0] for p in err.value.mismatches]
+    assert kinds == ["probabilities", "logits", "decisions"], err.value.mismatches
+    assert err.value.mismatches[1].startswith("logits: max abs error 1 is ")
+    assert "onnx int8 export" in str(err.value) and err.value.report["passed"] is False
+
+
+def test_gate_collects_every_mismatch_and_nan_fails():
+    ref = _outputs()
+    bad = {"embedding": -ref["embedding"], "logits": np.full_like(ref["logits"], np.nan)}
+    with pytest.raises(ParityError) as err:
+        _gate(ref, bad, labelled=False)
     problems = err.value.mismatches
-    assert len(problems) == 3
-    assert problems[0].startswith("embedding: mean cosine 0.500000 < 0.99")
-    assert problems[1].startswith("logits: mean cosine nan < 0.99")
-    assert problems[2].startswith("AUROC: runtime 0.8500 vs PyTorch fp32 0.9000 (|delta| 0.0500 > 0.01)")
-    assert "onnx int8 export" in str(err.value) and all(p in str(err.value) for p in problems)
+    assert problems[0].startswith("embedding: mean cosine -1.000000 < 0.99")
+    assert [p.split(":")[0] for p in problems] == ["embedding", "probabilities", "logits", "decisions"]
 
 
-def test_gate_passes_and_records_verdict_and_ungated_small_auroc():
-    tol = tolerance_for("tflite", "int8")
-    report = parity.gate(_report(0.995, 0.5, 0.2, per_class=3), tol, "x")  # logits cosine and AUROC not gated
-    assert report["passed"] is True and report["tolerance"] == {"min_cosine": {"embedding": 0.99},
-                                                                "max_auroc_delta": 0.01}
+def test_decisions_on_the_threshold_are_excused_but_clear_ones_are_not():
+    # logit difference 0.1 -> P = 0.525, 0.025 from the threshold: inside the margin, a flip there is rounding
+    ref = {"embedding": np.ones((4, 3)), "logits": np.array([[0, 0.1], [0, -0.1], [0, 3.0], [0, -3.0]])}
+    got = {"embedding": np.ones((4, 3)), "logits": np.array([[0, -0.1], [0, 0.1], [0, 3.0], [0, -3.0]])}
+    report = parity.parity_report(ref, got, 0.5, INT8)
+    assert report["decisions"]["changed"] == 2 and report["decisions"]["changed_clear_of_threshold"] == 0
+    assert parity.mismatches(report, INT8) == []
+    report = parity.parity_report(ref, got, 0.95, INT8)  # another operating point: P = 0.953 is now on it
+    assert report["decisions"]["threshold"] == 0.95 and report["decisions"]["changed"] == 0
 
 
-def test_tolerances_declared_per_target_and_precision():
-    assert TOLERANCES[("onnx", "fp32")].min_cosine == {"embedding": 0.9999, "logits": 0.9999}
-    assert TOLERANCES[("tflm", "int8")].max_auroc_delta == 0.01
+def test_auroc_fails_only_when_its_interval_shows_a_real_loss():
+    ref = _outputs(n=80)
+    recording, y = _labels(80)
+    ref["logits"][:, 1] += 1.5 * y  # a model that separates the classes
+    noisy = _noisy(ref, 0.05)
+    report = parity.parity_report(ref, noisy, 0.5, INT8, recording, y)
+    assert report["auroc"]["gated"] and report["auroc"]["ci95"][1] >= -INT8.max_auroc_loss
+    inverted = {"embedding": ref["embedding"], "logits": ref["logits"][:, ::-1].copy()}
+    report = parity.parity_report(ref, inverted, 0.5, INT8, recording, y)
+    assert report["auroc"]["ci95"][1] < -0.1
+    assert any(p.startswith("AUROC: runtime") and "entirely below -0.02" in p for p in parity.mismatches(report, INT8))
+
+
+def test_rank_correlations():
+    a = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert parity.spearman(a, a * 2) == pytest.approx(1.0) and parity.kendall(a, -a) == pytest.approx(-1.0)
+    assert parity.kendall(a, np.array([0.1, 0.3, 0.2, 0.4, 0.5])) == pytest.approx(0.8)
+    assert np.isnan(parity.spearman(a, np.ones(5)))
+
+
+def test_tolerances_are_declared_with_each_target():
+    from acula_edge.export.registry import get_target, targets
+
+    assert get_target("onnx").tolerance("fp32") is FP32 and tolerance_for("tflm", "int8") is INT8
+    assert all(set(t.tolerances) == set(t.precisions) for t in targets().values())
     with pytest.raises(ExportError, match="no parity tolerance declared for target 'tflm' at precision 'fp32'"):
         tolerance_for("tflm", "fp32")
+
+
+def test_one_target_object_feeds_every_table(tmp_path):
+    """manifest.TARGETS / RUNTIME_EXTRA and the runtime's backend registry are views of the Target objects."""
+    import importlib
+
+    from acula_edge.export.registry import Target, targets
+    from acula_edge.manifest import RUNTIME_EXTRA, TARGETS
+    from acula_edge.runtime.backends import REGISTRY, Backend, backend_class
+
+    found = targets()
+    assert tuple(TARGETS) == tuple(found) == ("executorch", "onnx", "tflite", "tflm") and "onnx" in TARGETS
+    assert dict(RUNTIME_EXTRA) == {n: t.extra for n, t in found.items()} and RUNTIME_EXTRA["tflm"] == "export"
+    for name, t in found.items():
+        assert REGISTRY[name] == t.backend and issubclass(backend_class(name), Backend)
+        module = importlib.import_module(f"acula_edge.export.targets.{name}")
+        assert getattr(module, "MODEL_FILE") == t.model_file
+    with pytest.raises(ExportError, match="declares tolerances for \\['fp32'\\] but exports \\['fp32', 'int8'\\]"):
+        Target(name="x", precisions=("fp32", "int8"), export=lambda job, folder: None, backend="m:C", extra="x",
+               runtime="x", model_file="m", tolerances={"fp32": FP32})
+    with pytest.raises(BundleError, match="no runtime backend for target 'coreml'"):
+        backend_class("coreml")
+
+
+# --- quiet stages -------------------------------------------------------------------------------------------------
+
+def test_captured_sends_third_party_output_to_the_log(tmp_path, capfd):
+    import logging
+    import os
+    import warnings
+
+    from acula_edge.quiet import captured
+
+    log = tmp_path / "stage.log"
+    with captured(log) as console:
+        os.write(2, b"C-level stderr banner\n")
+        os.write(1, b"C-level stdout trace\n")
+        print("python print")
+        warnings.warn("a FutureWarning from a library", FutureWarning)
+        logging.getLogger("absl").warning("absl banner")
+        console.line("onnx-int8 ok")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "onnx-int8 ok\n"
+    text = log.read_text()
+    for expected in ("C-level stderr banner", "C-level stdout trace", "python print", "a FutureWarning from a library",
+                     "absl banner"):
+        assert expected in text
+    with captured(tmp_path / "verbose.log", verbose=True) as console:
+        os.write(2, b"shown\n")
+    assert "shown" in capfd.readouterr().err and not (tmp_path / "verbose.log").exists()
+
+
+def test_captured_shows_the_log_tail_when_the_stage_fails(tmp_path, capfd):
+    import os
+
+    from acula_edge.quiet import captured
+
+    with pytest.raises(ExportError, match="converter crashed"):
+        with captured(tmp_path / "x.log", what="export"):
+            os.write(2, b"the converter's last words\n")
+            raise ExportError("converter crashed")
+    err = capfd.readouterr().err
+    assert f"export failed; last 1 of 1 lines of its captured output ({tmp_path / 'x.log'})" in err
+    assert "  | the converter's last words" in err
 
 
 # --- calibration data ---------------------------------------------------------------------------------------------
@@ -148,11 +279,15 @@ def test_cli_export_and_verify_a_checkpoint_folder(student_checkpoint, tmp_path)
     out = tmp_path / "bundle"
     code, text = _cli("export", str(student_checkpoint), "--target", "onnx", "--out", str(out), "--eval-windows", "8")
     assert code == 0, text
-    assert text.startswith(f"onnx-fp32: {out}")
+    lines = text.splitlines()  # one progress line, then where the converter output went
+    assert len(lines) == 2 and lines[0].startswith("onnx-fp32        ok ") and lines[0].endswith(f"-> {out}")
+    assert lines[1] == f"converter output: {tmp_path / 'bundle.export.log'}"
+    assert (tmp_path / "bundle.export.log").is_file() and not (out / "export.log").exists()
     m = read_manifest(out)
     assert m.source_checkpoint_sha256 == weights_sha256(student_checkpoint)
     assert m.extra["source_checkpoint"] == str(student_checkpoint.resolve())
     assert m.extra["model_class"] == "acula_edge.distill.students:DSCNNStudent"
+    assert m.parity["passed"] is True and m.parity["runtime"].startswith("onnxruntime ")
     code, text = _cli("verify", str(out))
     assert code == 0, text
     assert "parity vs checkpoint" in text and "embedding: cosine mean 1.0000" in text
@@ -164,6 +299,70 @@ def test_cli_export_and_verify_a_checkpoint_folder(student_checkpoint, tmp_path)
     (out / "model.onnx").write_bytes((out / "model.onnx").read_bytes() + b"\0")
     code, text = _cli("verify", str(out))
     assert code != 0 and "does not match the manifest" in text
+
+
+def _shift_logit(path, by: float) -> None:
+    """Append ``logits += [by, 0]`` to an ONNX graph (what a wrong export might do)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == "logits":
+                node.output[i] = "logits_unshifted"
+    graph.initializer.append(numpy_helper.from_array(np.array([[by, 0.0]], np.float32), "logit_shift"))
+    graph.node.append(helper.make_node("Add", ["logits_unshifted", "logit_shift"], ["logits"]))
+    onnx.save(model, str(path))
+
+
+def _rehash(bundle, name: str) -> None:
+    """Update the manifest's sha256 of file ``name`` (so only the gate can tell the change)."""
+    from acula_edge import atomic
+
+    path = bundle / "manifest.json"
+    d = json.loads(path.read_text())
+    if name == d["model_file"]:
+        d["model_sha256"] = atomic.sha256_file(bundle / name)
+    else:
+        d["extra"]["files"][name] = atomic.sha256_file(bundle / name)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.slow
+def test_verify_fails_an_int8_onnx_bundle_with_one_logit_shifted(student_checkpoint, tmp_path):
+    from acula_edge.export.api import export_checkpoint
+    from acula_edge.export.verify import verify_bundle
+
+    out = tmp_path / "onnx-int8"
+    export_checkpoint(student_checkpoint, out, "onnx", "int8", calib_data="synthetic:heart?n=24&seed=2",
+                      n_calib=32, n_eval=16)
+    for checkpoint in (None, student_checkpoint):
+        assert verify_bundle(out, checkpoint=checkpoint)["passed"] is True
+    _shift_logit(out / "model.onnx", 1.0)
+    _rehash(out, "model.onnx")
+    with pytest.raises(ParityError) as err:
+        verify_bundle(out)
+    assert f"verify {out}: the bundle does not match PyTorch" in str(err.value)
+    assert {p.split(":")[0] for p in err.value.mismatches} >= {"probabilities", "logits"}
+
+
+def test_verify_checks_the_tflm_c_array_byte_for_byte(tmp_path):
+    from acula_edge.export.verify import verify_bundle
+
+    bundle = rf.copy_bundle(rf.bundle_or_skip("tflm-int8"), tmp_path / "b")
+    report = verify_bundle(bundle)
+    assert report["passed"] is True and report["runtime"] == "tflite-micro"
+    assert report["integrity"].endswith(", tflm files consistent")
+    source = bundle / "model_data.c"
+    text = source.read_text()
+    i = text.index("0x", text.index("acula_model_data["))
+    changed = "0x00" if text[i:i + 4] != "0x00" else "0x01"
+    source.write_text(text[:i] + changed + text[i + 4:])
+    _rehash(bundle, "model_data.c")
+    with pytest.raises(BundleError, match=r"model_data.c: the C array differs from model.tflite \(first at byte 0;"):
+        verify_bundle(bundle)
 
 
 @pytest.mark.slow
@@ -178,8 +377,7 @@ def test_failed_export_leaves_nothing_and_keeps_an_existing_bundle(student_check
     out = tmp_path / "bundle"
     # 1. the parity gate fails (impossible bar): every mismatch listed, nothing written
     with pytest.raises(ParityError) as err:
-        export_model(model, info, out, "onnx", "fp32", data=data,
-                     tolerance=Tolerance(min_cosine={"embedding": 1.5, "logits": 1.5}))
+        export_model(model, info, out, "onnx", "fp32", data=data, tolerance=FP32.scaled(1.5))
     assert [p.split(":")[0] for p in err.value.mismatches] == ["embedding", "logits"]
     assert not out.exists() and list(tmp_path.iterdir()) == []
     # 2. an existing bundle survives a target that crashes halfway through writing

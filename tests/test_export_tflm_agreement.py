@@ -12,16 +12,15 @@ pytest.importorskip("tflite_micro")
 
 
 def test_tflm_matches_litert_on_the_same_int8_model():
-    from acula_edge.export.runners import run_tflite, run_tflm
+    from acula_edge.export.parity import file_outputs
     from acula_edge.manifest import read_manifest
 
     bundle = rf.bundle_or_skip("tflm-int8")
     manifest = read_manifest(bundle)
     windows = rf.calibration_windows(manifest.frontend, manifest.windowing, n=6, seed=7)
     path = bundle / manifest.model_file
-    litert = run_tflite(path, windows, manifest.inputs, manifest.outputs)
-    tflm = run_tflm(path, windows, manifest.inputs, manifest.outputs,
-                    {"arena_bytes": manifest.extra.get("arena_bytes", 0)})
+    litert = file_outputs("tflite", path, windows, manifest.inputs, manifest.outputs)
+    tflm = file_outputs("tflm", path, windows, manifest.inputs, manifest.outputs, manifest.extra)
     for spec in manifest.outputs:
         step = spec.scale if spec.scale is not None else 0.0
         diff = np.abs(litert[spec.name] - tflm[spec.name])

@@ -18,27 +18,29 @@ from acula_edge.manifest import TensorSpec  # noqa: E402
 from acula_edge.runtime import backends  # noqa: E402
 from acula_edge.runtime.model import softmax  # noqa: E402
 
-# Largest |runtime - PyTorch| on in-distribution windows, per precision (int8: a few quantization steps).
-PARITY_ATOL = {"fp32": {"embedding": 1e-4, "logits": 1e-4}, "int8": {"embedding": 0.1, "logits": 0.02}}
-
-
 @pytest.fixture(scope="module", params=rf.KINDS)
 def kind(request):
     return request.param
 
 
 def test_backend_matches_pytorch(kind):
+    """Every kind of bundle passes the export's own parity gate (the one definition) on fresh windows, run through
+    acula_edge.load as the device runs it."""
     pytest.importorskip("torch", reason="the PyTorch reference needs torch")
+    from acula_edge.export import parity
+    from acula_edge.export.tolerances import tolerance_for
+
     bundle = rf.bundle_or_skip(kind)
     model = acula_edge.load(bundle, num_threads=1)
-    windows = rf.calibration_windows(model.frontend, model.windowing, n=4, seed=100)[:, 0]
-    ref_emb, ref_logits = rf.reference_outputs(kind, windows)
-    tol = PARITY_ATOL[model.manifest.precision]
-    for i, w in enumerate(windows):
-        emb, probs = model.run_window(w)
-        assert emb.shape == (rf.EMBED_DIM,) and probs.dtype == np.float32
-        np.testing.assert_allclose(emb, ref_emb[i], atol=tol["embedding"])
-        np.testing.assert_allclose(probs, softmax(ref_logits[i]), atol=tol["logits"])
+    windows = rf.calibration_windows(model.frontend, model.windowing, n=4, seed=100)
+    ref_emb, ref_logits = rf.reference_outputs(kind, windows[:, 0])
+    m = model.manifest
+    report = parity.check_bundle(bundle, windows, {"embedding": ref_emb, "logits": ref_logits},
+                                 tolerance_for(m.target, m.precision), f"{kind} on fresh windows")
+    assert report["passed"] is True and report["windows"] == 4
+    emb, probs = model.run_window(windows[0, 0])
+    assert emb.shape == (rf.EMBED_DIM,) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, softmax(model.backend.run(windows[:1])[1]), atol=1e-7)
 
 
 def test_int8_tflite_input_is_quantized_with_the_manifest_scale():

@@ -78,3 +78,21 @@ def test_importing_the_runtime_is_light():
     import acula_edge.runtime as rt
 
     assert all(hasattr(rt, name) for name in rt.__all__)
+
+
+def test_verify_runs_without_torch(tmp_path):
+    """``acula-edge verify`` re-runs the parity gate through the device runtime: on a device without torch (a
+    Raspberry Pi with only a TFLite runtime) it checks a bundle against its stored reference outputs."""
+    bundle = rf.bundle_or_skip("tflite-int8")
+    code = SCRIPT.split("import numpy as np")[0] + (
+        "import sys\n"
+        "from acula_edge.cli import main\n"
+        "try:\n"
+        "    main(['verify', sys.argv[1]])\n"
+        "finally:\n"
+        "    print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith(f"{bundle}: ok (schema v") and "parity vs reference outputs stored at export" in lines[0]
+    assert lines[-1] == "[]" and proc.stderr == ""

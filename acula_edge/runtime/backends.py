@@ -3,7 +3,8 @@
 A backend runs one log-mel window, float32 (1, 1, frames, n_mels), and returns float32 ``(embedding (D,),
 logits (C,))``. Integer input/output tensors (full-int8 TFLite/TFLM) are quantized and dequantized here from the
 manifest's :class:`~acula_edge.manifest.TensorSpec` (real = scale * (q - zero_point)), so callers always pass
-float log-mel. Adding a target means adding one module with a :class:`Backend` subclass and one registry line.
+float log-mel. Adding a target means adding one module with a :class:`Backend` subclass, named by its export
+:class:`~acula_edge.export.registry.Target`.
 
 Backends are safe to share between threads: runtimes whose interpreter is not re-entrant (LiteRT, ExecuTorch,
 TFLM) serialise :meth:`Backend.run` with a lock; onnxruntime sessions are thread-safe and run concurrently.
@@ -19,15 +20,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from acula_edge.errors import BundleError
-from acula_edge.manifest import Manifest, TensorSpec
+from acula_edge.manifest import Manifest, TargetTable, TensorSpec
 
-# manifest.target -> "module:Class"; the module is imported only when a bundle of that target is loaded.
-REGISTRY: dict[str, str] = {
-    "onnx": "acula_edge.runtime.onnx_backend:OnnxBackend",
-    "tflite": "acula_edge.runtime.litert_backend:LiteRTBackend",
-    "executorch": "acula_edge.runtime.executorch_backend:ExecuTorchBackend",
-    "tflm": "acula_edge.runtime.tflm_backend:TFLMBackend",
-}
+# manifest.target -> "module:Class", declared by each export Target (acula_edge.export.registry); the module is
+# imported only when a bundle of that target is loaded.
+REGISTRY = TargetTable("backend")
 
 _INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767),
                "int32": (-2147483648, 2147483647)}

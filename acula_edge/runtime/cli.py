@@ -152,15 +152,18 @@ def _common(f):
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--windows", is_flag=True, help="With --format json: include every window's scores and quality.")
+@click.option("--verbose", is_flag=True, help="Show runtime output (default: captured, shown if classify fails).")
 @_common
-def classify(bundle: str, files: tuple[str, ...], fmt: str, windows: bool, threads: int | None,
+def classify(bundle: str, files: tuple[str, ...], fmt: str, windows: bool, verbose: bool, threads: int | None,
              aggregation: str, pad: bool) -> None:
     """Classify audio FILES with BUNDLE: recording-level probabilities and decision, one row per file."""
+    from acula_edge.quiet import captured
     from acula_edge.runtime.model import load
 
-    model = load(bundle, num_threads=threads)
-    keep = windows and fmt == "json"  # per-window results only when printed: constant memory for long files
-    results = [model.classify_file(f, aggregation=aggregation, keep_windows=keep, pad=pad) for f in files]
+    with captured(None, verbose, "classify"):  # runtime banners (e.g. LiteRT's delegate line) stay off the table
+        model = load(bundle, num_threads=threads)
+        keep = windows and fmt == "json"  # per-window results only when printed: constant memory for long files
+        results = [model.classify_file(f, aggregation=aggregation, keep_windows=keep, pad=pad) for f in files]
     labels = list(model.labels)
     if fmt == "json":
         for r in results:

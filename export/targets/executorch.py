@@ -7,12 +7,14 @@ they are listed in the manifest (``extra.non_delegated``) and as findings, since
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from acula_edge.errors import ExportError
 from acula_edge.export.registry import INPUT_NAME, OUTPUT_NAMES, ExportJob, Target, TargetResult
-from acula_edge.export.runners import run_executorch
+from acula_edge.export.tolerances import FP32, INT8
 from acula_edge.manifest import TensorSpec
 
 MODEL_FILE = "model.pte"
@@ -42,6 +44,33 @@ def _quantized_module(job: ExportJob, example):
     return convert_pt2e(prepared)
 
 
+# ops whose decomposed patterns two XNNPACK passes search for (ConvertToUpsampleBilinear2d, ConvertToSDPAPass)
+PATTERN_SOURCES = ("upsample", "scaled_dot_product")
+
+
+@contextlib.contextmanager
+def _skip_absent_patterns(program) -> Iterator[bool]:
+    """Lower without building XNNPACK's bilinear-upsample and SDPA pattern graphs when the program has neither op.
+
+    Why: executorch 1.5 builds those pattern graphs (by tracing reference modules) the first time its passes run in
+    a process, ~3 s of CPU per export on 2 cores, and a graph without the op cannot contain its decomposition. The
+    written program is byte-identical (measured on the distill/ students; benchmarks/RESULTS_export.md). Yields
+    whether the patterns were skipped.
+    """
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
+
+    used = {str(getattr(n.target, "__name__", n.target)) for n in program.graph.nodes if n.op == "call_function"}
+    if any(src in op for op in used for src in PATTERN_SOURCES):
+        yield False
+        return
+    saved = bilinear_2d.get_graphs_dict, sdpa.get_graphs
+    bilinear_2d.get_graphs_dict, sdpa.get_graphs = dict, list  # no patterns to search for
+    try:
+        yield True
+    finally:
+        bilinear_2d.get_graphs_dict, sdpa.get_graphs = saved
+
+
 def export(job: ExportJob, folder: Path) -> TargetResult:
     """Write ``model.pte`` (XNNPACK-delegated, fp32 or int8) into ``folder``."""
     import torch
@@ -52,7 +81,8 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
     try:
         module = _quantized_module(job, example) if job.precision == "int8" else job.model
         program = torch.export.export(module, (example,))
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        with _skip_absent_patterns(program):
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         graph = edge.exported_program().graph_module.graph
         calls = [n for n in graph.nodes if n.op == "call_function"]
         delegates = sum(1 for n in calls if getattr(n.target, "__name__", str(n.target)) == DELEGATE_CALL)
@@ -75,5 +105,6 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
     return TargetResult(MODEL_FILE, inputs, outputs, _versions(), extra, findings)
 
 
-TARGET = Target(name="executorch", precisions=("fp32", "int8"), export=export, run=run_executorch,
-                runtime="executorch.runtime")
+TARGET = Target(name="executorch", precisions=("fp32", "int8"), export=export,
+                backend="acula_edge.runtime.executorch_backend:ExecuTorchBackend", extra="executorch",
+                runtime="executorch.runtime", model_file=MODEL_FILE, tolerances={"fp32": FP32, "int8": INT8})

@@ -23,7 +23,7 @@ import numpy as np
 
 from acula_edge.errors import ExportError
 from acula_edge.export.registry import CALIBRATION_METHODS, INPUT_NAME, OUTPUT_NAMES, ExportJob, Target, TargetResult
-from acula_edge.export.runners import run_onnx
+from acula_edge.export.tolerances import FP32, INT8
 from acula_edge.manifest import TensorSpec
 
 MODEL_FILE = "model.onnx"
@@ -73,12 +73,10 @@ def _quantize(job: ExportJob, fp32: Path, out: Path, work: Path) -> dict:
     quant_pre_process(str(fp32), str(pre))
     op_types = _op_types_to_quantize(pre)
     from acula_edge.export.parity import cosine_rows, torch_outputs
-    from acula_edge.export.runners import run_onnx
+    from acula_edge.export.tolerances import FP32, INT8
 
     probe = windows[:SELECTION_WINDOWS]
     reference = torch_outputs(job.model, probe, OUTPUT_NAMES)["embedding"]
-    spec_in = (TensorSpec(INPUT_NAME, tuple(job.example.shape), "float32"),)
-    spec_out = tuple(TensorSpec(n, (), "float32") for n in OUTPUT_NAMES)
     scores: dict[str, float] = {}
     for granularity in ("per-channel", "per-tensor"):
         path = work / f"int8-{granularity}.onnx"
@@ -86,11 +84,23 @@ def _quantize(job: ExportJob, fp32: Path, out: Path, work: Path) -> dict:
                         per_channel=granularity == "per-channel", activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[job.calibration_method],
                         op_types_to_quantize=op_types)
-        got = run_onnx(path, probe, spec_in, spec_out)["embedding"]
+        got = _embeddings(path, probe)
         scores[granularity] = float(cosine_rows(reference, got).mean())
     best = max(scores, key=lambda k: scores[k])
     shutil.copyfile(work / f"int8-{best}.onnx", out)
     return {"weights": best, "selection_cosine": scores, "selection_windows": int(probe.shape[0])}
+
+
+def _embeddings(path: Path, x: np.ndarray) -> np.ndarray:
+    """The ``embedding`` output of the ONNX model at ``path`` for windows ``x`` (N, 1, frames, n_mels), one at a
+    time (the model is exported with batch 1)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(["embedding"], {INPUT_NAME: x[i:i + 1]})[0] for i in range(x.shape[0])])
 
 
 def _op_types_to_quantize(model_path: Path) -> list[str] | None:
@@ -136,5 +146,7 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
     return TargetResult(MODEL_FILE, inputs, outputs, _versions(), extra)
 
 
-TARGET = Target(name="onnx", precisions=("fp32", "int8"), export=export, run=run_onnx, runtime="onnxruntime",
+TARGET = Target(name="onnx", precisions=("fp32", "int8"), export=export,
+                backend="acula_edge.runtime.onnx_backend:OnnxBackend", extra="onnx", runtime="onnxruntime",
+                model_file=MODEL_FILE, tolerances={"fp32": FP32, "int8": INT8},
                 calibration_methods=CALIBRATION_METHODS)

@@ -16,9 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from acula_edge.errors import ExportError
 from acula_edge.export.registry import INPUT_NAME, OUTPUT_NAMES, ExportJob, Target, TargetResult
-from acula_edge.export.runners import run_tflite
+from acula_edge.export.tolerances import FP32, INT8
 from acula_edge.manifest import TensorSpec
 
 MODEL_FILE = "model.tflite"
@@ -36,10 +38,46 @@ def versions() -> dict[str, str]:
             "ai-edge-litert": version("ai-edge-litert"), "torchao": version("torchao")}
 
 
+# The last conversion, keyed by what determines it: the tflm target converts exactly the tflite target's int8 model
+# (same job), so an ``export --target all`` reuses those bytes instead of converting a second time.
+_LAST: dict[str, tuple[bytes, dict[str, Any]]] = {}
+
+
+def job_key(job: ExportJob) -> str:
+    """sha256 of everything a conversion depends on: model class and weights, precision, example and calibration
+    windows, calibration method."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(f"{type(job.model).__module__}:{type(job.model).__qualname__}|{job.precision}|"
+             f"{job.calibration_method}".encode())
+    for name, value in job.model.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    for arr in (job.example, job.calibration):
+        if arr is not None:
+            h.update(str(arr.shape).encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
 def convert(job: ExportJob, path: Path) -> dict[str, Any]:
     """Write the TFLite flatbuffer of ``job`` (fp32, or full int8 when ``job.precision == 'int8'``) to ``path``.
 
-    Returns the quantization facts for the manifest's extra (int8: the fitted output range; fp32: nothing)."""
+    Returns the quantization facts for the manifest's extra (int8: the fitted output range; fp32: nothing). The same
+    job converted again (the tflm target after the tflite one) writes the bytes of the previous conversion."""
+    key = job_key(job)
+    if key in _LAST:
+        data, facts = _LAST[key]
+        path.write_bytes(data)
+        return dict(facts)
+    facts = _convert(job, path)
+    _LAST.clear()
+    _LAST[key] = (path.read_bytes(), dict(facts))
+    return facts
+
+
+def _convert(job: ExportJob, path: Path) -> dict[str, Any]:
     import litert_torch
     import torch
 
@@ -151,5 +189,7 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
                         tuple(findings(desc, job.precision)))
 
 
-TARGET = Target(name="tflite", precisions=("fp32", "int8"), export=export, run=run_tflite,
-                runtime="ai_edge_litert")
+TARGET = Target(name="tflite", precisions=("fp32", "int8"), export=export,
+                backend="acula_edge.runtime.litert_backend:LiteRTBackend", extra="tflite",
+                runtime="ai_edge_litert (or tflite_runtime)", model_file=MODEL_FILE,
+                tolerances={"fp32": FP32, "int8": INT8})

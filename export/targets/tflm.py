@@ -27,8 +27,8 @@ import numpy as np
 from acula_edge.atomic import write_text
 from acula_edge.errors import ExportError
 from acula_edge.export.registry import ExportJob, Target, TargetResult
-from acula_edge.export.runners import run_tflm, tflm_interpreter
 from acula_edge.export.targets import tflite
+from acula_edge.export.tolerances import INT8
 from acula_edge.manifest import TensorSpec
 
 MODEL_FILE = "model.tflite"
@@ -43,7 +43,6 @@ ARENA_MARGIN_BYTES = 1024  # added to the measured size in the header (host vs M
 # flash = model + front-end tables and RAM = arena + front-end state + input window, as in extra["memory"].
 MCU_FLASH_BYTES = 256 * 1024
 MCU_RAM_BYTES = 128 * 1024
-_PROBE_TOO_SMALL = 3  # exit status of the allocation probe when TFLM reports the arena too small
 ALIGNMENT = 16  # bytes, of the model array (TFLM requires at least 4; 16 suits SIMD loads)
 # MicroMutableOpResolver method names that do not follow the CamelCase rule of the builtin op name
 _RESOLVER_EXCEPTIONS = {"BATCH_MATMUL": "BatchMatMul", "LOG_SOFTMAX": "LogSoftmax", "L2_POOL_2D": "L2Pool2D"}
@@ -56,48 +55,85 @@ def resolver_name(op: str) -> str:
     return "".join(part if part[0].isdigit() else part.capitalize() for part in op.split("_"))
 
 
-# One allocation probe, in a child process: TFLite Micro's Python interpreter can crash (SIGSEGV) instead of raising
-# when the arena is far too small (seen: `small`'s all-int8 model at 16 KiB, "Failed to allocate tail memory"
-# then SIGSEGV), and a crash must not take the exporter down with it.
-_PROBE = ("import sys\n"
-          "from acula_edge.export.runners import tflm_interpreter\n"
-          "try:\n"
-          "    tflm_interpreter(sys.argv[1], int(sys.argv[2]))\n"
-          "except RuntimeError:\n"
-          f"    sys.exit({_PROBE_TOO_SMALL})\n")
+def interpreter(path: Path, arena_size: int) -> Any:
+    """A TFLite Micro Python interpreter for ``path`` with an arena of ``arena_size`` bytes (RuntimeError if the
+    arena is too small or an op is missing)."""
+    from acula_edge.errors import require
+
+    runtime = require("tflite_micro.python.tflite_micro.runtime", "export", "measuring a TFLite Micro arena")
+    return runtime.Interpreter.from_file(str(path), arena_size=int(arena_size))
 
 
-def _allocates(path: Path, arena: int) -> tuple[bool, str]:
-    """(whether TFLM allocates the model at ``path`` with ``arena`` bytes, the probe's stderr)."""
-    proc = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(int(arena))], capture_output=True, text=True)
-    if proc.returncode == 0:
-        return True, proc.stderr
-    if proc.returncode == _PROBE_TOO_SMALL or proc.returncode < 0:  # < 0: killed by a signal (the crash above)
-        return False, proc.stderr + (f"\n(probe killed by signal {-proc.returncode})" if proc.returncode < 0 else "")
-    raise ExportError(f"the TFLite Micro allocation probe failed (exit {proc.returncode}): "
-                      + " | ".join(proc.stderr.strip().splitlines()[-5:]))
+# The arena search runs in a child process: TFLite Micro's Python interpreter can crash (SIGSEGV) instead of raising
+# when the arena is far too small (seen: `small`'s all-int8 model at 16 KiB, "Failed to allocate tail memory" then
+# SIGSEGV), and a crash must not take the exporter down with it. One child runs the whole search (a child per probe
+# cost ~1 s each, mostly its imports); it prints "try N" before and "ok N" / "small N" after each probe, so after a
+# crash the parent knows which size crashed, counts it as too small and starts a new child from the bounds so far.
+_SEARCH = ("import sys\n"
+           "from acula_edge.export.targets.tflm import search_arena\n"
+           "search_arena(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))\n")
 
 
-def measure_arena(path: Path) -> int:
-    """Smallest arena (bytes, a multiple of ARENA_GRANULARITY) with which TFLM allocates the model at ``path``."""
-    ok, log = _allocates(path, ARENA_MAX)
-    if not ok:
-        lines = [line for line in log.splitlines() if line.strip()][-5:]
-        raise ExportError(f"TFLite Micro cannot load the model even with a {ARENA_MAX}-byte arena (an op TFLM does "
-                          f"not implement?): " + " | ".join(lines))
-    hi = ARENA_START
-    while not _allocates(path, hi)[0]:
-        hi *= 2
-    lo = hi // 2 if hi > ARENA_START else 0
+def _probe(path: str, arena: int) -> bool:
+    print(f"try {arena}", flush=True)
+    try:
+        interpreter(Path(path), arena)
+    except RuntimeError:
+        print(f"small {arena}", flush=True)
+        return False
+    print(f"ok {arena}", flush=True)
+    return True
+
+
+def search_arena(path: str, lo: int, hi: int) -> None:
+    """The search, in the child: ``lo`` is known too small (0: none yet), ``hi`` known to allocate (0: none yet).
+    Doubles from ARENA_START until a size allocates, then bisects to ARENA_GRANULARITY."""
+    if hi == 0:
+        if lo == 0 and not _probe(path, ARENA_MAX):
+            print(f"unsupported {ARENA_MAX}", flush=True)
+            return
+        size = max(ARENA_START, 2 * lo)
+        while size < ARENA_MAX and not _probe(path, size):
+            size *= 2
+        hi = min(size, ARENA_MAX)
     while hi - lo > ARENA_GRANULARITY:
         mid = (lo + hi) // 2 // ARENA_GRANULARITY * ARENA_GRANULARITY
         if mid <= lo:
             break
-        if _allocates(path, mid)[0]:
+        if _probe(path, mid):
             hi = mid
         else:
             lo = mid
-    return hi
+    print(f"done {hi}", flush=True)
+
+
+def measure_arena(path: Path) -> int:
+    """Smallest arena (bytes, a multiple of ARENA_GRANULARITY) with which TFLM allocates the model at ``path``."""
+    lo = hi = 0
+    for _ in range(64):  # each restart follows a crash, which moves ``lo`` up: the search always ends
+        proc = subprocess.run([sys.executable, "-c", _SEARCH, str(path), str(lo), str(hi)], capture_output=True,
+                              text=True)
+        tried = None
+        for line in proc.stdout.splitlines():
+            word, _, value = line.partition(" ")
+            if word == "try":
+                tried = int(value)
+            elif word == "ok":
+                hi, tried = int(value), None
+            elif word == "small":
+                lo, tried = max(lo, int(value)), None
+            elif word == "done":
+                return int(value)
+            elif word == "unsupported":
+                lines = [x for x in proc.stderr.splitlines() if x.strip()][-5:]
+                raise ExportError(f"TFLite Micro cannot load the model even with a {ARENA_MAX}-byte arena (an op "
+                                  f"TFLM does not implement?): " + " | ".join(lines))
+        if proc.returncode < 0 and tried is not None:  # killed by a signal while probing ``tried``: too small
+            lo = max(lo, tried)
+            continue
+        raise ExportError(f"the TFLite Micro arena search failed (exit {proc.returncode}): "
+                          + " | ".join(proc.stderr.strip().splitlines()[-5:]))
+    raise ExportError(f"the TFLite Micro arena search crashed 64 times on {path}; giving up")
 
 
 def _c_string(text: str) -> str:
@@ -260,4 +296,44 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
                         tuple(tflite.findings(desc, "int8")), tuple(files))
 
 
-TARGET = Target(name="tflm", precisions=("int8",), export=export, run=run_tflm, runtime="tflite_micro")
+_BYTE = re.compile(r"0x([0-9a-fA-F]{2})")
+
+
+def c_array_bytes(source: str) -> bytes:
+    """The bytes of ``acula_model_data`` in a generated ``model_data.c`` (what the firmware will flash)."""
+    m = re.search(r"acula_model_data\[(\d+)\]\s*=\s*\{(.*?)\};", source, re.S)
+    if m is None:
+        raise ExportError(f"no 'acula_model_data[N] = {{...}};' array in {SOURCE_FILE}")
+    data = bytes(int(b, 16) for b in _BYTE.findall(m.group(2)))
+    if len(data) != int(m.group(1)):
+        raise ExportError(f"{SOURCE_FILE}: acula_model_data is declared with {m.group(1)} bytes but lists "
+                          f"{len(data)}")
+    return data
+
+
+def check_c_array(folder: Path, manifest: Any) -> list[str]:
+    """Problems with the C array of a tflm bundle: it must hold ``model.tflite`` byte for byte (verify runs the
+    .tflite file; the firmware flashes the array), and the header must declare its length."""
+    source = folder / SOURCE_FILE
+    if not source.is_file():
+        return [f"{source}: missing"]
+    model = (folder / manifest.model_file).read_bytes()
+    try:
+        data = c_array_bytes(source.read_text(encoding="utf-8"))
+    except (ExportError, UnicodeDecodeError) as e:
+        return [f"{source}: {e}"]
+    problems = []
+    if data != model:
+        first = next((i for i, (a, b) in enumerate(zip(data, model)) if a != b), min(len(data), len(model)))
+        problems.append(f"{source}: the C array differs from {manifest.model_file} (first at byte {first}; "
+                        f"{len(data)} vs {len(model)} bytes): the firmware would run another model")
+    header = folder / HEADER_FILE
+    if header.is_file() and f"#define ACULA_MODEL_BYTES {len(model)}u" not in header.read_text(encoding="utf-8"):
+        problems.append(f"{header}: ACULA_MODEL_BYTES is not {len(model)} (the size of {manifest.model_file})")
+    return problems
+
+
+TARGET = Target(name="tflm", precisions=("int8",), export=export,
+                backend="acula_edge.runtime.tflm_backend:TFLMBackend", extra="export", runtime="tflite_micro",
+                model_file=MODEL_FILE, files=(HEADER_FILE, SOURCE_FILE, FRONTEND_HEADER),
+                tolerances={"int8": INT8}, check=check_c_array)
