@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from acula_edge.export.registry import target_precisions
 from acula_edge.frontend import FrontendConfig, Windowing, preset
 from acula_edge.manifest import Prompts
 
-KINDS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8", "executorch-fp32", "executorch-int8", "tflm-int8")
+# every registered target x precision (the export targets' registry; no torch needed to read it)
+KINDS = tuple(f"{t}-{p}" for t, p in target_precisions())
 LABELS = ("normal", "abnormal")
 EMBED_DIM = 12
 PROMPT_TEXTS = ("a normal heart sound", "a heart murmur", "background noise")
