@@ -173,10 +173,10 @@ def parity_report(reference: dict[str, np.ndarray], candidate: dict[str, np.ndar
     """Compare ``candidate`` (the bundle's outputs) with ``reference`` (PyTorch fp32) on the same windows.
 
     ``threshold``: the bundle's decision threshold on P(last label); ``tolerance``: only its ``decision_margin``
-    (which windows count for decision agreement, whether ranks are gated) and ``logit_spread_floor`` are used. ``recording``/``y``: recording id and label index
-    (-1 unknown) per window, for the recording-level figures."""
-    n = int(next(iter(reference.values())).shape[0])
-    report: dict[str, Any] = {"windows": n, "data": data, "outputs": {}}
+    (which windows count for decision agreement, whether ranks and AUROC are gated) and ``logit_spread_floor`` are
+    used. ``recording``/``y``: recording id and label index (-1 unknown) per window, for the recording-level
+    figures."""
+    report: dict[str, Any] = {"windows": int(next(iter(reference.values())).shape[0]), "data": data, "outputs": {}}
     for name, ref in reference.items():
         got = candidate[name]
         if got.shape != ref.shape:
