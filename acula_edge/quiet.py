@@ -4,8 +4,9 @@ Converters and runtimes print a lot that is not meant for the user of a stage (t
 cpuinfo, pytree FutureWarnings, the LiteRT converter's trace, absl / oneDNN banners, TFLite Micro's allocation
 messages on C-level stderr). :func:`captured` sends all of it to a log file: file descriptors 1 and 2 (so C
 libraries are caught too), Python warnings and the logging module. What the stage itself wants to say goes through
-:meth:`Console.line`, to the terminal. With ``verbose`` nothing is captured; when the stage fails, the log's tail is
-shown and its path named, so nothing is lost.
+:meth:`Console.line`, to the terminal. With ``verbose`` nothing is captured. When the stage fails on an unexpected
+exception, the log's tail is shown with its path; on a typed acula-edge error (one line that says what to do) the
+log is only named.
 
 numpy-free and torch-free: the device CLI uses it too.
 """
@@ -21,6 +22,8 @@ import tempfile
 import warnings
 from pathlib import Path
 from typing import IO, Iterator
+
+from acula_edge.errors import AculaEdgeError
 
 FAILURE_TAIL_LINES = 40  # lines of the log shown when the stage fails
 
@@ -69,7 +72,7 @@ def captured(log_path: str | Path | None = None, verbose: bool = False, what: st
         path.parent.mkdir(parents=True, exist_ok=True)
     console_stream = sys.stderr
     saved: dict[int, int] = {}
-    failed = False
+    failed = user_error = False
     log = open(path, "w", encoding="utf-8", errors="replace")
     handler = logging.StreamHandler(log)
     root = logging.getLogger()
@@ -92,6 +95,9 @@ def captured(log_path: str | Path | None = None, verbose: bool = False, what: st
             warnings.showwarning = lambda msg, cat, filename, lineno, file=None, line=None: log.write(
                 warnings.formatwarning(msg, cat, filename, lineno, line))
             yield Console(console_stream, None if temporary else path)
+    except AculaEdgeError:
+        failed = user_error = True  # a typed error says what went wrong in one line; the log is only named
+        raise
     except BaseException:
         failed = True
         raise
@@ -103,11 +109,14 @@ def captured(log_path: str | Path | None = None, verbose: bool = False, what: st
             os.close(dup)
         root.handlers, root.level = old_handlers, old_level
         log.close()
-        if failed:
+        if failed and not user_error:
             _show_tail(path, console_stream, what)
+        elif failed and not temporary and path.stat().st_size:
+            console_stream.write(f"({what}: library output in {path})\n")
+            console_stream.flush()
         if console_stream is not sys.stderr:
             console_stream.close()
-        if temporary and not failed:
+        if temporary and (user_error or not failed):
             path.unlink(missing_ok=True)
 
 

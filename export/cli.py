@@ -17,7 +17,7 @@ def export_log_path(out: str | Path, target: str) -> Path:
     """Where ``export`` writes captured third-party output: ``OUT/export.log`` for ``--target all`` (OUT holds one
     folder per bundle), else beside the bundle (``OUT.export.log``): a bundle folder holds only what its manifest
     lists."""
-    out = Path(out)
+    out = Path(out).resolve()  # "--out ." has no name of its own
     return out / "export.log" if target == "all" else out.with_name(out.name + ".export.log")
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -197,13 +198,24 @@ def test_captured_shows_the_log_tail_when_the_stage_fails(tmp_path, capfd):
 
     from acula_edge.quiet import captured
 
-    with pytest.raises(ExportError, match="converter crashed"):
+    with pytest.raises(RuntimeError, match="converter crashed"):
         with captured(tmp_path / "x.log", what="export"):
             os.write(2, b"the converter's last words\n")
-            raise ExportError("converter crashed")
+            raise RuntimeError("converter crashed")
     err = capfd.readouterr().err
     assert f"export failed; last 1 of 1 lines of its captured output ({tmp_path / 'x.log'})" in err
     assert "  | the converter's last words" in err
+    # a typed error is one line that says what to do: the log is only named (and a temporary one removed)
+    with pytest.raises(ExportError, match="pass --calib-data"):
+        with captured(tmp_path / "y.log", what="export"):
+            os.write(2, b"a banner\n")
+            raise ExportError("int8 export needs real calibration windows: pass --calib-data SPEC")
+    assert capfd.readouterr().err == f"(export: library output in {tmp_path / 'y.log'})\n"
+    before = set(Path(tempfile.gettempdir()).glob("acula-edge-*.log"))
+    with pytest.raises(ExportError):
+        with captured(None, what="verify"):
+            raise ExportError("bad bundle")
+    assert capfd.readouterr().err == "" and set(Path(tempfile.gettempdir()).glob("acula-edge-*.log")) == before
 
 
 # --- calibration data ---------------------------------------------------------------------------------------------
@@ -317,19 +329,6 @@ def _shift_logit(path, by: float) -> None:
     onnx.save(model, str(path))
 
 
-def _rehash(bundle, name: str) -> None:
-    """Update the manifest's sha256 of file ``name`` (so only the gate can tell the change)."""
-    from acula_edge import atomic
-
-    path = bundle / "manifest.json"
-    d = json.loads(path.read_text())
-    if name == d["model_file"]:
-        d["model_sha256"] = atomic.sha256_file(bundle / name)
-    else:
-        d["extra"]["files"][name] = atomic.sha256_file(bundle / name)
-    path.write_text(json.dumps(d))
-
-
 @pytest.mark.slow
 def test_verify_fails_an_int8_onnx_bundle_with_one_logit_shifted(student_checkpoint, tmp_path):
     from acula_edge.export.api import export_checkpoint
@@ -341,7 +340,7 @@ def test_verify_fails_an_int8_onnx_bundle_with_one_logit_shifted(student_checkpo
     for checkpoint in (None, student_checkpoint):
         assert verify_bundle(out, checkpoint=checkpoint)["passed"] is True
     _shift_logit(out / "model.onnx", 1.0)
-    _rehash(out, "model.onnx")
+    rf.reseal(out)  # every sha256 and the bundle digest updated: only the gate can tell
     with pytest.raises(ParityError) as err:
         verify_bundle(out)
     assert f"verify {out}: the bundle does not match PyTorch" in str(err.value)
@@ -360,7 +359,7 @@ def test_verify_checks_the_tflm_c_array_byte_for_byte(tmp_path):
     i = text.index("0x", text.index("acula_model_data["))
     changed = "0x00" if text[i:i + 4] != "0x00" else "0x01"
     source.write_text(text[:i] + changed + text[i + 4:])
-    _rehash(bundle, "model_data.c")
+    rf.reseal(bundle)
     with pytest.raises(BundleError, match=r"model_data.c: the C array differs from model.tflite \(first at byte 0;"):
         verify_bundle(bundle)
 
