@@ -73,14 +73,18 @@ def file_outputs(target: str, path: str | Path, x: np.ndarray, inputs: tuple[Any
     """Run a bare model file (no bundle around it yet: experiments, benchmarks) on ``target``'s device backend.
     ``inputs``/``outputs``: its TensorSpecs (outputs in the file's order); ``extra``: manifest extras the backend
     reads (tflm: ``arena_bytes``)."""
+    from acula_edge.atomic import sha256_file
     from acula_edge.frontend import FrontendConfig, Windowing
     from acula_edge.manifest import Manifest
     from acula_edge.runtime.backends import open_backend
 
-    manifest = Manifest(target=target, precision="int8", model_file=Path(path).name, model_sha256="",
-                        frontend=FrontendConfig(), windowing=Windowing(window_s=1.0, hop_s=0.5),
-                        inputs=tuple(inputs), outputs=tuple(outputs), labels=(), extra=dict(extra or {}))
-    return device_outputs(open_backend(Path(path), manifest, 1), x)
+    classes = int(np.prod(next(o for o in outputs if o.name == "logits").shape))
+    manifest = Manifest(target=target, precision="int8", model_file=Path(path).name,
+                        model_sha256=sha256_file(Path(path)), frontend=FrontendConfig(),
+                        windowing=Windowing(window_s=1.0, hop_s=0.5), inputs=tuple(inputs), outputs=tuple(outputs),
+                        labels=tuple(f"class{i}" for i in range(classes)), extra=dict(extra or {}))
+    # no crash probe in a child: that re-validates a whole bundle's manifest, which a bare file does not have
+    return device_outputs(open_backend(Path(path), manifest, 1, probe=False), x)
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
