@@ -23,7 +23,8 @@ def export_log_path(out: str | Path, target: str) -> Path:
 
 @click.command()
 @click.argument("checkpoint_dir", type=click.Path(file_okay=False))
-@click.option("--target", type=click.Choice(TARGET_CHOICES), required=True, help="Export target, or all (every target that exports the --quantize precision; tflm is int8 only).")
+@click.option("--target", type=click.Choice(TARGET_CHOICES), required=True,
+              help="Export target, or all (every target that exports the --quantize precision; tflm is int8 only).")
 @click.option("--quantize", type=click.Choice(("none", "int8")), default="none", show_default=True)
 @click.option("--calib-data", default=None, help="Dataset spec for int8 calibration (required for int8).")
 @click.option("--eval-data", default=None, help="Dataset spec for the parity gate (default: held-out part of "
@@ -91,8 +92,9 @@ def verify(bundle_dir: str, data: str | None, checkpoint: str | None, as_json: b
                    f"max abs error {stats['max_abs_error']:.4g}")
     if "probabilities" in report:
         d = report["decisions"]
+        rule = "argmax" if d["threshold"] is None else f"threshold {d['threshold']:.4g}"
         click.echo(f"  probabilities: max abs error {report['probabilities']['max_abs_error']:.4g}; decisions at "
-                   f"threshold {d['threshold']:.4g}: {d['changed']} of {report['windows']} changed")
+                   f"{rule}: {d['changed']} of {report['windows']} changed")
     if "auroc" in report:
         a = report["auroc"]
         click.echo(f"  AUROC: runtime {a['runtime']:.4f}, PyTorch fp32 {a['pytorch_fp32']:.4f} (delta "

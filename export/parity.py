@@ -34,6 +34,7 @@ import numpy as np
 
 from acula_edge.errors import ParityError
 from acula_edge.export.tolerances import Tolerance
+from acula_edge.runtime.aggregation import decide_scores
 
 COSINE_EPS = 1e-12
 MIN_RECORDINGS_PER_CLASS = 10  # AUROC intervals on fewer recordings per class are reported, not gated
@@ -171,7 +172,7 @@ def auroc_delta(ref_scores: np.ndarray, got_scores: np.ndarray, positive: np.nda
     return {"delta": est.value, "ci95": [est.lo, est.hi], "bootstrap": n_boot}
 
 
-def parity_report(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], threshold: float,
+def parity_report(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], threshold: float | None,
                   tolerance: Tolerance, recording: np.ndarray | None = None, y: np.ndarray | None = None,
                   data: str = "") -> dict[str, Any]:
     """Compare ``candidate`` (the bundle's outputs) with ``reference`` (PyTorch fp32) on the same windows.
@@ -202,10 +203,15 @@ def parity_report(reference: dict[str, np.ndarray], candidate: dict[str, np.ndar
     err = np.abs(p_ref - p_got)
     report["probabilities"] = {"max_abs_error": float(err.max()) if np.isfinite(err).all() else math.inf,
                                "mean_abs_error": float(err.mean())}
-    d_ref, d_got = p_ref[:, -1] >= threshold, p_got[:, -1] >= threshold
-    clear = np.abs(p_ref[:, -1] - threshold) > tolerance.decision_margin
+    if threshold is not None and p_ref.shape[1] == 2:  # the device's binary rule (runtime.aggregation)
+        d_ref, d_got = decide_scores(p_ref[:, -1], threshold), decide_scores(p_got[:, -1], threshold)
+        clear = np.abs(p_ref[:, -1] - threshold) > tolerance.decision_margin
+    else:  # multi-class: the most probable label; a window whose top two are within the margin may flip
+        d_ref, d_got = p_ref.argmax(axis=1), p_got.argmax(axis=1)
+        top2 = np.sort(p_ref, axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) > tolerance.decision_margin
     report["decisions"] = {
-        "threshold": float(threshold), "margin": tolerance.decision_margin,
+        "threshold": None if threshold is None else float(threshold), "margin": tolerance.decision_margin,
         "agreement": float(np.mean(d_ref == d_got)), "changed": int(np.sum(d_ref != d_got)),
         "windows_clear_of_threshold": int(clear.sum()),
         "agreement_clear_of_threshold": float(np.mean(d_ref[clear] == d_got[clear])) if clear.any() else None,
@@ -292,9 +298,10 @@ def gate(report: dict[str, Any], tolerance: Tolerance, what: str) -> dict[str, A
     return report
 
 
-def decision_threshold(manifest: Any) -> float:
-    """The operating point the bundle ships: the threshold on P(last label) its device code decides with."""
-    return float(manifest.threshold)
+def decision_threshold(manifest: Any) -> float | None:
+    """The operating point the bundle ships: the threshold on P(last label) its device code decides with (None for
+    a multi-class bundle, which answers the most probable label)."""
+    return float(manifest.threshold) if len(manifest.labels) == 2 else None
 
 
 def check_bundle(folder: str | Path, x: np.ndarray, reference: dict[str, np.ndarray], tolerance: Tolerance,
