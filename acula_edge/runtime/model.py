@@ -14,6 +14,7 @@ very long recordings never sit in memory, at any file rate.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -23,11 +24,11 @@ import numpy as np
 
 from acula_edge.audio import check_audio_file, check_sample_rate, prepare_samples, to_mono_float
 from acula_edge.errors import AudioError, BundleError, ConfigError
-from acula_edge.features import LogMel
 from acula_edge.manifest import Manifest, read_bundle
 from acula_edge.operating_point import OperatingPoint, argmax_rule, fixed, overridden
 from acula_edge.runtime.aggregation import DecisionConfig, RecordingAccumulator
 from acula_edge.runtime.backends import Backend, open_backend
+from acula_edge.runtime import site_shift
 from acula_edge.runtime.quality import BlockQuality, QualityConfig
 from acula_edge.runtime.results import ClassificationResult, WindowEvent, WindowQuality, ZeroShotResult
 from acula_edge.runtime.streaming import StreamSession
@@ -79,7 +80,9 @@ class EdgeModel:
         n_classes = int(np.prod(manifest.output("logits").shape))
         if n_classes != len(self.labels):
             raise BundleError(f"{bundle_dir}: {len(self.labels)} labels but the logits output has {n_classes} values")
-        self.logmel = LogMel(fe)  # read-only after construction: shared by every session
+        # read-only after construction: shared by every session (with an adapted bundle's front-end correction)
+        self.logmel = site_shift.bundle_logmel(fe, manifest.extra, str(bundle_dir))
+        self.site = site_shift.description_of(manifest.extra, str(bundle_dir))  # training audio, for the warning
         self.meter = BlockQuality(fe, self.window_samples, self.hop_samples, self.quality)  # read-only too
         self._input_shape = want
         self.operating_point = bundle_operating_point(manifest, threshold)
@@ -147,11 +150,20 @@ class EdgeModel:
         n_in = np.asarray(samples).shape[0]
         x = prepare_samples(samples, sample_rate, self.sample_rate, min_samples=self.window_samples, pad=pad,
                             source=source)
-        windows = frame_windows(self.logmel(x), self.frontend, self.windowing)
+        frames = self.logmel(x)
+        windows = frame_windows(frames, self.frontend, self.windowing)
         quality = self.meter.windows(x, self.count_windows(x.shape[0]))
         for k, q in enumerate(quality):
             acc.add(self.score_window(k, windows[k], q))
-        return acc.result(duration_s=n_in / sample_rate, source=source)
+        return self.with_site_shift(acc.result(duration_s=n_in / sample_rate, source=source),
+                                    site_shift.recording_features(frames) if frames.shape[0] else None)
+
+    def with_site_shift(self, result: ClassificationResult, features: np.ndarray | None) -> ClassificationResult:
+        """``result`` with the site-shift verdict of the recording's front-end ``features`` (unchanged when the
+        bundle carries no description of its training audio)."""
+        if self.site is None or features is None:
+            return result
+        return dataclasses.replace(result, site_shift=site_shift.recording_verdict(self.site, features))
 
     def classify_file(self, path: str | os.PathLike, aggregation: str = "mean", ema_alpha: float = 0.3,
                       pad: bool = False, keep_windows: bool = True) -> ClassificationResult:

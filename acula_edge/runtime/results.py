@@ -113,6 +113,7 @@ class ClassificationResult:
     duration_s: float  # length of the input audio
     aggregation: str  # "mean" or "ema"
     source: str = "<buffer>"
+    site_shift: dict[str, Any] | None = None  # score / threshold / flagged when the bundle describes its training audio
 
     @property
     def label(self) -> str | None:
@@ -142,6 +143,8 @@ class ClassificationResult:
             "probabilities": dict(zip(self.labels, _floats(self.probabilities))), "label": self.label,
             "decision": self.decision, "threshold": self.threshold, "positive_label": self.labels[-1],
             "n_windows": self.n_windows, "n_excluded": self.n_excluded, "aggregation": self.aggregation}
+        if self.site_shift is not None:
+            d["site_shift"] = self.site_shift
         if windows:
             d["windows"] = [w.to_dict() for w in self.windows]
         return d

@@ -32,6 +32,7 @@ from acula_edge.frontend import FrontendConfig
 from acula_edge.runtime.aggregation import DecisionConfig, RecordingAccumulator
 from acula_edge.runtime.quality import BlockQuality
 from acula_edge.runtime.resampling import StreamResampler
+from acula_edge.runtime.site_shift import FeatureAccumulator, SiteDescription
 from acula_edge.runtime.results import ClassificationResult, RecordingUpdate, WindowEvent, WindowQuality
 
 Event = Union[WindowEvent, RecordingUpdate]
@@ -49,11 +50,14 @@ class WindowModel(Protocol):
     hop_samples: int
     frames_per_window: int
     frames_per_hop: int
+    site: SiteDescription | None  # the bundle's training audio, for the site-shift warning
 
     def accumulator(self, aggregation: str, ema_alpha: float, decision: DecisionConfig | None,
                     keep_windows: bool) -> RecordingAccumulator: ...
 
     def score_window(self, index: int, window: np.ndarray, quality: WindowQuality) -> WindowEvent: ...
+
+    def with_site_shift(self, result: ClassificationResult, features: np.ndarray | None) -> ClassificationResult: ...
 
 
 class StreamSession:
@@ -76,6 +80,7 @@ class StreamSession:
         self._acc = model.accumulator(aggregation, ema_alpha, decision, keep_windows)
         m = model
         self._fe = LogMelStream(m.frontend, m.logmel)
+        self._shift = FeatureAccumulator(m.frontend.n_mels) if m.site is not None else None  # site-shift warning
         self._ws, self._hs = m.window_samples, m.hop_samples
         self._wf, self._hf = m.frames_per_window, m.frames_per_hop
         # Rolling buffers, preallocated: after each piece (<= one hop) at most one window + two hops are held.
@@ -111,6 +116,8 @@ class StreamSession:
     def _reset(self) -> None:
         self._fe.reset()
         self._acc.reset()
+        if self._shift is not None:
+            self._shift.reset()
         self._total = 0  # samples pushed (absolute index of the next sample)
         self._blen = 0  # samples in the partial quality block
         self._nblocks = 0  # quality blocks completed (absolute index of the next one)
@@ -197,7 +204,8 @@ class StreamSession:
                 self._feed(zeros[start:start + self._hs], tail)
         self.tail_events = tail
         self._finished = True
-        return self._acc.result(duration_s=duration, source=self.source)
+        return self.model.with_site_shift(self._acc.result(duration_s=duration, source=self.source),
+                                          None if self._shift is None else self._shift.features())
 
     # -- internals ------------------------------------------------------------------------------------------------
 
@@ -241,6 +249,8 @@ class StreamSession:
             return
         new = self._fe.push(self._pending[:self._plen])
         self._plen = 0
+        if self._shift is not None:
+            self._shift.push(new)
         fabs = self._fe.frames_emitted - new.shape[0]  # absolute index of new[0]
         fskip = min(max(self._f0 - fabs, 0), new.shape[0])
         self._frames[self._flen:self._flen + new.shape[0] - fskip] = new[fskip:]
