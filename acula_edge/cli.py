@@ -22,6 +22,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "distill": ("acula_edge.distill.cli", "distill", "Distill a teacher into a device-sized student."),
     "export": ("acula_edge.export.cli", "export", "Quantize and export a checkpoint to a device bundle."),
     "verify": ("acula_edge.export.cli", "verify", "Re-check a bundle: checksum, schema and parity."),
+    "adapt": ("acula_edge.adapt_cli", "adapt", "Adapt a bundle or checkpoint to a new site from unlabeled recordings."),
     "info": ("acula_edge.runtime.cli", "info", "Print a bundle's manifest readably."),
     "classify": ("acula_edge.runtime.cli", "classify", "Classify recordings with a bundle."),
     "stream": ("acula_edge.runtime.cli", "stream", "Stream a recording (or stdin PCM) through a bundle."),

@@ -568,6 +568,11 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
              "run_dir": str(run_dir), **{k: v for k, v in teacher_info.items() if k != "teacher_cache"}}
     if val_scores is not None:
         extra[VALIDATION_KEY] = val_scores
+    if env.is_main:  # what the training audio looked like: the device's site-shift warning and adaptation use it
+        from acula_edge.adapt import describe_dataset
+        from acula_edge.runtime.site_shift import DESCRIPTION_KEY
+
+        extra[DESCRIPTION_KEY] = describe_dataset(train_ds, fe, win, labels[-1]).to_dict()
     info = CheckpointInfo(kind="student", architecture=ARCHITECTURE, model_config=scfg.to_dict(), frontend=fe,
                           windowing=win, labels=labels, embedding_dim=emb_dim,
                           threshold=point.threshold if point.threshold is not None else 0.5,

@@ -19,6 +19,7 @@ from acula_edge.checkpoint import CheckpointInfo
 from acula_edge.errors import BundleError
 from acula_edge.export.registry import TargetResult
 from acula_edge.manifest import Manifest
+from acula_edge.runtime.site_shift import DESCRIPTION_KEY
 
 REFERENCE_FILE = "reference.npz"
 REFERENCE_WINDOWS = 8  # windows stored in reference.npz
@@ -53,6 +54,11 @@ def file_hashes(folder: Path, names: tuple[str, ...] | list[str]) -> dict[str, s
     return {name: atomic.sha256_file(folder / name) for name in names}
 
 
+# Checkpoint ``extra`` entries a bundle carries to the device: the description of the training audio (site-shift
+# warning and adaptation, acula_edge.runtime.site_shift).
+CHECKPOINT_EXTRA_KEYS = (DESCRIPTION_KEY,)
+
+
 def build_manifest(info: CheckpointInfo, target: str, precision: str, result: TargetResult, model_sha256: str,
                    parity: dict[str, Any], source_sha256: str, versions: dict[str, str],
                    extra: dict[str, Any]) -> Manifest:
@@ -61,7 +67,8 @@ def build_manifest(info: CheckpointInfo, target: str, precision: str, result: Ta
         target=target, precision=precision, model_file=result.model_file, model_sha256=model_sha256,
         frontend=info.frontend, windowing=info.windowing, inputs=result.inputs, outputs=result.outputs,
         labels=tuple(info.labels), threshold=info.threshold, prompts=info.prompts, parity=parity,
-        source_checkpoint_sha256=source_sha256, versions=dict(versions), extra=dict(extra),
+        source_checkpoint_sha256=source_sha256, versions=dict(versions),
+        extra={**{k: info.extra[k] for k in CHECKPOINT_EXTRA_KEYS if k in info.extra}, **extra},
         operating_point=info.operating_point)
     manifest.validate()
     return manifest

@@ -87,6 +87,7 @@ class SiteDescription:
     n_recordings: int
     score_quantiles: tuple[float, ...] = ()  # training scores at quantiles 0.5, 0.9, 0.95, 0.99, 1.0 (context)
     recordings_sha256: str = ""  # digest of the training features
+    prevalence: float | None = None  # share of training recordings with the positive (last) label, if known
 
     @property
     def n_mels(self) -> int:
@@ -113,7 +114,7 @@ class SiteDescription:
         return {"kind": "logmel_band_stats", "feature_mean": r(self.feature_mean), "feature_std": r(self.feature_std),
                 "band_mean": r(self.band_mean), "band_std": r(self.band_std), "threshold": round(self.threshold, 5),
                 "n_recordings": self.n_recordings, "score_quantiles": r(self.score_quantiles),
-                "recordings_sha256": self.recordings_sha256}
+                "recordings_sha256": self.recordings_sha256, "prevalence": self.prevalence}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "SiteDescription":
@@ -122,7 +123,8 @@ class SiteDescription:
                        band_mean=tuple(map(float, d["band_mean"])), band_std=tuple(map(float, d["band_std"])),
                        threshold=float(d["threshold"]), n_recordings=int(d["n_recordings"]),
                        score_quantiles=tuple(map(float, d.get("score_quantiles", ()))),
-                       recordings_sha256=str(d.get("recordings_sha256", "")))
+                       recordings_sha256=str(d.get("recordings_sha256", "")),
+                       prevalence=None if d.get("prevalence") is None else float(d["prevalence"]))
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{source}: malformed {DESCRIPTION_KEY} ({type(e).__name__}: {e})") from e
         n = len(desc.band_mean)
@@ -131,10 +133,10 @@ class SiteDescription:
         return desc
 
 
-def describe(features: np.ndarray, quantile: float = THRESHOLD_QUANTILE,
+def describe(features: np.ndarray, prevalence: float | None = None, quantile: float = THRESHOLD_QUANTILE,
              margin: float = THRESHOLD_MARGIN) -> SiteDescription:
     """The description of training recordings' ``features`` (R, 2 n_mels), threshold at ``quantile`` x ``margin``
-    of their own scores."""
+    of their own scores; ``prevalence``: their share of positive labels (for re-choosing the operating point)."""
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] % 2:
         raise ValueError(f"need features of at least 2 recordings, shape (R, 2 n_mels); got {f.shape}")
@@ -144,7 +146,7 @@ def describe(features: np.ndarray, quantile: float = THRESHOLD_QUANTILE,
     qs = np.quantile(scores, [0.5, 0.9, 0.95, 0.99, 1.0])
     return SiteDescription(tuple(mean), tuple(std), tuple(band_mean), tuple(band_std),
                            float(np.quantile(scores, quantile) * margin), int(f.shape[0]), tuple(qs),
-                           features_sha256(f))
+                           features_sha256(f), prevalence)
 
 
 def description_of(extra: dict[str, Any], source: str = "manifest") -> SiteDescription | None:
