@@ -94,6 +94,7 @@ class BundlePredictions:
     n_windows: int = 0
     n_excluded: int = 0
     seconds: float = 0.0  # model time over all windows
+    site_shift: list[dict[str, Any] | None] | None = None  # per-recording site-shift verdict (bundle describes its training audio)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -133,6 +134,7 @@ def predict(models: Sequence[Any], dataset: Dataset, group_by: str | None = None
     ``held_out[i]``: model ``i`` was trained without that group of ``group_by``; it runs on that group only (its
     other rows are NaN).
     """
+    from acula_edge.runtime.site_shift import CORRECTION_KEY, recording_features
     from acula_edge.windows import recording_windows
 
     if not models:
@@ -154,7 +156,7 @@ def predict(models: Sequence[Any], dataset: Dataset, group_by: str | None = None
     # Bundles sharing a front-end and windowing share the windows of each recording.
     by_frontend: dict[tuple[str, str], list[int]] = {}
     for i, m in enumerate(models):
-        key = (m.frontend.to_json(), repr(m.windowing))
+        key = (m.frontend.to_json(), repr(m.windowing), repr(m.manifest.extra.get(CORRECTION_KEY)))
         by_frontend.setdefault(key, []).append(i)
     n_rec = len(dataset)
     probs = [np.full((n_rec, len(m.labels)), np.nan, dtype=np.float32) for m in models]
@@ -162,6 +164,7 @@ def predict(models: Sequence[Any], dataset: Dataset, group_by: str | None = None
     n_windows = [0] * len(models)
     n_excluded = [0] * len(models)
     seconds = [0.0] * len(models)
+    shifts: list[list[dict[str, Any] | None]] = [[None] * n_rec for _ in models]
     problems = []
     step = max(1, n_rec // 10)
     for r, rec in enumerate(dataset):
@@ -177,6 +180,10 @@ def predict(models: Sequence[Any], dataset: Dataset, group_by: str | None = None
                 break
             windows = recording_windows(x, first.frontend, first.windowing, first.logmel)
             quality = first.meter.windows(x, windows.shape[0])
+            features = None
+            if any(models[i].site is not None for i in members):  # the site-shift check's per-band statistics
+                frames = first.logmel(x)
+                features = recording_features(frames) if frames.shape[0] else None
             for i in members:
                 m = models[i]
                 acc = m.accumulator("mean")
@@ -184,7 +191,9 @@ def predict(models: Sequence[Any], dataset: Dataset, group_by: str | None = None
                 for k in range(windows.shape[0]):
                     acc.add(m.score_window(k, windows[k], quality[k]))
                 seconds[i] += time.perf_counter() - t0
-                res = acc.result(duration_s=x.shape[0] / m.sample_rate, source=rec.source)
+                res = m.with_site_shift(acc.result(duration_s=x.shape[0] / m.sample_rate, source=rec.source),
+                                        features)
+                shifts[i][r] = res.site_shift
                 probs[i][r] = res.probabilities
                 if embs[i] is None:
                     embs[i] = np.full((n_rec, res.embedding.shape[0]), np.nan, dtype=np.float32)
@@ -202,7 +211,7 @@ def predict(models: Sequence[Any], dataset: Dataset, group_by: str | None = None
         out.bundles.append(BundlePredictions(bundle=str(m.bundle_dir), info=_bundle_info(m), probabilities=probs[i],
                                              embeddings=embs[i] if embs[i] is not None else np.zeros((n_rec, 0)),
                                              n_windows=n_windows[i], n_excluded=n_excluded[i], seconds=seconds[i],
-                                             held_out=held[i]))
+                                             held_out=held[i], site_shift=shifts[i] if m.site is not None else None))
     return out
 
 
@@ -253,6 +262,12 @@ def pool_folds(folds: Sequence[BundlePredictions], groups: Sequence[str]) -> Bun
     probs = np.full_like(first.probabilities, np.nan)
     emb = np.full((probs.shape[0], first.embeddings.shape[1]), np.nan, dtype=np.float32)
     thr = np.full(probs.shape[0], np.nan)
+    shift: list[dict[str, Any] | None] | None = None
+    if all(f.site_shift is not None for f in folds):  # each fold's warning on its own held-out group
+        shift = [None] * probs.shape[0]
+        for f in folds:
+            for i in np.flatnonzero(g == f.held_out):
+                shift[i] = f.site_shift[i]
     for f in folds:
         mask = g == f.held_out
         probs[mask] = f.probabilities[mask]
@@ -267,7 +282,8 @@ def pool_folds(folds: Sequence[BundlePredictions], groups: Sequence[str]) -> Bun
             "folds": {f.held_out: f.bundle for f in ordered}}
     return BundlePredictions(bundle=info["bundle"], info=info, probabilities=probs, embeddings=emb,
                              n_windows=sum(f.n_windows for f in folds), n_excluded=sum(f.n_excluded for f in folds),
-                             seconds=sum(f.seconds for f in folds), held_out=None, row_thresholds=thr)
+                             seconds=sum(f.seconds for f in folds), held_out=None, row_thresholds=thr,
+                             site_shift=shift)
 
 
 def entries(pred: Predictions) -> list[BundlePredictions]:
@@ -339,6 +355,12 @@ def evaluate(pred: Predictions, cfg: AccuracyConfig = AccuracyConfig()) -> list[
                 rec["site_probe"] = site_probe(bp.embeddings[keep], list(groups),
                                                [lab for lab, k in zip(pred.labels, keep) if k], seed=cfg.seed)
         rec["warnings"] = transfer_warnings(rec)
+        if bp.site_shift is not None:  # the site-shift warning: pooled, and per group (one site each)
+            from acula_edge.runtime.site_shift import batch_verdict
+
+            verdicts = [v for v, k in zip(bp.site_shift, keep) if k]
+            rec["site_shift"] = {"pooled": batch_verdict(verdicts), "by_group": {} if groups is None else {
+                g: batch_verdict([v for v, gg in zip(verdicts, groups) if gg == g]) for g in sorted(set(groups))}}
         ref = next(r for r in reported if (r.row_thresholds is None) == (bp.row_thresholds is None))
         if bp is not ref and bp.labels == ref.labels:
             rec["vs_first"] = _agreement(bp, ref, pred.labels)

@@ -165,14 +165,18 @@ def classify(bundle: str, files: tuple[str, ...], fmt: str, windows: bool, verbo
         keep = windows and fmt == "json"  # per-window results only when printed: constant memory for long files
         results = [model.classify_file(f, aggregation=aggregation, keep_windows=keep, pad=pad) for f in files]
     labels = list(model.labels)
+    _warn_site_shift([r.site_shift for r in results])
     if fmt == "json":
         for r in results:
             _echo_json(r.to_dict(windows=windows))
         return
-    header = ["file", "duration_s", "windows", "excluded", *[f"p_{lb}" for lb in labels], "label", "decision"]
+    shift = model.site is not None
+    header = ["file", "duration_s", "windows", "excluded", *[f"p_{lb}" for lb in labels], "label", "decision",
+              *(["site_shift"] if shift else [])]
     rows = [[r.source, f"{r.duration_s:.2f}", str(r.n_windows), str(r.n_excluded),
              *[f"{p:.4f}" for p in r.probabilities], str(r.label or "-"),
-             "-" if r.decision is None else labels[-1] if r.decision else f"not {labels[-1]}"] for r in results]
+             "-" if r.decision is None else labels[-1] if r.decision else f"not {labels[-1]}",
+             *([_shift_cell(r.site_shift)] if shift else [])] for r in results]
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -184,6 +188,26 @@ def classify(bundle: str, files: tuple[str, ...], fmt: str, windows: bool, verbo
     click.echo("  ".join(h.ljust(wd) for h, wd in zip(header, widths)))
     for r in rows:
         click.echo("  ".join(c.ljust(wd) for c, wd in zip(r, widths)))
+
+
+def _shift_cell(verdict: dict[str, Any] | None) -> str:
+    if not verdict:
+        return "-"
+    return f"{verdict['score']:.2f}" + (" UNLIKE TRAINING" if verdict["flagged"] else "")
+
+
+def _warn_site_shift(verdicts: list[dict[str, Any] | None]) -> None:
+    """One stderr line when recordings look unlike the bundle's training audio (and for the batch as one site)."""
+    from acula_edge.runtime.site_shift import batch_verdict
+
+    batch = batch_verdict(verdicts)
+    if not batch or not batch["flagged"]:
+        return
+    what = ("as a batch from one site, this audio is unlike the bundle's training audio"
+            if batch["batch_flagged"] and batch["n"] > 1 else "unlike the bundle's training audio")
+    click.echo(f"warning: site shift: {batch['flagged']} of {batch['n']} recording(s) {what} (median shift score "
+               f"{batch['median_score']:.2f}, threshold {batch['threshold']:.2f}); its scores may "
+               f"not hold here: check on labelled recordings, or adapt with 'acula-edge adapt'", err=True)
 
 
 def _describe(event: Any, labels: tuple[str, ...]) -> str:
@@ -248,6 +272,7 @@ def stream(bundle: str, audio: str, as_json: bool, chunk_ms: int, sample_rate: i
             emit(session.push(block, rate))
     result = session.finish()
     emit(session.tail_events)
+    _warn_site_shift([result.site_shift])
     if as_json:
         _echo_json(result.to_dict(windows=False))
     else:
@@ -255,4 +280,5 @@ def stream(bundle: str, audio: str, as_json: bool, chunk_ms: int, sample_rate: i
         decision = "-" if result.decision is None else pos if result.decision else f"not {pos}"
         probs = ", ".join(f"{lb}={p:.3f}" for lb, p in zip(result.labels, result.probabilities))
         click.echo(f"summary: {result.duration_s:.2f} s, {result.n_windows} windows ({result.n_excluded} excluded); "
-                   f"{probs}; decision: {decision}")
+                   f"{probs}; decision: {decision}" + (f"; site shift {_shift_cell(result.site_shift)}"
+                                                      if result.site_shift else ""))

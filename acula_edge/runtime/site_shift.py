@@ -257,5 +257,6 @@ def batch_verdict(results: Iterable[dict[str, Any] | None]) -> dict[str, Any] | 
         return None
     flagged = sum(r["flagged"] for r in checked)
     return {"n": len(checked), "flagged": flagged, "fraction_flagged": round(flagged / len(checked), 4),
+            "threshold": checked[0]["threshold"],
             "median_score": round(float(np.median([r["score"] for r in checked])), 4),
             "batch_flagged": flagged / len(checked) > BATCH_FRACTION}
