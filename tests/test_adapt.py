@@ -4,8 +4,6 @@ synthetic subsets)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +19,18 @@ TRAIN = "synthetic:heart?n=32&seed=1"
 SITE = "synthetic:heart?n=24&seed=5"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from acula_edge.cli import main; main()", *args],
-                          capture_output=True, text=True, timeout=600)
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``acula-edge ARGS`` run in this process (no second torch import)."""
+    from acula_edge.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def _frames(rng: np.random.Generator, n: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -208,27 +215,28 @@ def test_adapt_refuses_unsafe_requests(trained, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_adapt_cli_checkpoint_adabn_passes_verify(trained, tmp_path):
+def test_adapt_cli_checkpoint_adabn_passes_verify(trained, tmp_path, capsys):
     ckpt, _ = trained
     out = tmp_path / "ckpt-site"
-    r = _cli("adapt", str(ckpt), "--data", SITE, "--out", str(out), "--method", "fe-norm", "--method", "adabn",
-             "--target", "onnx", "--min-recordings", "10", "--json")
-    assert r.returncode == 0, r.stderr
-    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    code, stdout, stderr = _cli(capsys, "adapt", str(ckpt), "--data", SITE, "--out", str(out), "--method", "fe-norm",
+                                "--method", "adabn", "--target", "onnx", "--min-recordings", "10", "--json")
+    assert code == 0, stderr
+    rec = json.loads(stdout.strip().splitlines()[-1])
     assert rec["source_kind"] == "checkpoint" and "adabn" in rec["estimated"]
     assert "batch-norm layers from" in rec["estimated"]["adabn"]
     assert rec["adapted_weights_sha256"] != rec["source_weights_sha256"]
-    v = _cli("verify", str(out))
-    assert v.returncode == 0, v.stderr
-    assert "ok" in v.stdout
-    bad = _cli("adapt", str(ckpt), "--data", "synthetic:heart?n=12&seed=5", "--out", str(tmp_path / "y"))
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith(
+    code, stdout, stderr = _cli(capsys, "verify", str(out))
+    assert code == 0, stderr
+    assert f"{out}: ok" in stdout
+    code, _, stderr = _cli(capsys, "adapt", str(ckpt), "--data", "synthetic:heart?n=12&seed=5", "--out",
+                           str(tmp_path / "y"))
+    assert code == 2
+    assert stderr.strip().splitlines()[-1].startswith(
         "error: synthetic:heart?n=12&seed=5: 12 recording(s); adaptation needs at least 20 unlabeled recordings")
     assert not (tmp_path / "y").exists()
 
 
-def test_classify_and_stream_flag_audio_unlike_training(trained, tmp_path):
+def test_classify_and_stream_flag_audio_unlike_training(trained, tmp_path, capsys):
     import soundfile as sf
 
     from acula_edge.data import load_dataset
@@ -251,7 +259,7 @@ def test_classify_and_stream_flag_audio_unlike_training(trained, tmp_path):
     assert streamed.site_shift["score"] == pytest.approx(far.site_shift["score"], rel=0.02)
     sf.write(tmp_path / "loud.wav", loud, 2000)
     sf.write(tmp_path / "ok.wav", x, 2000)
-    r = _cli("classify", str(bundle), str(tmp_path / "loud.wav"), str(tmp_path / "ok.wav"))
-    assert r.returncode == 0, r.stderr
-    assert "UNLIKE TRAINING" in r.stdout.splitlines()[1] and "UNLIKE" not in r.stdout.splitlines()[2]
-    assert "warning: site shift: 1 of 2 recording(s) unlike the bundle's training audio" in r.stderr
+    code, stdout, stderr = _cli(capsys, "classify", str(bundle), str(tmp_path / "loud.wav"), str(tmp_path / "ok.wav"))
+    assert code == 0, stderr
+    assert "UNLIKE TRAINING" in stdout.splitlines()[1] and "UNLIKE" not in stdout.splitlines()[2]
+    assert "warning: site shift: 1 of 2 recording(s) unlike the bundle's training audio" in stderr
