@@ -263,3 +263,16 @@ def test_classify_and_stream_flag_audio_unlike_training(trained, tmp_path, capsy
     assert code == 0, stderr
     assert "UNLIKE TRAINING" in stdout.splitlines()[1] and "UNLIKE" not in stdout.splitlines()[2]
     assert "warning: site shift: 1 of 2 recording(s) unlike the bundle's training audio" in stderr
+
+
+def test_bench_accuracy_reports_the_site_shift_per_group(trained):
+    from acula_edge.bench.accuracy import AccuracyConfig, bench_accuracy
+    from acula_edge.bench.report import site_shift_table
+
+    _, bundle = trained
+    doc, _ = bench_accuracy([bundle], "synthetic:heart?n=8&seed=3", AccuracyConfig(group_by="subset", n_boot=20))
+    shift = doc["bundles"][0]["site_shift"]
+    assert shift["pooled"]["n"] == 8 and set(shift["by_group"]) == {"A", "B", "C", "D"}
+    assert sum(v["n"] for v in shift["by_group"].values()) == 8
+    table = site_shift_table(doc, markdown=True)
+    assert table.splitlines()[0] == "| bundle | flagged (all) | flagged (A) | flagged (B) | flagged (C) | flagged (D) |"

@@ -214,6 +214,23 @@ def probe_table(doc: dict[str, Any], markdown: bool = False) -> str | None:
                   markdown)
 
 
+def site_shift_table(doc: dict[str, Any], markdown: bool = False) -> str | None:
+    """Site-shift warning per bundle: share of recordings flagged, pooled and per group (None when no bundle
+    describes its training audio)."""
+    bundles = [b for b in doc["bundles"] if b.get("site_shift")]
+    if not bundles:
+        return None
+    names = dict(zip((b["bundle"] for b in doc["bundles"]), short_names([b["bundle"] for b in doc["bundles"]])))
+    groups = sorted({g for b in bundles for g in b["site_shift"]["by_group"]})
+
+    def cell(v: dict[str, Any] | None) -> str:
+        return "n/a" if not v else f"{v['flagged']}/{v['n']}" + (" (batch flagged)" if v["batch_flagged"] else "")
+
+    rows = [[names[b["bundle"]], cell(b["site_shift"]["pooled"]), *[cell(b["site_shift"]["by_group"].get(g))
+                                                                     for g in groups]] for b in bundles]
+    return _table(["bundle", "flagged (all)", *[f"flagged ({g})" for g in groups]], rows, markdown)
+
+
 def _fmt_float(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
@@ -258,6 +275,12 @@ def markdown_report(accuracy: dict[str, Any], latency: dict[str, Any] | None = N
                   "group from each recording's embedding; lower is better, chance is the floor. 'within label' "
                   "repeats it inside each class, so label-rate differences between groups cannot help.", "",
                   probe, ""]
+    shift = site_shift_table(accuracy, markdown=True)
+    if shift:
+        lines += ["## Site-shift warning", "",
+                  "Recordings whose per-band log-mel level and spread fall outside the bundle's description of its "
+                  "training audio (shift score above its threshold); a group is flagged as a batch when more than "
+                  "half of its recordings are. Where it fires, the figures above may not transfer.", "", shift, ""]
     folds = [b for b in accuracy["bundles"] if b.get("folds")]
     if folds:
         lines += [f"{h} Leave-one-group-out folds", ""]
