@@ -101,7 +101,7 @@ class AdaptConfig:
     methods: tuple[str, ...] = ("fe-norm",)  # subset of METHODS
     min_recordings: int = MIN_RECORDINGS  # refuse fewer site recordings than this
     windows_per_recording: int = 8  # evenly spaced windows per site recording (AdaBN statistics, threshold scores)
-    train_data: str | None = None  # training recordings: describes the training audio when the source has no description
+    train_data: str | None = None  # training recordings, when the source carries no description of its audio
     target: str = DEFAULT_TARGET  # export target when adapting a checkpoint
     quantize: str = "none"  # "none" or "int8" when adapting a checkpoint
     calib_data: str | None = None  # int8 calibration recordings (default: the site's own recordings)

@@ -184,8 +184,11 @@ def _ci(values: list[float]) -> str:
 
 
 def summarise(paths: list[str]) -> None:
-    rows = [json.loads(line) for p in paths for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = list({(r["variant"], r["kind"], r["fold"], r["seed"], r.get("method"), r.get("k")): r for r in rows}.values())
+    rows = [json.loads(line) for p in paths for line in Path(p).read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    # a rerun of the same run replaces the earlier row
+    rows = list({(r["variant"], r["kind"], r["fold"], r["seed"], r.get("method"), r.get("k")): r
+                 for r in rows}.values())
     if len({r["variant"] for r in rows}) > 1:
         raise SystemExit("--summary: give the files of one variant at a time")
     folds = sorted({r["fold"] for r in rows})

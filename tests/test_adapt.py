@@ -4,8 +4,6 @@ synthetic subsets)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 

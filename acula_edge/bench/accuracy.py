@@ -94,7 +94,7 @@ class BundlePredictions:
     n_windows: int = 0
     n_excluded: int = 0
     seconds: float = 0.0  # model time over all windows
-    site_shift: list[dict[str, Any] | None] | None = None  # per-recording site-shift verdict (bundle describes its training audio)
+    site_shift: list[dict[str, Any] | None] | None = None  # per-recording site-shift verdicts (None: no description)
 
     @property
     def labels(self) -> tuple[str, ...]:

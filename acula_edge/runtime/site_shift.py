@@ -119,7 +119,8 @@ class SiteDescription:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "SiteDescription":
         try:
-            desc = cls(feature_mean=tuple(map(float, d["feature_mean"])), feature_std=tuple(map(float, d["feature_std"])),
+            desc = cls(feature_mean=tuple(map(float, d["feature_mean"])),
+                       feature_std=tuple(map(float, d["feature_std"])),
                        band_mean=tuple(map(float, d["band_mean"])), band_std=tuple(map(float, d["band_std"])),
                        threshold=float(d["threshold"]), n_recordings=int(d["n_recordings"]),
                        score_quantiles=tuple(map(float, d.get("score_quantiles", ()))),
