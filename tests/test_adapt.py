@@ -4,6 +4,7 @@ synthetic subsets)."""
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 
