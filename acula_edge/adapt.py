@@ -300,7 +300,10 @@ def _export_adapted(src: Path, stage: Path, site: Dataset, data: str,
         record["source_weights_sha256"] = weights_sha256(src)
     precision = precision_of(config.quantize)
     say(f"exporting to {config.target} {precision} (parity gate on the site's recordings)")
-    edata = prepare_data(info, precision, config.calib_data or data if precision == "int8" else None, data)
+    if precision == "int8":  # calibration on the site's audio unless given; parity then on held-out site recordings
+        edata = prepare_data(info, precision, config.calib_data or data, data if config.calib_data else None)
+    else:
+        edata = prepare_data(info, precision, None, data)
     return export_model(model, info, stage, config.target, precision, data=edata, source_sha256=source_sha,
                         source_path=source_path)
 
