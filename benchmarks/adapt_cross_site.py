@@ -255,17 +255,20 @@ def summarise(paths: list[str]) -> None:
         ks = sorted({r["k"] for r in sizes})
         print("\n### AUROC against the number of unlabeled adaptation recordings (mean over seeds and repeats; "
               "std over repeats)\n")
-        print("| fold | method | " + " | ".join(f"k={k}" for k in ks) + " | all (half) |")
-        print("|---|---|" + "---|" * (len(ks) + 1))
+        print("| fold | seeds | method | " + " | ".join(f"k={k}" for k in ks) + " | all (half) | none |")
+        print("|---|---|---|" + "---|" * (len(ks) + 2))
         for f in folds:
+            seeds = sorted({r["seed"] for r in sizes if r["fold"] == f})
+            none = np.mean([r["auroc"] for r in ad if r["fold"] == f and r["method"] == "none" and r["seed"] in seeds])
             for method in ("fe-norm", "adabn", "fe-norm+adabn"):
                 cells = []
                 for k in ks:
                     v = [a for r in sizes if r["fold"] == f and r["method"] == method and r["k"] == k
                          for a in r["aurocs"]]
                     cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "")
-                full = [r["auroc"] for r in ad if r["fold"] == f and r["method"] == method]
-                print(f"| {f} | {method} | " + " | ".join(cells) + f" | {np.mean(full):.3f} |")
+                full = [r["auroc"] for r in ad if r["fold"] == f and r["method"] == method and r["seed"] in seeds]
+                print(f"| {f} | {len(seeds)} | {method} | " + " | ".join(cells) + f" | {np.mean(full):.3f} | "
+                      f"{none:.3f} |")
 
 
 def main() -> None:
