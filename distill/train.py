@@ -568,7 +568,7 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
              "run_dir": str(run_dir), **{k: v for k, v in teacher_info.items() if k != "teacher_cache"}}
     if val_scores is not None:
         extra[VALIDATION_KEY] = val_scores
-    if env.is_main:  # what the training audio looked like: the device's site-shift warning and adaptation use it
+    if env.is_main and fe.device_ready:  # the training audio, for the device's site-shift warning and adaptation
         from acula_edge.adapt import describe_dataset
         from acula_edge.runtime.site_shift import DESCRIPTION_KEY
 

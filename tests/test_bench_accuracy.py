@@ -47,8 +47,8 @@ def test_predictions_equal_classify_and_windows_are_shared(bundles, monkeypatch)
     models = [load(b, num_threads=1) for b in bundles]
     ds = _dataset()
     calls = []
-    real = windows.frame_windows
-    monkeypatch.setattr(windows, "frame_windows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = windows.recording_windows
+    monkeypatch.setattr(windows, "recording_windows", lambda *a, **k: calls.append(1) or real(*a, **k))
     pred = predict(models, ds, group_by="site")
     assert len(calls) == len(ds)  # once per recording, not once per bundle
     assert pred.record_ids == [r.record_id for r in ds] and pred.groups == ["A", "A", "A", "B", "B", "B"]
