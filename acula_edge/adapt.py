@@ -86,6 +86,10 @@ def adabn(model: Any, windows: np.ndarray, batch_size: int = 64, seed: int = 0) 
 # The adapt command: a bundle or checkpoint + a site's unlabeled recordings -> a new, adapted bundle.
 
 METHODS = ("fe-norm", "adabn", "threshold")
+# "auto": what measured best per source on the leave-one-subset-out folds (RESULTS_cross_site.md, section 4): from a
+# checkpoint, AdaBN (mean MAcc at the shipped threshold 0.64 vs 0.56 unadapted); from a bundle, the re-chosen
+# operating point (0.61 vs 0.56). Neither moved AUROC beyond the seed spread.
+AUTO_METHODS = {"checkpoint": ("adabn",), "bundle": ("threshold",)}
 NEEDS_CHECKPOINT = ("adabn",)  # changes weights: a bundle's model file cannot be re-estimated
 ADAPTATION_KEY = "adaptation"  # manifest ``extra`` key recording what an adaptation estimated, and from what
 # Fewest site recordings adaptation accepts. From benchmarks/adapt_cross_site.py (RESULTS_cross_site.md, "how many
@@ -98,7 +102,7 @@ DEFAULT_TARGET = "tflite"
 class AdaptConfig:
     """Options of :func:`adapt`."""
 
-    methods: tuple[str, ...] = ("fe-norm",)  # subset of METHODS
+    methods: tuple[str, ...] = ("auto",)  # subset of METHODS, or ("auto",): AUTO_METHODS for the source kind
     min_recordings: int = MIN_RECORDINGS  # refuse fewer site recordings than this
     windows_per_recording: int = 8  # evenly spaced windows per site recording (AdaBN statistics, threshold scores)
     train_data: str | None = None  # training recordings, when the source carries no description of its audio
@@ -109,6 +113,8 @@ class AdaptConfig:
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
+        if self.methods == ("auto",):
+            unknown = []
         if not self.methods or unknown:
             raise ConfigError(f"adaptation methods {list(self.methods)}: choose one or more of {list(METHODS)}")
         if self.min_recordings < 2 or self.windows_per_recording < 1:
@@ -170,11 +176,12 @@ def adapt(source: str | Path, data: str, out: str | Path, config: AdaptConfig = 
     """Adapt the bundle or checkpoint folder ``source`` to the site whose **unlabeled** recordings ``data`` (a
     dataset spec; labels, if any, are ignored) holds, and write a new bundle to ``out``.
 
-    ``config.methods``: "fe-norm" (front-end correction, any source), "adabn" (checkpoint only; the re-estimated
-    model is re-exported through the parity gate, on the site's recordings), "threshold" (operating point re-chosen
-    so that the site's share of positive decisions equals the training prevalence). What was estimated, from how
-    many recordings and their digest, and the site-shift check of the site's audio are recorded in the manifest's
-    ``extra["adaptation"]``. Raises DatasetError for too few recordings, ConfigError for bad paths or methods.
+    ``config.methods``: ("auto",) picks :data:`AUTO_METHODS` for the source kind; "fe-norm" (front-end correction,
+    any source), "adabn" (checkpoint only; the re-estimated model is re-exported through the parity gate, on the
+    site's recordings), "threshold" (operating point re-chosen so that the site's share of positive decisions equals
+    the training prevalence). What was estimated, from how many recordings and their digest, and the site-shift
+    check of the site's audio are recorded in the manifest's ``extra["adaptation"]``. Raises DatasetError for too
+    few recordings, ConfigError for bad paths or methods.
     """
     say = progress or (lambda _msg: None)
     src, dst = Path(source).resolve(), Path(out).resolve()
@@ -182,6 +189,8 @@ def adapt(source: str | Path, data: str, out: str | Path, config: AdaptConfig = 
     if not is_bundle and not (src / "config.json").is_file():
         raise ConfigError(f"{src}: neither a bundle (no {MANIFEST_NAME}) nor a checkpoint (no config.json)")
     _check_paths(src, dst)
+    if config.methods == ("auto",):
+        config = dataclasses.replace(config, methods=AUTO_METHODS["bundle" if is_bundle else "checkpoint"])
     needs = [m for m in config.methods if m in NEEDS_CHECKPOINT]
     if is_bundle and needs:
         raise ConfigError(f"{src} is a bundle: {', '.join(needs)} re-estimates the model's weights and needs the "

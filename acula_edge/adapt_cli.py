@@ -13,8 +13,9 @@ from acula_edge.adapt import DEFAULT_TARGET, METHODS, MIN_RECORDINGS, AdaptConfi
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", required=True, help="The new site's recordings (dataset spec); labels, if any, are ignored.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder for the adapted bundle.")
-@click.option("--method", "methods", multiple=True, type=click.Choice(METHODS), default=("fe-norm",),
-              show_default=True, help="What to re-estimate on the site (repeat for several). adabn needs a checkpoint.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(["auto", *METHODS]), default=("auto",),
+              show_default=True, help="What to re-estimate on the site (repeat for several). adabn needs a checkpoint; "
+              "auto: adabn from a checkpoint, threshold from a bundle (what measured best).")
 @click.option("--train-data", default=None, help="Training recordings, when SOURCE carries no description of them.")
 @click.option("--min-recordings", type=int, default=MIN_RECORDINGS, show_default=True,
               help="Refuse fewer site recordings than this.")

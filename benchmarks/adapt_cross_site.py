@@ -193,8 +193,9 @@ def summarise(paths: list[str]) -> None:
         raise SystemExit("--summary: give the files of one variant at a time")
     folds = sorted({r["fold"] for r in rows})
     ad = [r for r in rows if r["kind"] == "adapt"]
-    print("### Adaptation: AUROC on the scoring half, mean over seeds [min, max]; ΔAUROC vs none with the mean of "
-          "the per-seed paired-bootstrap 95 % bounds\n")
+    print("### Adaptation: AUROC on the scoring half, mean over seeds [min, max over seeds] (seeds); mean over folds "
+          "[min, max of the per-seed means]; ΔAUROC vs none: mean over seeds [mean of the per-seed paired-bootstrap "
+          "95 % bounds]\n")
     print("| method | " + " | ".join(f"{f}: AUROC (seeds)" for f in folds) + " | mean AUROC | min fold | "
           + " | ".join(f"{f}: Δ [95 % CI]" for f in folds) + " |")
     print("|---|" + "---|" * (2 * len(folds) + 2))
@@ -216,9 +217,13 @@ def summarise(paths: list[str]) -> None:
                 lo = np.mean([r["delta_ci"][0] for r in fr])
                 hi = np.mean([r["delta_ci"][1] for r in fr])
                 deltas.append(f"{np.mean(d):+.3f} [{lo:+.3f}, {hi:+.3f}]")
-        print(f"| {method} | " + " | ".join(cells) + f" | {np.mean(means):.3f} | {np.min(means):.3f} | "
+        per_seed = [np.mean([r["auroc"] for r in sel if r["seed"] == sd]) for sd in sorted({r["seed"] for r in sel})
+                    if len([r for r in sel if r["seed"] == sd]) == len(folds)]
+        spread = f" [{min(per_seed):.3f}, {max(per_seed):.3f}]" if len(per_seed) > 1 else ""
+        print(f"| {method} | " + " | ".join(cells) + f" | {np.mean(means):.3f}{spread} | {np.min(means):.3f} | "
               + " | ".join(deltas) + " |")
-    print("\n### Se / Sp on the scoring half: shipped threshold, and re-chosen on the site (prior)\n")
+    print("\n### Se / Sp (MAcc) on the scoring half, mean over seeds: shipped threshold, and re-chosen on the site "
+          "(prior)\n")
     print("| method | " + " | ".join(f"{f}: Se/Sp shipped | {f}: Se/Sp prior" for f in folds) + " |")
     print("|---|" + "---|---|" * len(folds))
     for method in METHODS:
@@ -231,8 +236,9 @@ def summarise(paths: list[str]) -> None:
             if not fr:
                 cells += ["", ""]
                 continue
-            cells.append(f"{np.mean([r['se'] for r in fr]):.2f} / {np.mean([r['sp'] for r in fr]):.2f}")
-            cells.append(f"{np.mean([r['se_prior'] for r in fr]):.2f} / {np.mean([r['sp_prior'] for r in fr]):.2f}")
+            for se, sp in (("se", "sp"), ("se_prior", "sp_prior")):
+                a, b = np.mean([r[se] for r in fr]), np.mean([r[sp] for r in fr])
+                cells.append(f"{a:.2f} / {b:.2f} ({(a + b) / 2:.2f})")
         print(f"| {method} | " + " | ".join(cells) + " |")
     warn = [r for r in rows if r["kind"] == "warning"]
     if warn:

@@ -188,8 +188,9 @@ def test_adapt_bundle_fe_norm_and_threshold(trained, tmp_path):
     # the front-end correction is applied by the runtime: same audio, other probabilities than the source bundle
     x = load_dataset(SITE).recordings[0].load(2000)
     assert not np.allclose(load(bundle).classify(x, 2000).probabilities, edge.classify(x, 2000).probabilities)
-    # re-adapting into the same folder (written by adapt) is allowed, with the threshold method only
-    m2 = adapt(bundle, SITE, tmp_path / "site", AdaptConfig(methods=("threshold",), min_recordings=10))
+    # re-adapting into the same folder (written by adapt) is allowed; "auto" from a bundle re-chooses the threshold
+    m2 = adapt(bundle, SITE, tmp_path / "site", AdaptConfig(min_recordings=10))
+    assert m2.extra["adaptation"]["methods"] == ["threshold"]
     assert site_shift.CORRECTION_KEY not in m2.extra
 
 
