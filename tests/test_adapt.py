@@ -276,3 +276,20 @@ def test_bench_accuracy_reports_the_site_shift_per_group(trained):
     assert sum(v["n"] for v in shift["by_group"].values()) == 8
     table = site_shift_table(doc, markdown=True)
     assert table.splitlines()[0] == "| bundle | flagged (all) | flagged (A) | flagged (B) | flagged (C) | flagged (D) |"
+
+
+def test_adapt_a_bundle_without_description_needs_the_training_data(trained, tmp_path):
+    import shutil
+
+    _, bundle = trained
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["extra"][DESCRIPTION_KEY]  # a bundle exported before bundles described their training audio
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="carries no description of its training audio; pass --train-data SPEC"):
+        adapt(old, SITE, tmp_path / "a", AdaptConfig(min_recordings=10))
+    m = adapt(old, SITE, tmp_path / "a", AdaptConfig(min_recordings=10, train_data=TRAIN))
+    desc = SiteDescription.from_dict(m.extra[DESCRIPTION_KEY])
+    assert desc.n_recordings == 32 and desc.prevalence == pytest.approx(0.5)
+    assert m.extra["adaptation"]["methods"] == ["threshold"]
