@@ -146,6 +146,7 @@ def _check_paths(src: Path, dst: Path) -> None:
     if dst == src or src in dst.parents or dst in src.parents:
         raise ConfigError(f"--out {dst} is (or contains, or is inside) the source {src}; the source is never "
                           f"replaced: choose a new folder")
+    atomic.check_replaceable(dst)  # not the current folder, not a symlink, no user files
     if dst.exists():
         manifest = dst / MANIFEST_NAME
         adapted = False
@@ -264,7 +265,7 @@ def adapt(source: str | Path, data: str, out: str | Path, config: AdaptConfig = 
                 shutil.copy2(f, final / f.name)
             set_default_permissions(final)
     say(f"adapted bundle written to {dst}")
-    return manifest
+    return read_manifest(dst)
 
 
 def _copy_bundle(src: Path, stage: Path) -> None:

@@ -207,9 +207,17 @@ def test_adapt_refuses_unsafe_requests(trained, tmp_path):
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep")
-    with pytest.raises(ConfigError, match="exists and is not a bundle written by 'acula-edge adapt'"):
+    with pytest.raises(ConfigError, match="exists, is not empty and was not written by acula-edge"):
         adapt(bundle, SITE, other, AdaptConfig(min_recordings=10))
     assert (other / "notes.txt").read_text() == "keep"
+    import shutil
+
+    original = tmp_path / "another-original"  # a bundle that adapt did not write is never replaced either
+    shutil.copytree(bundle, original)
+    before = (original / "manifest.json").read_bytes()
+    with pytest.raises(ConfigError, match="exists and is not a bundle written by 'acula-edge adapt'"):
+        adapt(bundle, SITE, original, AdaptConfig(min_recordings=10))
+    assert (original / "manifest.json").read_bytes() == before
     with pytest.raises(ConfigError, match="choose one or more of"):
         AdaptConfig(methods=("magic",))
     assert not (tmp_path / "x").exists()
@@ -279,14 +287,16 @@ def test_bench_accuracy_reports_the_site_shift_per_group(trained):
 
 
 def test_adapt_a_bundle_without_description_needs_the_training_data(trained, tmp_path):
+    import dataclasses
     import shutil
+
+    from acula_edge.manifest import read_manifest, write_manifest
 
     _, bundle = trained
     old = tmp_path / "old"
     shutil.copytree(bundle, old)
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["extra"][DESCRIPTION_KEY]  # a bundle exported before bundles described their training audio
-    (old / "manifest.json").write_text(json.dumps(manifest))
+    m = read_manifest(old)  # a bundle exported before bundles described their training audio:
+    write_manifest(dataclasses.replace(m, extra={k: v for k, v in m.extra.items() if k != DESCRIPTION_KEY}), old)
     with pytest.raises(ConfigError, match="carries no description of its training audio; pass --train-data SPEC"):
         adapt(old, SITE, tmp_path / "a", AdaptConfig(min_recordings=10))
     m = adapt(old, SITE, tmp_path / "a", AdaptConfig(min_recordings=10, train_data=TRAIN))
