@@ -30,6 +30,7 @@ from acula_edge.errors import ConfigError, DatasetError
 from acula_edge.features import LogMel
 from acula_edge.frontend import FrontendConfig, Windowing
 from acula_edge.manifest import MANIFEST_NAME, Manifest, read_manifest, verify_model_file, write_manifest
+from acula_edge.operating_point import overridden
 from acula_edge.runtime import site_shift
 from acula_edge.runtime.site_shift import SiteDescription
 from acula_edge.windows import frame_windows
@@ -255,7 +256,9 @@ def adapt(source: str | Path, data: str, out: str | Path, config: AdaptConfig = 
             record["estimated"]["threshold"] = (f"{manifest.threshold:.4f} -> {new:.4f}: the {1 - desc.prevalence:.3f} "
                                                 f"quantile of {len(scores)} site recordings' P({labels[-1]}) "
                                                 f"(training prevalence {desc.prevalence:.3f})")
-            manifest = dataclasses.replace(manifest, threshold=new)
+            # the operating point records the threshold it replaced (unlabeled: no Se/Sp figures on the site)
+            point = overridden(manifest.operating_point, repr(new), "acula-edge adapt --method threshold")
+            manifest = dataclasses.replace(manifest, threshold=new, operating_point=point)
         manifest = dataclasses.replace(manifest, extra={**manifest.extra, ADAPTATION_KEY: record})
         write_manifest(manifest, stage)
         from acula_edge.export.bundle import set_default_permissions

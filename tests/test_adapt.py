@@ -185,6 +185,8 @@ def test_adapt_bundle_fe_norm_and_threshold(trained, tmp_path):
     p = np.array([edge.classify(r.load(2000, min_samples=need, pad=True), 2000).probabilities[-1]
                   for r in load_dataset(SITE)])
     assert np.mean(p >= m.threshold) == pytest.approx(0.5, abs=0.05)
+    assert m.operating_point.threshold == m.threshold  # the operating point says it was replaced, and by what
+    assert m.operating_point.override.startswith("acula-edge adapt --method threshold")
     # the front-end correction is applied by the runtime: same audio, other probabilities than the source bundle
     x = load_dataset(SITE).recordings[0].load(2000)
     assert not np.allclose(load(bundle).classify(x, 2000).probabilities, edge.classify(x, 2000).probabilities)
