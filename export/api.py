@@ -107,8 +107,8 @@ def export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str,
                                      ev.recording, ev.y, ev.source)
         report.update(held_out=data.held_out, note=data.note)
         timings["parity"] = time.perf_counter() - start
-        extra["parity_seconds"] = round(timings["parity"], 3)
-        manifest = dataclasses.replace(manifest, parity=report, extra=extra)
+        manifest = dataclasses.replace(manifest, parity=report,
+                                       extra={**manifest.extra, "parity_seconds": round(timings["parity"], 3)})
         write_manifest(manifest, tmp)
         bundle.set_default_permissions(tmp)
     return manifest
