@@ -12,7 +12,6 @@ without such a column gets a clear error: add a site or fold column to its label
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any, Callable
 import click
 
 from acula_edge import atomic
+from acula_edge.config import Config
 from acula_edge.data import load_dataset, with_filter
 from acula_edge.errors import AculaEdgeError, ConfigError
 from acula_edge.manifest import TARGETS
@@ -30,7 +30,7 @@ STATE_NAME = "pipeline.json"
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(Config):
     """What the main job runs. Presets size it: "demo" (minutes on 2 CPU cores), "physionet2016" (real data)."""
 
     data: str = "synthetic:heart?n=160"  # dataset spec (acula_edge.data); 40 recordings per site
@@ -46,11 +46,10 @@ class PipelineConfig:
     precisions: tuple[str, ...] = ("fp32", "int8")
     latency_runs: int = 100
     latency_seconds: float = 1.0
-    threads: int = 1
+    threads: int = 1  # latency-benchmark threads
     seed: int = 0
 
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+    RUN_ONLY = ("threads",)  # how the benchmarks run, not what the pipeline computes: never blocks a resume
 
 
 PRESETS: dict[str, PipelineConfig] = {
@@ -128,7 +127,7 @@ class Pipeline:
 
     def run(self, restart: bool = False) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
-        state = PipelineState.open(self.out, self.cfg.fingerprint(), restart)
+        state = PipelineState.open(self.out, self.cfg.key(), restart)
         self.state = state
         self.echo(f"pipeline: data {self.cfg.data!r}; train {self.train_spec!r}; test {self.test_spec!r}; "
                   f"out {self.out}")
@@ -141,12 +140,12 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 outputs = stage.run()
-            except AculaEdgeError as e:
-                raise AculaEdgeError(f"pipeline stage '{stage.name}' failed: {e}\nFix the cause and re-run the same "
-                                     f"command: completed stages are kept") from e
-            except Exception as e:
-                raise AculaEdgeError(f"pipeline stage '{stage.name}' failed ({type(e).__name__}: {e}); re-run the "
-                                     f"same command to resume from this stage") from e
+            except Exception:
+                # the error itself is re-raised unchanged: a user error stays one line of its own type, an internal
+                # bug keeps its traceback; this line only says where it happened and how to go on
+                self.echo(f"[{i}/{len(all_stages)}] {stage.name}: failed; fix the cause and re-run the same command "
+                          f"(completed stages are kept)")
+                raise
             state.record(stage.name, outputs, time.perf_counter() - t0)
             self.echo(f"[{i}/{len(all_stages)}] {stage.name}: done in {time.perf_counter() - t0:.1f} s")
         return self.out / "report.md"

@@ -15,23 +15,10 @@ individual options given on the command line.
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
-from typing import Any
 
 import click
 
-from acula_edge.errors import ConfigError
-
-
-def _read_config_file(path: str) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--config {path}: unreadable JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a JSON object of AlignConfig fields")
-    return data
+from acula_edge.config import read_json_config
 
 
 @click.command("align", context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,7 +59,7 @@ def align(data: str, out_dir: str, preset: str, config_file: str | None, epochs:
     from acula_edge.align.train import AlignConfig, preset_config, train_alignment
 
     cfg = preset_config(preset)
-    from_file = _read_config_file(config_file) if config_file else {}
+    from_file = read_json_config(config_file, "align config (AlignConfig fields)") if config_file else {}
     if from_file:
         cfg = AlignConfig.from_dict(from_file, base=cfg)
     if audio_encoder and audio_encoder.startswith("hf:") and frontend_preset is None \

@@ -13,13 +13,12 @@ teacher checkpoint can rebuild it with no other file. Types: ``"cnn"`` (:mod:`.c
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from typing import Any
 
 import torch
 
-from acula_edge.errors import ConfigError, check_config_keys
+from acula_edge.errors import ConfigError
 
 # encoder type -> (module, class); imported only when that type is built.
 ENCODER_TYPES: dict[str, tuple[str, str]] = {
@@ -82,11 +81,11 @@ def build_encoder(encoder_type: str, config: dict[str, Any]) -> AudioEncoder:
 
 
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build the frozen dataclass ``cls`` from a JSON dict: unknown keys are refused, lists become tuples."""
-    check_config_keys(cls, d, cls.__name__)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    return cls(**{k: (tuple(v) if isinstance(v, list) and str(fields[k].type).startswith("tuple") else v)
-                  for k, v in d.items()})
+    """Build the frozen dataclass ``cls`` from a JSON dict (:func:`acula_edge.config.from_dict`: unknown keys and
+    wrong types are refused, lists become tuples)."""
+    from acula_edge.config import from_dict
+
+    return from_dict(cls, d)
 
 
 def fit_time_axis(x: torch.Tensor, frames: int, value: float = 0.0) -> torch.Tensor:

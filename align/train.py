@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from acula_edge import atomic
-from acula_edge.align.encoders import AudioEncoder, build_encoder, config_from_dict
+from acula_edge.config import Config
+from acula_edge.align.encoders import AudioEncoder, build_encoder
 from acula_edge.align.losses import ALIGN_LOSSES, alignment_loss
 from acula_edge.align.teacher import ARCHITECTURE, AlignedTeacher, ProjectionHead
 from acula_edge.data import Dataset, load_dataset
@@ -59,7 +60,7 @@ CALIBRATIONS = ("auto", "procrustes", "none")
 
 
 @dataclass(frozen=True)
-class AlignConfig:
+class AlignConfig(Config):
     """Everything that defines an alignment run. ``batch_size`` is per process; the effective batch is
     ``batch_size * accumulation * world_size``. Change with ``dataclasses.replace``."""
 
@@ -114,6 +115,9 @@ class AlignConfig:
     checkpoint_every: int = 200  # optimizer steps between resume states (and at every epoch end)
     progress: bool = True  # tqdm bar on rank 0
 
+    # how far to train, logging and the shared cache change how a run is carried out, not what it computes
+    RUN_ONLY = ("epochs", "max_steps", "log_every", "checkpoint_every", "progress", "text_cache")
+
     def __post_init__(self) -> None:
         problems = []
         if self.align_loss not in ALIGN_LOSSES:
@@ -135,21 +139,6 @@ class AlignConfig:
         if problems:
             raise ConfigError("invalid AlignConfig: " + "; ".join(problems))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], base: "AlignConfig | None" = None) -> "AlignConfig":
-        """Fields of ``d`` over ``base`` (default: the dataclass defaults); unknown keys are refused."""
-        merged = {**(base or cls()).to_dict(), **d}
-        return config_from_dict(cls, merged)
-
-    def resume_key(self) -> str:
-        """Hash of the fields an exact resume depends on (not epochs/max_steps/logging, which may change)."""
-        d = self.to_dict()
-        for k in ("epochs", "max_steps", "log_every", "checkpoint_every", "progress", "text_cache"):
-            d.pop(k)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 PRESETS: dict[str, AlignConfig] = {

@@ -69,12 +69,13 @@ def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs:
     import torch
 
     from acula_edge.checkpoint import read_checkpoint_info
-    from acula_edge.distill.train import TrainConfig, load_config_file, train_student
+    from acula_edge.config import read_json_config
+    from acula_edge.distill.train import TrainConfig, train_student
     from acula_edge.training import init_distributed, shutdown_distributed
 
     if threads:
         torch.set_num_threads(threads)
-    settings = load_config_file(config_file) if config_file else {}
+    settings = read_json_config(config_file, "training config (TrainConfig fields)") if config_file else {}
     flags = {"student": student, "epochs": epochs, "batch_size": batch_size,
              "max_windows_per_recording": max_windows, "frontend_preset": frontend_preset, "seed": seed,
              "normalisation": normalisation, "device_copies": device_copies, "balance_column": balance_column,

@@ -28,7 +28,8 @@ import torch
 from acula_edge import atomic
 from acula_edge.checkpoint import CheckpointInfo, check_state_dict, save_checkpoint
 from acula_edge.data import Dataset, load_dataset, stratified_holdout
-from acula_edge.errors import CheckpointError, ConfigError, check_config_keys
+from acula_edge.config import Config
+from acula_edge.errors import CheckpointError, ConfigError
 from acula_edge.frontend import FrontendConfig, Windowing, device_preset_for, preset
 from acula_edge.manifest import Prompts
 from acula_edge.operating_point import VALIDATION_KEY, OperatingPoint, argmax_rule, choose, fixed, parse_method
@@ -51,7 +52,7 @@ LOG_NAME = "log.jsonl"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """Everything a distillation run depends on (saved in the student checkpoint's ``extra``)."""
 
     student: str = "small"  # "tiny", "small" or "base" (acula_edge.distill.students.PRESETS)
@@ -65,7 +66,7 @@ class TrainConfig:
     seed: int = 0
     operating_point: str = "youden"  # how the decision threshold is chosen on the validation split
     # (acula_edge.operating_point: "youden", "sensitivity=X", "specificity=X" or a fixed threshold such as "0.5")
-    max_windows_per_recording: int | None = None  # evenly spaced windows kept per recording (None = all)
+    max_windows_per_recording: int = 0  # evenly spaced windows kept per recording (0 = all)
     val_fraction: float = 0.2  # share of the training data held out for model selection (0 = none: last epoch)
     group_column: str | None = "subset"  # validation takes whole groups of this metadata column when all have it
     patience: int = 5  # epochs without a better validation score before stopping (0 = never stop early)
@@ -85,8 +86,14 @@ class TrainConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     device_sim: DeviceSimConfig = field(default_factory=DeviceSimConfig)
 
+    CONFIG_NAME = "training config"
+    # how far to train and how teacher outputs are batched change how a run is carried out, not what it computes
+    RUN_ONLY = ("epochs", "patience", "teacher_batch_size")
+
     def __post_init__(self) -> None:
         problems = []
+        if self.max_windows_per_recording < 0:
+            problems.append(f"max_windows_per_recording must be >= 0 (0 = all), got {self.max_windows_per_recording}")
         if self.epochs < 0 or self.batch_size < 1:
             problems.append(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -105,33 +112,10 @@ class TrainConfig:
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Build from a (possibly partial) dict such as a JSON config file; unknown keys are refused."""
-        nested = {"distill": DistillConfig, "augment": AugmentConfig, "probe": ProbeConfig,
-                  "device_sim": DeviceSimConfig}
-        check_config_keys(cls, d, "training config")
-        kw = dict(d)
-        for name, sub in nested.items():
-            if name in kw and isinstance(kw[name], dict):
-                check_config_keys(sub, kw[name], f"{name} config")
-                fields = {k: tuple(v) if isinstance(v, list) else v for k, v in kw[name].items()}
-                kw[name] = sub(**fields)
-        return cls(**kw)
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A JSON training-config file as a dict (see TrainConfig fields)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the training config ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a training config is a JSON object, got {type(data).__name__}")
-    return data
+    @property
+    def window_cap(self) -> int | None:
+        """``max_windows_per_recording`` as the window extractors take it (None = all)."""
+        return self.max_windows_per_recording or None
 
 
 def split_validation(dataset: Dataset, config: TrainConfig) -> tuple[Dataset, Dataset | None, str]:
@@ -193,7 +177,7 @@ def _teacher_targets(teacher: Teacher, dataset: Dataset, train: KeyedWindows, sp
     """Teacher embeddings and logits aligned to every split's windows; the probe is fit on ``train`` only."""
     if env.distributed and not env.is_main:
         torch.distributed.barrier()  # rank 0 fills the cache first
-    outputs, cache_file = teacher_outputs(teacher, dataset, fe, win, config.max_windows_per_recording, cache_dir,
+    outputs, cache_file = teacher_outputs(teacher, dataset, fe, win, config.window_cap, cache_dir,
                                           config.teacher_batch_size)
     if env.distributed and env.is_main:
         torch.distributed.barrier()
@@ -243,7 +227,7 @@ def _with_device_copies(windows: KeyedWindows, dataset: Dataset, fe: FrontendCon
                         config: TrainConfig) -> KeyedWindows:
     """The clean training windows plus the same windows of ``config.device_copies`` simulated-device copies."""
     copies = simulated_copies(dataset, fe.sample_rate, config.device_copies, config.device_sim, config.seed)
-    parts = [windows] + [extract_keyed(c, fe, win, windows.labels, config.max_windows_per_recording) for c in copies]
+    parts = [windows] + [extract_keyed(c, fe, win, windows.labels, config.window_cap) for c in copies]
     return KeyedWindows(np.concatenate([w.x for w in parts]), np.concatenate([w.recording for w in parts]),
                         np.concatenate([w.window_index for w in parts]), np.concatenate([w.y for w in parts]),
                         windows.labels, dataset)
@@ -405,7 +389,7 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
     log = JsonlLog(run_dir / LOG_NAME, env)
 
     train_ds, val_ds, split_how = split_validation(dataset, config)
-    mw = config.max_windows_per_recording
+    mw = config.window_cap
     train_w = extract_keyed(train_ds, fe, win, labels, mw)
     if config.device_copies:
         train_w = _with_device_copies(train_w, train_ds, fe, win, config)

@@ -73,14 +73,32 @@ def test_another_config_in_the_same_folder_is_refused(finished_run):
         Pipeline(dataclasses.replace(TINY, distill_epochs=2), out).run()
 
 
-def test_a_failing_stage_is_named(tmp_path, monkeypatch):
-    pipeline = Pipeline(TINY, tmp_path, echo=lambda _m: None)
+def test_changing_only_the_threads_resumes(finished_run):
+    out, _, _ = finished_run
+    messages: list[str] = []
+    Pipeline(dataclasses.replace(TINY, threads=3), out, echo=messages.append).run()
+    assert sum("done earlier, skipped" in m for m in messages) == 7
+
+
+def test_a_failing_stage_is_named_and_its_error_kept(tmp_path, monkeypatch):
+    """An internal bug keeps its own type and traceback; a user error stays its own one-line type."""
+    messages: list[str] = []
+    pipeline = Pipeline(TINY, tmp_path, echo=messages.append)
 
     def broken() -> dict:
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(pipeline, "align", broken)
-    with pytest.raises(AculaEdgeError, match="pipeline stage 'align' failed .*disk on fire"):
+    with pytest.raises(RuntimeError, match="^disk on fire$") as bug:
+        pipeline.run()
+    assert not isinstance(bug.value, AculaEdgeError) and bug.traceback[-1].name == "broken"
+    assert messages[-1].startswith("[1/7] align: failed; fix the cause and re-run the same command")
+
+    def refused() -> dict:
+        raise ConfigError("labels.csv: no column 'site'; add it")
+
+    monkeypatch.setattr(pipeline, "align", refused)
+    with pytest.raises(ConfigError, match="^labels.csv: no column 'site'; add it$"):
         pipeline.run()
 
 
