@@ -42,7 +42,7 @@ def from_dict(cls: type, data: Any, what: str | None = None, base: Any | None = 
 
 def config_key(config: Any, exclude: tuple[str, ...] = ()) -> str:
     """16-hex-digit SHA-256 of a dataclass config's fields (sorted JSON), leaving out the top-level ``exclude``."""
-    return _hash(key_fields(config, exclude))
+    return hash_fields(key_fields(config, exclude))
 
 
 def key_fields(config: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -97,7 +97,8 @@ class Config:
         return config_key(self, self.RUN_ONLY)
 
 
-def _hash(d: dict[str, Any]) -> str:
+def hash_fields(d: dict[str, Any]) -> str:
+    """16-hex-digit SHA-256 of a JSON-able dict (sorted keys)."""
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

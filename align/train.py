@@ -10,7 +10,8 @@ Pipeline (every step rank 0 does alone is followed by a barrier; the others read
 4. training: audio encoder -> 2-layer MLP projection, report embedding -> 2-layer MLP projection, loss
    ``lambda_align * align_loss + lambda_mam * MAM loss`` (:mod:`.losses`), AdamW with linear warm-up and cosine
    decay, gradient clipping and accumulation, DDP across ranks (gloo on CPU, nccl on GPU), bf16 autocast on GPU;
-   exact-resume state in ``OUT/state.pt``, losses in ``OUT/train_log.jsonl``;
+   the shared resumable loop (:func:`acula_edge.training.run_training`): exact-resume state in ``OUT/state.pt``,
+   losses in ``OUT/train_log.jsonl``;
 5. the teacher checkpoint ``OUT/teacher`` (:class:`.teacher.AlignedTeacher`) with projected label-prompt
    embeddings. CKA aligns the two spaces only up to a rotation and scale (CKA is invariant to them), so for
    zero-shot use the audio projection is followed by the orthogonal Procrustes map (plus scale and offset)
@@ -26,9 +27,7 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -37,22 +36,20 @@ import numpy as np
 import torch
 
 from acula_edge import atomic
-from acula_edge.config import Config
 from acula_edge.align.encoders import AudioEncoder, build_encoder
 from acula_edge.align.losses import ALIGN_LOSSES, alignment_loss
 from acula_edge.align.teacher import ARCHITECTURE, AlignedTeacher, ProjectionHead
+from acula_edge.config import Config
 from acula_edge.data import Dataset, load_dataset
 from acula_edge.errors import ConfigError
 from acula_edge.frontend import FrontendConfig, Windowing
 from acula_edge.frontend import preset as frontend_preset
-from acula_edge.training import (DistEnv, JsonlLog, all_reduce_mean, init_distributed, load_training_state,
-                                 save_training_state, seed_everything, warmup_cosine)
+from acula_edge.training import (LOG_NAME, STATE_NAME, DistEnv, LoopConfig, StepResult, barrier, init_distributed,
+                                 open_log, run_training, seed_everything, warmup_cosine, wrap_ddp)
 
 if TYPE_CHECKING:
     from acula_edge.align.pretrained import StateDictReport
 
-STATE_NAME = "state.pt"
-LOG_NAME = "train_log.jsonl"
 REPORTS_NAME = "reports.jsonl"
 TEXT_FEATURES_NAME = "text_features.npz"
 TEACHER_DIR = "teacher"
@@ -262,11 +259,6 @@ def align_frontend(cfg: AlignConfig) -> tuple[FrontendConfig, Windowing]:
     return frontend, windowing
 
 
-def _barrier(env: DistEnv) -> None:
-    if env.distributed:
-        torch.distributed.barrier()
-
-
 def _prepare_text(cfg: AlignConfig, dataset: Dataset, out: Path, sample_rate: int, labels: tuple[str, ...],
                   env: DistEnv, text_teacher: Any | None) -> dict[str, Any]:
     """Rank 0 writes reports.jsonl and text_features.npz (reused when present and current); all ranks read."""
@@ -298,7 +290,7 @@ def _prepare_text(cfg: AlignConfig, dataset: Dataset, out: Path, sample_rate: in
                      prompts=cache.embed(teacher, list(prompt_texts)), text_model_key=np.array(teacher.key),
                      text_model=np.array(str(teacher.path)))
             atomic.write_bytes(feats_path, buf.getvalue())
-    _barrier(env)
+    barrier(env)
     with np.load(feats_path, allow_pickle=False) as z:
         return {"reports": z["reports"], "prompts": z["prompts"], "prompt_texts": prompt_texts,
                 "prompt_labels": prompt_labels, "text_model_key": str(z["text_model_key"]),
@@ -313,13 +305,64 @@ def _rank_order(n: int, seed: int, epoch: int, env: DistEnv) -> np.ndarray:
     return perm[env.rank::env.world_size][:per]
 
 
+class _AlignTask:
+    """Alignment's part of the shared loop (:func:`acula_edge.training.run_training`): window order, loss steps."""
+
+    what = "teacher"
+
+    def __init__(self, cfg: AlignConfig, ddp: torch.nn.Module, x_all: torch.Tensor, t_all: torch.Tensor,
+                 rec_all: torch.Tensor, env: DistEnv, channels_last: bool) -> None:
+        self.cfg, self.ddp, self.env, self.channels_last = cfg, ddp, env, channels_last
+        self.x_all, self.t_all, self.rec_all = x_all, t_all, rec_all
+        self.use_amp = cfg.bf16 and env.device.startswith("cuda")
+        self.order = np.zeros(0, dtype=np.int64)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.order = _rank_order(len(self.x_all), self.cfg.seed, epoch, self.env)
+
+    def train_step(self, epoch: int, epoch_step: int, step: int) -> StepResult:
+        cfg, env = self.cfg, self.env
+        sums: dict[str, float] = {}
+        windows = 0
+        for micro in range(cfg.accumulation):
+            start = (epoch_step * cfg.accumulation + micro) * cfg.batch_size
+            idx = torch.from_numpy(self.order[start:start + cfg.batch_size])
+            xb = self.x_all[idx].to(env.device, non_blocking=True)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            tb, gb = self.t_all[idx].to(env.device), self.rec_all[idx].to(env.device)
+            sync = micro == cfg.accumulation - 1 or not env.distributed
+            ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()  # one all-reduce per step
+            with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
+                loss, parts = self.ddp(xb, tb, gb)
+                (loss / cfg.accumulation).backward()
+            for k, v in {"loss": loss.detach(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / cfg.accumulation
+            windows += len(idx)
+        loss = sums.pop("loss")
+        return StepResult(loss, sums, windows)
+
+    def end_epoch(self, epochs_done: int) -> tuple[dict[str, Any], bool]:
+        return {}, False  # alignment selects nothing: the last step's weights are the teacher
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        pass
+
+    def save_files(self) -> None:
+        pass
+
+
 def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_dir: str | os.PathLike, *,
                     device: str | None = None, resume: bool = True, text_teacher: Any | None = None,
                     echo: Callable[[str], None] | None = None) -> AlignResult:
     """Align an audio encoder with the frozen text teacher on ``data`` (a dataset spec or Dataset) and write
     the teacher checkpoint to ``OUT/teacher``. Run it plainly or under ``torchrun --nproc-per-node N``.
 
-    ``resume``: continue from ``OUT/state.pt`` when present (same config apart from epochs/max_steps/logging).
+    ``resume``: continue from ``OUT/state.pt`` when present; refused (ConfigError naming the change) when the
+    config changed other than in its run-only fields (``AlignConfig.RUN_ONLY``: epochs, max_steps, logging).
     ``text_teacher``: an already loaded :class:`~acula_edge.align.text_teacher.TextTeacher` to reuse.
     ``echo``: called on rank 0 with the encoder's load report before training starts (the CLI prints it).
     """
@@ -358,8 +401,7 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     seed_everything(cfg.seed, env.rank)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device != "cpu"
-                                                    else None) if env.distributed else model
+    ddp = wrap_ddp(model, env)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() > 1]
     no_decay = [p for p in params if p.dim() <= 1]
@@ -370,82 +412,17 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
     if steps_per_epoch < 1:
         raise ConfigError(f"{len(x_all)} windows over {env.world_size} process(es) do not fill one optimizer step "
                           f"of batch_size {cfg.batch_size} x accumulation {cfg.accumulation}; lower them or add data")
-    total_steps = steps_per_epoch * cfg.epochs
-    sched = warmup_cosine(opt, cfg.warmup_steps, total_steps)
-    log = JsonlLog(out / LOG_NAME, env)
-
-    step, epoch, epoch_step = 0, 0, 0
-    state_path = out / STATE_NAME
-    if resume and state_path.is_file():
-        step, epoch, extra = load_training_state(state_path, model=model, optimizer=opt, scheduler=sched)
-        if extra.get("resume_key") != cfg.resume_key():
-            raise ConfigError(f"{state_path} was written by a different configuration; delete it (or pass "
-                              f"resume=False / --no-resume) to start over")
-        epoch_step = int(extra.get("epoch_step", 0))
-        rank_rng = _rank_rng_path(state_path, env)
-        if not env.is_main and rank_rng.is_file():  # rank 0's RNG came back with the state itself
-            torch.set_rng_state(torch.load(rank_rng, weights_only=True))
-        log.write(event="resume", step=step, epoch=epoch, epoch_step=epoch_step)
-    elif env.is_main:
-        log.write(event="start", config=cfg.to_dict(), windows=len(x_all), recordings=len(dataset),
-                  world_size=env.world_size, steps_per_epoch=steps_per_epoch, encoder_report=load_report,
-                  mam=model.use_mam)
-    stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-    use_amp = cfg.bf16 and env.device.startswith("cuda")
-
-    bar = None
-    if cfg.progress and env.is_main and step < stop_at:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=stop_at, initial=step, desc="align", unit="step", dynamic_ncols=True)
-    last_loss = None
-    t0, seen = time.perf_counter(), 0
-    model.train()
-    while step < stop_at and epoch < cfg.epochs:
-        order = _rank_order(len(x_all), cfg.seed, epoch, env)
-        while epoch_step < steps_per_epoch and step < stop_at:
-            sums: dict[str, float] = {}
-            for micro in range(cfg.accumulation):
-                start = (epoch_step * cfg.accumulation + micro) * cfg.batch_size
-                idx = torch.from_numpy(order[start:start + cfg.batch_size])
-                xb = x_all[idx].to(env.device, non_blocking=True)
-                if channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                tb, gb = t_all[idx].to(env.device), rec_all[idx].to(env.device)
-                sync = micro == cfg.accumulation - 1 or not env.distributed
-                ctx = ddp.no_sync() if not sync else contextlib.nullcontext()
-                with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    loss, parts = ddp(xb, tb, gb)
-                    (loss / cfg.accumulation).backward()
-                for k, v in {"loss": loss.detach(), **parts}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) / cfg.accumulation
-                seen += len(idx)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            step += 1
-            epoch_step += 1
-            last_loss = sums["loss"]
-            if not math.isfinite(last_loss):
-                raise ConfigError(f"the loss became {last_loss} at step {step}; lower lr ({cfg.lr}) or check the data")
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}")
-            if step % cfg.log_every == 0 or step == stop_at:
-                sums = {k: all_reduce_mean(v, env) for k, v in sorted(sums.items())}  # every rank reaches this
-                elapsed = time.perf_counter() - t0
-                log.write(event="step", step=step, epoch=epoch, lr=sched.get_last_lr()[0],
-                          windows_per_s=seen * env.world_size / max(elapsed, 1e-9), **sums)
-            if step % cfg.checkpoint_every == 0:
-                _checkpoint(state_path, env, model, opt, sched, step, epoch, epoch_step, cfg)
-        if epoch_step >= steps_per_epoch:
-            epoch, epoch_step = epoch + 1, 0
-            log.write(event="epoch", epoch=epoch, step=step, loss=last_loss)
-        _checkpoint(state_path, env, model, opt, sched, step, epoch, epoch_step, cfg)
-    if bar is not None:
-        bar.close()
+    sched = warmup_cosine(opt, cfg.warmup_steps, steps_per_epoch * cfg.epochs)
+    log = open_log(out, env)
+    loop = LoopConfig(desc="align", epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                      resume_fields=cfg.key_fields(), max_steps=cfg.max_steps, grad_clip=cfg.grad_clip,
+                      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+    start = {"config": cfg.to_dict(), "windows": len(x_all), "recordings": len(dataset),
+             "encoder_report": load_report, "mam": model.use_mam}
+    done = run_training(_AlignTask(cfg, ddp, x_all, t_all, rec_all, env, channels_last), loop, env=env,
+                        model=model, optimizer=opt, scheduler=sched, clip_params=params, state_path=out / STATE_NAME,
+                        log=log, resume=resume, start_record=start)
+    step, last_loss = done.step, done.last_loss
 
     teacher_dir = out / TEACHER_DIR
     if env.is_main:
@@ -477,29 +454,12 @@ def train_alignment(config: AlignConfig, data: str | os.PathLike | Dataset, out_
                    "calibration": calib})
         save_checkpoint(teacher.cpu(), info, teacher_dir)
         log.write(event="done", step=step, teacher=str(teacher_dir), final_loss=last_loss)
-    _barrier(env)
+    barrier(env)
     if started_pg and env.distributed:
         from acula_edge.training import shutdown_distributed
 
         shutdown_distributed()
     return AlignResult(teacher_dir, out / LOG_NAME, out / REPORTS_NAME, step, last_loss, load_report)
-
-
-def _rank_rng_path(state_path: Path, env: DistEnv) -> Path:
-    return state_path.with_name(f"{state_path.stem}.rank{env.rank}.rng")
-
-
-def _checkpoint(state_path: Path, env: DistEnv, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
-                step: int, epoch: int, epoch_step: int, cfg: AlignConfig) -> None:
-    """Rank 0 writes the exact-resume state; every other rank writes its own torch RNG state beside it (MAM masks
-    differ per rank), so a resumed multi-process run draws the same masks as an uninterrupted one."""
-    if env.is_main:
-        save_training_state(state_path, model=model, optimizer=opt, scheduler=sched, step=step, epoch=epoch,
-                            extra={"epoch_step": epoch_step, "resume_key": cfg.resume_key()})
-    else:
-        buf = io.BytesIO()
-        torch.save(torch.get_rng_state(), buf)
-        atomic.write_bytes(_rank_rng_path(state_path, env), buf.getvalue())
 
 
 def _make_teacher(model: AlignmentModel, cfg: AlignConfig, labels: tuple[str, ...]) -> AlignedTeacher:
