@@ -7,17 +7,16 @@ model selection and early stopping on the validation split only -> the operating
 the validation recordings, scored as the device scores them (:func:`choose_operating_point`) -> a student checkpoint
 folder.
 
-The run folder (``<out>.run`` unless given) holds ``state.pt`` (exact-resume state, rewritten every epoch),
-``best.safetensors`` (weights of the best validation epoch) and ``log.jsonl``. Running again with the same
-arguments continues from the last finished epoch; a larger ``epochs`` trains further.
+Training runs in the loop shared with align (:func:`acula_edge.training.run_training`). The run folder
+(``<out>.run`` unless given) holds ``state.pt`` (exact-resume state, rewritten every epoch), ``best.safetensors``
+(weights of the best validation epoch) and ``train_log.jsonl``. Running again with the same arguments continues
+from the last finished epoch; a larger ``epochs`` trains further; another teacher or setting is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,15 +25,15 @@ import numpy as np
 import torch
 
 from acula_edge import atomic
-from acula_edge.checkpoint import CheckpointInfo, check_state_dict, save_checkpoint
+from acula_edge.checkpoint import CheckpointInfo, save_checkpoint
 from acula_edge.data import Dataset, load_dataset, stratified_holdout
 from acula_edge.config import Config
 from acula_edge.errors import CheckpointError, ConfigError
 from acula_edge.frontend import FrontendConfig, Windowing, device_preset_for, preset
 from acula_edge.manifest import Prompts
 from acula_edge.operating_point import VALIDATION_KEY, OperatingPoint, argmax_rule, choose, fixed, parse_method
-from acula_edge.training import (DistEnv, JsonlLog, init_distributed, load_training_state, save_training_state,
-                                 seed_everything, unwrap, warmup_cosine)
+from acula_edge.training import (STATE_NAME, DistEnv, LoopConfig, StepResult, barrier, init_distributed, open_log,
+                                 run_training, seed_everything, unwrap, warmup_cosine, wrap_ddp)
 from acula_edge.distill.adversary import SiteAdversary, ramp
 from acula_edge.distill.augment import AugmentConfig, Augmenter
 from acula_edge.distill.device_sim import DeviceSimConfig, simulated_copies
@@ -45,10 +44,8 @@ from acula_edge.distill.students import ARCHITECTURE, DSCNNStudent, model_report
 from acula_edge.distill.teachers import Teacher, load_teacher, teacher_outputs
 from acula_edge.distill.windows import KeyedWindows, extract_keyed
 
-STATE_NAME = "state.pt"
 BEST_NAME = "best.safetensors"
 ADVERSARY_NAME = "adversary.safetensors"  # the site-adversarial head's weights (exact resume; not in the checkpoint)
-LOG_NAME = "log.jsonl"
 
 
 @dataclass(frozen=True)
@@ -348,17 +345,87 @@ def _load_adversary(adversary: torch.nn.Module, path: Path) -> None:
                               f"{path.parent} to start over") from e
 
 
-def _check_resume_state(model: torch.nn.Module, state_path: Path) -> None:
-    try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{state_path}: cannot load the training state safely ({type(e).__name__}: {e}); "
-                              f"delete the run folder to start over") from e
-    try:
-        check_state_dict(model, state["model"], str(state_path))
-    except CheckpointError as e:
-        raise CheckpointError(f"{e}. The run folder holds a run of another student architecture: delete "
-                              f"{state_path.parent} or choose another --out") from e
+class _DistillTask:
+    """Distillation's part of the shared loop (:func:`acula_edge.training.run_training`): augmented batches, the
+    distillation (+ site-adversary) loss, and model selection and early stopping on the validation split."""
+
+    what = "student"
+
+    def __init__(self, config: TrainConfig, model: torch.nn.Module, ddp: torch.nn.Module, tr: _Split,
+                 val: _Split | None, cells: np.ndarray | None, augment: Augmenter, cw: torch.Tensor, t_scale: float,
+                 adversary: tuple[torch.nn.Module, torch.nn.Module, torch.Tensor] | None, total_steps: int,
+                 run_dir: Path, env: DistEnv) -> None:
+        self.config, self.model, self.ddp, self.tr, self.val, self.cells = config, model, ddp, tr, val, cells
+        self.augment, self.cw, self.t_scale, self.adversary = augment, cw, t_scale, adversary
+        self.total_steps, self.run_dir, self.env = total_steps, run_dir, env
+        self.n = len(tr.windows)
+        self.per_rank = self.n // env.world_size
+        self.t_emb = torch.from_numpy(tr.t_emb) if tr.t_emb is not None else None
+        self.t_logits = torch.from_numpy(tr.t_logits) if tr.t_logits is not None else None
+        self.has_t = torch.from_numpy(tr.has_teacher) if tr.has_teacher is not None else None
+        self.y_all = torch.from_numpy(tr.windows.y)
+        self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "bad_epochs": 0}
+        self.mine = np.zeros(0, dtype=np.int64)
+        self.gen = torch.Generator()
+
+    def begin_epoch(self, epoch: int) -> None:
+        c, env = self.config, self.env
+        perm = _epoch_order(self.n, c, epoch, self.cells)[:self.per_rank * env.world_size]
+        self.mine = perm[env.rank::env.world_size]
+        self.gen = torch.Generator().manual_seed(int(c.seed) * 1_000_003 + epoch * 101 + env.rank)
+
+    def train_step(self, epoch: int, epoch_step: int, step: int) -> StepResult:
+        c, dev = self.config, self.env.device
+        idx = self.mine[epoch_step * c.batch_size:(epoch_step + 1) * c.batch_size]
+        x = self.augment(_to_input(self.tr.windows.x[idx], dev, c.channels_last), self.gen)
+        if c.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ti = torch.from_numpy(idx)
+        emb, logits = self.ddp(x)
+        loss, parts = distill_loss(
+            c.distill, emb, logits, self.y_all[ti].to(dev), self.cw,
+            self.t_emb[ti].to(dev) if self.t_emb is not None else None,
+            self.t_logits[ti].to(dev) if self.t_logits is not None else None,
+            self.has_t[ti].to(dev) if self.has_t is not None else None, self.t_scale)
+        if self.adversary is not None:
+            _, adv_ddp, site_of_window = self.adversary
+            site_logits = adv_ddp(emb, ramp(step / self.total_steps))
+            adv_loss = torch.nn.functional.cross_entropy(site_logits, site_of_window[ti].to(dev))
+            loss = loss + c.adversary_weight * adv_loss
+            parts["adversary"] = float(adv_loss.detach())
+        loss.backward()
+        return StepResult(float(loss.detach()), parts, len(idx))
+
+    def end_epoch(self, epochs_done: int) -> tuple[dict[str, Any], bool]:
+        if self.val is None:
+            return {}, False
+        vm = _evaluate(self.model, self.val, self.config, self.env.device)
+        fields: dict[str, Any] = {f"val_{k}": v for k, v in vm.items()}
+        score = selection_score(vm)
+        if math.isnan(score):
+            score = vm.get("teacher_cosine", float("nan"))
+        stop = False
+        if not math.isnan(score) and score > self.best["score"]:
+            self.best.update(score=score, epoch=epochs_done, bad_epochs=0)
+            if self.env.is_main:
+                _save_weights(self.model, self.run_dir / BEST_NAME)
+        else:
+            self.best["bad_epochs"] += 1
+            stop = bool(self.config.patience and self.best["bad_epochs"] >= self.config.patience)
+        fields["best_epoch"] = self.best["epoch"]
+        return fields, stop
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.best.update(state.get("best", {}))
+        if self.adversary is not None:
+            _load_adversary(self.adversary[0], self.run_dir / ADVERSARY_NAME)
+
+    def save_files(self) -> None:
+        if self.adversary is not None:  # before the state: a resume never pairs a newer state with an older head
+            _save_weights(self.adversary[0], self.run_dir / ADVERSARY_NAME)
 
 
 def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.Module | None,
@@ -370,10 +437,10 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
 
     ``teacher``: a Teacher, a spec for :func:`acula_edge.distill.teachers.load_teacher`, or None. ``run_dir``
     (default ``<out>.run``) holds the resume state and the JSONL log; ``cache_dir`` (default ``<run_dir>/cache``)
-    the teacher outputs. Run under ``torchrun`` for data-parallel training.
+    the teacher outputs. Run under ``torchrun`` for data-parallel training. ``resume``: continue from the run
+    folder's state when present; refused (ConfigError naming the change) when the teacher or the config changed
+    other than in its run-only fields (``TrainConfig.RUN_ONLY``: epochs, patience, teacher_batch_size).
     """
-    from tqdm.auto import tqdm
-
     out = atomic.check_replaceable(out)  # refuse a user's folder now, not after training
     run_dir = Path(run_dir) if run_dir is not None else out.parent / f"{out.name}.run"
     cache_dir = Path(cache_dir) if cache_dir is not None else run_dir / "cache"
@@ -386,7 +453,7 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
     labels = dataset.labels
     if not labels:
         raise ConfigError(f"{dataset.name}: no labelled recordings; a student needs the task's labels")
-    log = JsonlLog(run_dir / LOG_NAME, env)
+    log = open_log(run_dir, env)
 
     train_ds, val_ds, split_how = split_validation(dataset, config)
     mw = config.window_cap
@@ -412,127 +479,48 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
         model = model.to(memory_format=torch.channels_last)
     frames = win.frames_per_window(fe)
     report = model_report(model, frames, fe.n_mels)
-    ddp = (torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model)
+    ddp = wrap_ddp(model, env)
     cells = None
     if config.balance_column:
         group, _ = _group_index(tr.windows, config.balance_column)
         cells = group * len(labels) + np.maximum(tr.windows.y, 0)
         cells = np.unique(cells, return_inverse=True)[1]
-    adversary, adv_ddp, site_of_window, site_names = None, None, None, []
+    adversary, site_names = None, []
     if config.adversary_weight > 0:
         groups, site_names = _group_index(tr.windows, str(config.adversary_column))
         if len(site_names) < 2:
             raise ConfigError(f"the site-adversarial head needs at least two values of {config.adversary_column!r} "
                               f"in the training data, found {site_names}")
-        site_of_window = torch.from_numpy(groups)
-        adversary = SiteAdversary(emb_dim, len(site_names)).to(env.device)
-        adv_ddp = torch.nn.parallel.DistributedDataParallel(adversary) if env.distributed else adversary
-    params = list(model.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
+        head = SiteAdversary(emb_dim, len(site_names)).to(env.device)
+        adversary = (head, wrap_ddp(head, env), torch.from_numpy(groups))
+    params = list(model.parameters()) + (list(adversary[0].parameters()) if adversary is not None else [])
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     n = len(tr.windows)
     per_rank = n // env.world_size
-    steps_per_epoch = max(1, math.ceil(per_rank / config.batch_size))
+    if per_rank < 1:
+        raise ConfigError(f"{n} training windows cannot be shared by {env.world_size} processes; add data or run "
+                          f"fewer processes")
+    steps_per_epoch = math.ceil(per_rank / config.batch_size)
     total_steps = steps_per_epoch * max(1, config.epochs)
     sched = warmup_cosine(opt, min(config.warmup_steps, total_steps // 5), total_steps)
     cw = torch.from_numpy(class_weights(tr.windows.y, len(labels))).to(env.device)
     if cells is not None:
         cw = torch.ones_like(cw)  # the sampling balances the labels already
 
-    step, start_epoch = 0, 0
-    best = {"score": -math.inf, "epoch": -1, "bad_epochs": 0, "stopped": False}
-    state_path = run_dir / STATE_NAME
-    if not (resume and state_path.is_file()) and env.is_main:
-        # a fresh run must never pick up an older run's weights
-        for stale in (state_path, run_dir / BEST_NAME, run_dir / ADVERSARY_NAME):
-            stale.unlink(missing_ok=True)
-    if env.distributed:
-        torch.distributed.barrier()
-    if resume and state_path.is_file():
-        _check_resume_state(model, state_path)
-        step, start_epoch, extra = load_training_state(state_path, model=model, optimizer=opt, scheduler=sched)
-        if adversary is not None:
-            _load_adversary(adversary, run_dir / ADVERSARY_NAME)
-        best.update(extra.get("best", {}))
-        log.write(event="resume", step=step, epoch=start_epoch)
-    else:
-        log.write(event="start", config=config.to_dict(), student=report, n_train_windows=n,
-                  n_val_windows=len(val.windows) if val else 0, split=split_how, world_size=env.world_size,
-                  teacher=teacher.name if teacher else "none", adversary_groups=site_names, **teacher_info)
-    augment = Augmenter(config.augment, fe)
-    t_emb = torch.from_numpy(tr.t_emb) if tr.t_emb is not None else None
-    t_logits = torch.from_numpy(tr.t_logits) if tr.t_logits is not None else None
-    has_t = torch.from_numpy(tr.has_teacher) if tr.has_teacher is not None else None
-    y_all = torch.from_numpy(tr.windows.y)
-
-    epoch = start_epoch
-    for epoch in range(start_epoch, config.epochs):
-        if best["stopped"]:
-            break
-        perm = _epoch_order(n, config, epoch, cells)[:per_rank * env.world_size]
-        mine = perm[env.rank::env.world_size]
-        gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + epoch * 101 + env.rank)
-        ddp.train()
-        sums: dict[str, float] = {}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not (progress and env.is_main), file=sys.stderr)
-        for b in bar:
-            idx = mine[b * config.batch_size:(b + 1) * config.batch_size]
-            if len(idx) == 0:
-                continue
-            x = augment(_to_input(tr.windows.x[idx], env.device, config.channels_last), gen)
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            ti = torch.from_numpy(idx)
-            emb, logits = ddp(x)
-            loss, parts = distill_loss(
-                config.distill, emb, logits, y_all[ti].to(env.device), cw,
-                t_emb[ti].to(env.device) if t_emb is not None else None,
-                t_logits[ti].to(env.device) if t_logits is not None else None,
-                has_t[ti].to(env.device) if has_t is not None else None, t_scale)
-            if adv_ddp is not None:
-                site_logits = adv_ddp(emb, ramp(step / total_steps))
-                adv_loss = torch.nn.functional.cross_entropy(site_logits, site_of_window[ti].to(env.device))
-                loss = loss + config.adversary_weight * adv_loss
-                parts["adversary"] = float(adv_loss.detach())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        record: dict[str, Any] = {"event": "epoch", "epoch": epoch + 1, "step": step,
-                                  "lr": sched.get_last_lr()[0],
-                                  **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}}
-        if val is not None:
-            vm = _evaluate(model, val, config, env.device)
-            record.update({f"val_{k}": v for k, v in vm.items()})
-            score = selection_score(vm)
-            if math.isnan(score):
-                score = vm.get("teacher_cosine", float("nan"))
-            if not math.isnan(score) and score > best["score"]:
-                best.update(score=score, epoch=epoch + 1, bad_epochs=0)
-                if env.is_main:
-                    _save_weights(model, run_dir / BEST_NAME)
-            else:
-                best["bad_epochs"] += 1
-                if config.patience and best["bad_epochs"] >= config.patience:
-                    best["stopped"] = True
-            record["best_epoch"] = best["epoch"]
-        log.write(**record)
-        if env.is_main:
-            if adversary is not None:  # before the state: a resume never pairs a newer state with an older head
-                _save_weights(adversary, run_dir / ADVERSARY_NAME)
-            save_training_state(state_path, model=model, optimizer=opt, scheduler=sched, step=step,
-                                epoch=epoch + 1, extra={"best": best})
-        if best["stopped"]:
-            log.write(event="early_stop", epoch=epoch + 1, best_epoch=best["epoch"])
-    if env.distributed:
-        torch.distributed.barrier()
+    task = _DistillTask(config, model, ddp, tr, val, cells, Augmenter(config.augment, fe), cw, t_scale, adversary,
+                        total_steps, run_dir, env)
+    # the teacher is part of what a resumed run must share: another teacher's targets are another run
+    loop = LoopConfig(desc="distill", epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                      resume_fields={**config.key_fields(), "teacher": teacher.identity if teacher else "none"},
+                      grad_clip=config.grad_clip, progress=progress)
+    start = {"config": config.to_dict(), "student": report, "n_train_windows": n,
+             "n_val_windows": len(val.windows) if val else 0, "split": split_how,
+             "teacher": teacher.name if teacher else "none", "adversary_groups": site_names, **teacher_info}
+    done = run_training(task, loop, env=env, model=model, optimizer=opt, scheduler=sched,
+                        clip_params=list(model.parameters()), state_path=run_dir / STATE_NAME, log=log,
+                        resume=resume, start_record=start, run_files=(run_dir / BEST_NAME, run_dir / ADVERSARY_NAME))
+    step, best = done.step, task.best
+    barrier(env)
 
     if val is not None and (run_dir / BEST_NAME).is_file():
         from safetensors.torch import load_file

@@ -34,9 +34,9 @@ def one_torch_thread():
 
 @pytest.fixture
 def interrupted_then_resumed(monkeypatch):
-    """``run(train)``: call ``train()`` with a crash (KeyboardInterrupt) right after its first saved student
-    training state, then call it again (it resumes) and return what the second call returns."""
-    from acula_edge.distill import train as train_mod
+    """``run(train)``: call ``train()`` with a crash (KeyboardInterrupt) right after its first saved training
+    state (the loop shared by align and distill), then call it again (it resumes) and return what the second call returns."""
+    from acula_edge import training as train_mod
 
     def run(train):
         real_save = train_mod.save_training_state

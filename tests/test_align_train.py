@@ -78,7 +78,12 @@ def test_exact_resume_equals_uninterrupted_run(tiny_cfg, tmp_path):
         torch.testing.assert_close(va, vb, atol=0, rtol=0)
     mam = [r["mam"] for r in read_jsonl(straight.log_path) if r["event"] == "step"]
     assert len(mam) == 4 and all(m > 0 for m in mam)
-    with pytest.raises(ConfigError, match="different configuration"):
+    # run-only fields (logging, how far to train) resume; a changed lr is refused, naming the change
+    again = train_alignment(dataclasses.replace(cfg, log_every=3, checkpoint_every=2, progress=False), DATA,
+                            tmp_path / "b")
+    assert again.steps == 4 and [r["event"] for r in read_jsonl(again.log_path)].count("resume") == 2
+    with pytest.raises(ConfigError, match=r"state.pt was written by a different configuration \(lr: 0.001 -> 0.5\); "
+                                          r"delete it \(or pass resume=False / --no-resume\)"):
         train_alignment(dataclasses.replace(cfg, lr=0.5), DATA, tmp_path / "b")
 
 

@@ -93,10 +93,10 @@ def test_training_with_every_cross_site_option_and_exact_resume(tmp_path, interr
     cfg = TrainConfig(**{**FAST, "epochs": 2}, device_copies=1, balance_column="subset", adversary_column="subset",
                       adversary_weight=0.5)
     train_student(cfg, None, data, tmp_path / "straight", progress=False)
-    log = read_jsonl(tmp_path / "straight.run" / "log.jsonl")
+    log = read_jsonl(tmp_path / "straight.run" / "train_log.jsonl")
     plain = TrainConfig(**FAST)
     train_student(plain, None, data, tmp_path / "plain", progress=False)
-    plain_log = read_jsonl(tmp_path / "plain.run" / "log.jsonl")
+    plain_log = read_jsonl(tmp_path / "plain.run" / "train_log.jsonl")
     assert log[0]["n_train_windows"] == 2 * plain_log[0]["n_train_windows"]  # clean + one simulated copy
     assert log[0]["adversary_groups"] == sorted({r.metadata["subset"] for r in data})
     assert all("train_adversary" in r for r in log if r["event"] == "epoch")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,7 +17,7 @@ from acula_edge.data import load_dataset
 from acula_edge.errors import CheckpointError, ConfigError
 from acula_edge.frontend import preset
 from acula_edge.manifest import Prompts
-from acula_edge.training import read_jsonl
+from acula_edge.training import open_log, read_jsonl
 from acula_edge.distill.students import ARCHITECTURE, build_student
 from acula_edge.distill.teachers import load_teacher
 from acula_edge.distill.train import TrainConfig, split_validation, train_student
@@ -73,7 +74,7 @@ def test_cli_distills_a_student_with_provenance_and_prompts(tmp_path, teacher_di
     assert set(info.extra["metrics"]["val"]) >= {"auroc", "se", "sp", "macc", "teacher_cosine"}
     emb, logits = model(torch.zeros(1, 1, WIN.frames_per_window(FE), FE.n_mels))
     assert emb.shape == (1, 16) and logits.shape == (1, 2)
-    log = read_jsonl(tmp_path / "student.run" / "log.jsonl")
+    log = read_jsonl(tmp_path / "student.run" / "train_log.jsonl")
     assert [r["event"] for r in log] == ["start", "epoch", "epoch", "done"]
     assert log[0]["split"].startswith("groups of 'subset'")
 
@@ -82,9 +83,9 @@ def test_resume_continues_from_the_saved_step(tmp_path, teacher_dir, capsys):
     args = ["distill", "--teacher", str(teacher_dir), "--data", DATA, "--student", "tiny", "--out",
             str(tmp_path / "s"), "--batch-size", "16", "--max-windows", "2", "--quiet"]
     assert _cli(args + ["--epochs", "1"], capsys)[0] == 0
-    first = [r for r in read_jsonl(tmp_path / "s.run" / "log.jsonl") if r["event"] == "epoch"]
+    first = [r for r in read_jsonl(tmp_path / "s.run" / "train_log.jsonl") if r["event"] == "epoch"]
     assert _cli(args + ["--epochs", "2"], capsys)[0] == 0
-    log = read_jsonl(tmp_path / "s.run" / "log.jsonl")
+    log = read_jsonl(tmp_path / "s.run" / "train_log.jsonl")
     resumed = [r for r in log if r["event"] == "resume"]
     epochs = [r for r in log if r["event"] == "epoch"]
     assert resumed == [dict(resumed[0], step=first[0]["step"], epoch=1)]
@@ -92,7 +93,7 @@ def test_resume_continues_from_the_saved_step(tmp_path, teacher_dir, capsys):
     assert read_checkpoint_info(tmp_path / "s").extra["metrics"]["steps"] == 2 * first[0]["step"]
     # --no-resume starts over: a new "start" record, and the step count restarts
     assert _cli(args + ["--epochs", "1", "--no-resume"], capsys)[0] == 0
-    log = read_jsonl(tmp_path / "s.run" / "log.jsonl")
+    log = read_jsonl(tmp_path / "s.run" / "train_log.jsonl")
     assert [r["event"] for r in log].count("start") == 2 and log[-2]["step"] == first[0]["step"]
 
 
@@ -103,6 +104,32 @@ def test_interrupted_run_resumes_exactly(tmp_path, teacher_dir, interrupted_then
     train_student(cfg, teacher, data, tmp_path / "straight", progress=False)
     interrupted_then_resumed(lambda: train_student(cfg, teacher, data, tmp_path / "crashed", progress=False))
     assert_same_weights(tmp_path / "straight", tmp_path / "crashed")
+
+
+def test_resume_refuses_a_changed_run_but_not_run_only_fields(tmp_path, teacher_dir):
+    data = load_dataset(DATA)
+    cfg = TrainConfig(**FAST)
+    train_student(cfg, teacher_dir, data, tmp_path / "s", progress=False)
+    # run-only fields (how far to train, patience, teacher batching) resume: one more epoch, one "start"
+    train_student(dataclasses.replace(cfg, epochs=2, patience=1, teacher_batch_size=7), teacher_dir, data,
+                  tmp_path / "s", progress=False)
+    events = [r["event"] for r in read_jsonl(tmp_path / "s.run" / "train_log.jsonl")]
+    assert events.count("start") == 1 and events.count("resume") == 1 and events.count("epoch") == 2
+    with pytest.raises(ConfigError, match=r"state.pt was written by a different configuration \(lr: 0.003 -> 0.01\); "
+                                          r"delete it \(or pass resume=False / --no-resume\)"):
+        train_student(dataclasses.replace(cfg, lr=0.01), teacher_dir, data, tmp_path / "s", progress=False)
+    with pytest.raises(ConfigError, match=r"different configuration \(embedding_dim: 384 -> 16; teacher: "
+                                          r"'[0-9a-f]{64}' -> 'none'\)"):  # the same shapes, another teacher
+        train_student(dataclasses.replace(cfg, embedding_dim=16), None, data, tmp_path / "s", progress=False)
+
+
+def test_a_run_folder_of_an_older_version_keeps_its_log(tmp_path):
+    run = tmp_path / "s.run"
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"event": "start", "step": 0}\n')
+    open_log(run).write(event="resume", step=3)
+    assert not (run / "log.jsonl").exists()
+    assert [r["event"] for r in read_jsonl(run / "train_log.jsonl")] == ["start", "resume"]
 
 
 def test_run_folder_of_another_architecture_gives_a_mismatch_report(tmp_path, teacher_dir, capsys):
@@ -170,7 +197,7 @@ def test_cli_under_torchrun_with_two_processes(tmp_path, teacher_dir):
            "1", "--batch-size", "4", "--max-windows", "2", "--quiet", "--threads", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    log = read_jsonl(tmp_path / "s.run" / "log.jsonl")
+    log = read_jsonl(tmp_path / "s.run" / "train_log.jsonl")
     start, epoch = log[0], [r for r in log if r["event"] == "epoch"][0]
     assert start["world_size"] == 2 and start["teacher_logits"] == "head"
     assert epoch["step"] == -(-(start["n_train_windows"] // 2) // 4)  # each rank takes half the windows
