@@ -16,13 +16,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
+from acula_edge import typed
 from acula_edge.errors import ConfigError
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few kB; anything this large is not one
+
+
+def _boolean(v: Any, what: str) -> bool:
+    if not isinstance(v, bool):
+        raise typed.SchemaError(f"{what} must be true or false, got {v!r}")
+    return v
+
+
+# scalar annotation -> strict check (acula_edge.typed: ints are not bools or 3.0; floats finite; ints accepted)
+_SCALAR_CHECKS = {int: typed.integer, float: typed.number, str: typed.string, bool: _boolean}
 
 
 def from_dict(cls: type, data: Any, what: str | None = None, base: Any | None = None) -> Any:
@@ -61,11 +73,14 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def read_json_config(path: str | Path, what: str) -> dict[str, Any]:
-    """A JSON config file as a dict (one object of ``what``'s fields); ConfigError naming the file otherwise."""
+    """A JSON config file as a dict (one object of ``what``'s fields, read strictly by
+    :func:`acula_edge.typed.read_json_file`); ConfigError naming the file otherwise."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the {what} ({e}); give a JSON object of its fields") from e
+        _, data = typed.read_json_file(path, MAX_CONFIG_BYTES)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e})") from e
+    except typed.SchemaError as e:
+        raise ConfigError(f"{path}: the {what} {e}; give a JSON object of its fields") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the {what} must be a JSON object of its fields, got {type(data).__name__}")
     return data
@@ -131,20 +146,10 @@ def _coerce(value: Any, tp: Any, where: str, nested_what: str) -> Any:
         else:
             return tuple(value)
         return tuple(_coerce(v, k, f"{where}[{i}]", nested_what) for i, (v, k) in enumerate(zip(value, kinds)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where} must be a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
+    scalar = _SCALAR_CHECKS.get(tp)
+    if scalar is not None:
+        try:
+            return scalar(value, where)
+        except typed.SchemaError as e:
+            raise ConfigError(str(e)) from None
     return value  # Any and other annotations: the dataclass's own checks apply

@@ -74,8 +74,13 @@ def test_read_json_config_names_the_file(tmp_path):
     assert read_json_config(good, "outer config") == {"steps": 2}
     bad = tmp_path / "bad.json"
     bad.write_text("{steps: 2}")
-    with pytest.raises(ConfigError, match=r"bad.json: cannot read the outer config \(Expecting property name"):
+    with pytest.raises(ConfigError, match=r"bad.json: the outer config is not valid JSON \(Expecting property name"):
         read_json_config(bad, "outer config")
+    bad.write_text('{"steps": 2, "steps": 3}')
+    with pytest.raises(ConfigError, match=r"bad.json: the outer config repeats the key\(s\) \['steps'\]"):
+        read_json_config(bad, "outer config")
+    with pytest.raises(ConfigError, match=r"missing.json: cannot read the outer config \(\[Errno 2\]"):
+        read_json_config(tmp_path / "missing.json", "outer config")
     bad.write_text("[1]")
     with pytest.raises(ConfigError, match="bad.json: the outer config must be a JSON object of its fields, got list"):
         read_json_config(bad, "outer config")
