@@ -52,17 +52,6 @@ class ParityError(ExportError):
         self.mismatches = list(mismatches)
 
 
-def check_config_keys(cls: type, data: dict, what: str) -> None:
-    """Raise ConfigError if ``data`` has keys that are not fields of the dataclass ``cls`` (a typo in a config file
-    must not be silently ignored)."""
-    import dataclasses
-
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown {what} keys {unknown}; allowed: {sorted(known)}")
-
-
 def require(module: str, extra: str, purpose: str):
     """Import and return ``module``, or raise :class:`MissingDependencyError` naming the pip extra to install."""
     import importlib

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from acula_edge.errors import ConfigError, check_config_keys
+from acula_edge.errors import ConfigError
 
 # "hann"/"hamming" are periodic (DFT-even); "hann_symmetric" is 0.5 - 0.5 cos(2 pi n / (N - 1)) (Kaldi's
 # "hanning", the window of transformers' ASTFeatureExtractor).
@@ -136,8 +136,10 @@ class FrontendConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FrontendConfig":
-        check_config_keys(cls, data, "front-end config")
-        return cls(**data)
+        """Strict (:func:`acula_edge.config.from_dict`): unknown keys and wrong types are refused by name."""
+        from acula_edge.config import from_dict
+
+        return from_dict(cls, data, "front-end config")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

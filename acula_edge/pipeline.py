@@ -21,7 +21,7 @@ from typing import Any, Callable
 import click
 
 from acula_edge import atomic
-from acula_edge.config import Config
+from acula_edge.config import Config, changed_fields
 from acula_edge.data import load_dataset, with_filter
 from acula_edge.errors import AculaEdgeError, ConfigError
 from acula_edge.manifest import TARGETS
@@ -71,26 +71,29 @@ class Stage:
 @dataclass
 class PipelineState:
     path: Path
-    fingerprint: str
+    fingerprint: str  # PipelineConfig.key(): run-only fields (threads) left out
+    config: dict[str, Any]  # the fields hashed, kept so a refused re-run can name what changed
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, out: Path, fingerprint: str, restart: bool) -> "PipelineState":
+    def open(cls, out: Path, config: PipelineConfig, restart: bool) -> "PipelineState":
         path = out / STATE_NAME
         if path.is_file() and not restart:
             data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("fingerprint") != fingerprint:
-                raise ConfigError(f"{path}: this folder holds a pipeline run with another configuration; use another "
-                                  f"--out, or --restart to start this one over")
-            return cls(path, fingerprint, dict(data.get("stages", {})))
-        return cls(path, fingerprint)
+            if data.get("fingerprint") != config.key():
+                changes = changed_fields(data.get("config", {}), config.key_fields()) if "config" in data else []
+                raise ConfigError(f"{path}: this folder holds a pipeline run with another configuration"
+                                  f"{' (' + '; '.join(changes) + ')' if changes else ''}; use another --out, or "
+                                  f"--restart to start this one over")
+            return cls(path, config.key(), config.key_fields(), dict(data.get("stages", {})))
+        return cls(path, config.key(), config.key_fields())
 
     def done(self, name: str) -> bool:
         return bool(self.stages.get(name, {}).get("done"))
 
     def record(self, name: str, outputs: dict[str, Any], seconds: float) -> None:
         self.stages[name] = {"done": True, "seconds": round(seconds, 2), "outputs": outputs}
-        atomic.write_json(self.path, {"fingerprint": self.fingerprint, "stages": self.stages})
+        atomic.write_json(self.path, {"fingerprint": self.fingerprint, "config": self.config, "stages": self.stages})
 
 
 class Pipeline:
@@ -127,7 +130,7 @@ class Pipeline:
 
     def run(self, restart: bool = False) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
-        state = PipelineState.open(self.out, self.cfg.key(), restart)
+        state = PipelineState.open(self.out, self.cfg, restart)
         self.state = state
         self.echo(f"pipeline: data {self.cfg.data!r}; train {self.train_spec!r}; test {self.test_spec!r}; "
                   f"out {self.out}")

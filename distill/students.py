@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from acula_edge.errors import ConfigError, check_config_keys
+from acula_edge.errors import ConfigError
 
 ARCHITECTURE = "acula_edge.distill.students:DSCNNStudent"
 ACTIVATIONS = ("relu", "relu6", "hardswish")
@@ -90,15 +90,10 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
-        check_config_keys(cls, d, "student config")
-        d = dict(d)
-        if "channels" in d:
-            d["channels"] = tuple(int(c) for c in d["channels"])
-        if "strides" in d:
-            d["strides"] = tuple(tuple(int(v) for v in s) for s in d["strides"])
-        if "stem_kernel" in d:
-            d["stem_kernel"] = tuple(int(v) for v in d["stem_kernel"])
-        return cls(**d)
+        """Strict (:func:`acula_edge.config.from_dict`): unknown keys and wrong types are refused by name."""
+        from acula_edge.config import from_dict
+
+        return from_dict(cls, d, "student config")
 
 
 # Named trunks. Widths were chosen so the parameter budget holds with a 384-wide embedding projection (which alone

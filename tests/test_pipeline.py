@@ -69,7 +69,7 @@ def test_rerun_resumes_without_redoing_stages(finished_run):
 
 def test_another_config_in_the_same_folder_is_refused(finished_run):
     out, _, _ = finished_run
-    with pytest.raises(ConfigError, match="another configuration"):
+    with pytest.raises(ConfigError, match=r"another configuration \(distill_epochs: 1 -> 2\); use another --out"):
         Pipeline(dataclasses.replace(TINY, distill_epochs=2), out).run()
 
 
