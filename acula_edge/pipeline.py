@@ -41,7 +41,7 @@ class PipelineConfig(Config):
     normalisation: str = ""  # front-end normalisation of teacher and students ("" = the align preset's)
     students: tuple[str, ...] = ("small",)  # acula_edge.distill.students presets
     distill_epochs: int = 12
-    max_windows_per_recording: int = 8  # training windows per recording (evenly spaced)
+    max_windows_per_recording: int = 8  # training windows per recording (evenly spaced; 0 = all)
     targets: tuple[str, ...] = tuple(TARGETS)  # every registered export target
     precisions: tuple[str, ...] = ("fp32", "int8")
     latency_runs: int = 100
