@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from acula_edge.align.encoders import AudioEncoder, check_input, config_from_dict
+from acula_edge.align.encoders import AudioEncoder, check_input
+from acula_edge.config import from_dict
 from acula_edge.errors import ConfigError
 
 
@@ -36,7 +37,7 @@ class CNNConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CNNConfig":
-        return config_from_dict(cls, d)
+        return from_dict(cls, d)
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1) -> nn.Sequential:

@@ -80,14 +80,6 @@ def build_encoder(encoder_type: str, config: dict[str, Any]) -> AudioEncoder:
     return cls.from_config(dict(config))
 
 
-def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build the frozen dataclass ``cls`` from a JSON dict (:func:`acula_edge.config.from_dict`: unknown keys and
-    wrong types are refused, lists become tuples)."""
-    from acula_edge.config import from_dict
-
-    return from_dict(cls, d)
-
-
 def fit_time_axis(x: torch.Tensor, frames: int, value: float = 0.0) -> torch.Tensor:
     """Pad with ``value`` (at the end) or crop (keep the start) the time axis of (B, 1, T, F) to ``frames``."""
     t = x.shape[-2]

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from acula_edge.align.encoders import AudioEncoder, check_input, config_from_dict
+from acula_edge.align.encoders import AudioEncoder, check_input
+from acula_edge.config import from_dict
 from acula_edge.errors import ConfigError
 
 POOLINGS = ("mean_then_norm", "norm_then_mean")
@@ -80,7 +81,7 @@ class MAEViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MAEViTConfig":
-        return config_from_dict(cls, d)
+        return from_dict(cls, d)
 
 
 # Sizes by name. "vit-s" is OPERA-GT / AcuLa's; "tiny" is for tests; "small-cpu" trains on a CPU.

@@ -91,6 +91,8 @@ def test_config_from_dict_refuses_unknown_keys_and_bad_values():
     assert AlignConfig.from_dict({"cnn_channels": [4, 8]}, base=preset_config("tiny")).cnn_channels == (4, 8)
     with pytest.raises(ConfigError, match=r"unknown AlignConfig keys \['learning_rate'\]"):
         AlignConfig.from_dict({"learning_rate": 1.0})
+    with pytest.raises(ConfigError, match=r"AlignConfig.lr must be a finite number, got 'fast'"):
+        AlignConfig.from_dict({"lr": "fast"})
     with pytest.raises(ConfigError, match="align_loss 'l2'"):
         AlignConfig(align_loss="l2")
     with pytest.raises(ConfigError, match="unknown align preset 'huge'"):
