@@ -2,7 +2,9 @@
 accuracy -> report, resumable stage by stage.
 
 Each stage writes its outputs under ``OUT`` and is then recorded in ``OUT/pipeline.json``; a re-run skips completed
-stages (same config) and resumes the first unfinished one. A failed stage is named in the error with its cause.
+stages (same config but for run-only fields: ``PipelineConfig.RUN_ONLY``) and resumes the first unfinished one. A
+failed stage is named in the progress output and its error raised unchanged: a user error stays one line, a bug
+keeps its traceback.
 
 Held-out data: one whole group of the metadata column ``--group-by`` (default ``subset``) is held out for testing
 (``--test-group``, default: the last group in sorted order) and never seen by align, distill or calibration. Data
