@@ -76,7 +76,7 @@ def evaluate_teacher_probe(folder: str | Path, train: str, test: str, group_colu
 
     model, info = load_checkpoint(folder)
     fit_ds, val_ds, how = split_validation(load_dataset(train), TrainConfig(group_column=group_column, seed=seed))
-    w = extract_keyed(fit_ds, info.frontend, info.windowing, info.labels, max_windows)
+    w = extract_keyed(fit_ds, info.frontend, info.windowing, info.labels, max_windows or None)  # 0 = all
     emb, _ = predict(model, w.x)
     probe = fit_probe(emb, w.y, w.recording, len(info.labels))
     where = f"validation split ({how})"

@@ -84,8 +84,9 @@ class TrainConfig(Config):
     device_sim: DeviceSimConfig = field(default_factory=DeviceSimConfig)
 
     CONFIG_NAME = "training config"
-    # how far to train and how teacher outputs are batched change how a run is carried out, not what it computes
-    RUN_ONLY = ("epochs", "patience", "teacher_batch_size")
+    # how far to train, how teacher outputs are batched and how the operating point is chosen after training change
+    # how a run is carried out, not what its training computes
+    RUN_ONLY = ("epochs", "patience", "teacher_batch_size", "operating_point")
 
     def __post_init__(self) -> None:
         problems = []
@@ -439,7 +440,8 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
     (default ``<out>.run``) holds the resume state and the JSONL log; ``cache_dir`` (default ``<run_dir>/cache``)
     the teacher outputs. Run under ``torchrun`` for data-parallel training. ``resume``: continue from the run
     folder's state when present; refused (ConfigError naming the change) when the teacher or the config changed
-    other than in its run-only fields (``TrainConfig.RUN_ONLY``: epochs, patience, teacher_batch_size).
+    other than in its run-only fields (``TrainConfig.RUN_ONLY``: epochs, patience, teacher_batch_size,
+    operating_point).
     """
     out = atomic.check_replaceable(out)  # refuse a user's folder now, not after training
     run_dir = Path(run_dir) if run_dir is not None else out.parent / f"{out.name}.run"

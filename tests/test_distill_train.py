@@ -110,9 +110,11 @@ def test_resume_refuses_a_changed_run_but_not_run_only_fields(tmp_path, teacher_
     data = load_dataset(DATA)
     cfg = TrainConfig(**FAST)
     train_student(cfg, teacher_dir, data, tmp_path / "s", progress=False)
-    # run-only fields (how far to train, patience, teacher batching) resume: one more epoch, one "start"
-    train_student(dataclasses.replace(cfg, epochs=2, patience=1, teacher_batch_size=7), teacher_dir, data,
-                  tmp_path / "s", progress=False)
+    # run-only fields (how far to train, patience, teacher batching, the operating-point method) resume: one more
+    # epoch, one "start", and the point chosen by the new method
+    out = train_student(dataclasses.replace(cfg, epochs=2, patience=1, teacher_batch_size=7,
+                                            operating_point="0.25"), teacher_dir, data, tmp_path / "s", progress=False)
+    assert read_checkpoint_info(out).threshold == 0.25
     events = [r["event"] for r in read_jsonl(tmp_path / "s.run" / "train_log.jsonl")]
     assert events.count("start") == 1 and events.count("resume") == 1 and events.count("epoch") == 2
     with pytest.raises(ConfigError, match=r"state.pt was written by a different configuration \(lr: 0.003 -> 0.01\); "
