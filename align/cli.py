@@ -15,6 +15,7 @@ individual options given on the command line.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import click
 
