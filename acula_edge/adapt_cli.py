@@ -6,6 +6,8 @@ import json
 
 import click
 
+from acula_edge import cli_options as options
+
 from acula_edge.adapt import DEFAULT_TARGET, METHODS, MIN_RECORDINGS, AdaptConfig
 
 
@@ -23,7 +25,7 @@ from acula_edge.adapt import DEFAULT_TARGET, METHODS, MIN_RECORDINGS, AdaptConfi
 @click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
               help="Export precision (checkpoint SOURCE).")
 @click.option("--calib-data", default=None, help="int8 calibration recordings (default: the site's).")
-@click.option("--json", "as_json", is_flag=True, help="Print the adaptation record as one JSON object.")
+@options.json_stdout("the adaptation record")
 def adapt(source: str, data: str, out: str, methods: tuple[str, ...], train_data: str | None, min_recordings: int,
           target: str, quantize: str, calib_data: str | None, as_json: bool) -> None:
     """Adapt SOURCE (a bundle or a checkpoint folder) to a new site from its unlabeled recordings; write a new

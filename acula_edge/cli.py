@@ -14,6 +14,7 @@ import sys
 import click
 
 from acula_edge import __version__
+from acula_edge import cli_options as options
 from acula_edge.errors import AculaEdgeError
 
 # command name -> (module, attribute, one-line help). The module is imported only when the command runs.
@@ -59,13 +60,13 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("audio_file", type=click.Path(dir_okay=False))
-@click.option("--preset", default="heart", show_default=True, help="Front-end preset (see acula_edge.frontend).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def features(audio_file: str, preset: str, as_json: bool) -> None:
+@options.frontend("heart")
+@options.json_stdout("the summary")
+def features(audio_file: str, frontend: str | None, as_json: bool) -> None:
     """Print the front-end summary of AUDIO_FILE: rates, length, frames, windows, level and log-mel range."""
     from acula_edge.features_summary import summarise_file
 
-    summary = summarise_file(audio_file, preset)
+    summary = summarise_file(audio_file, frontend or "heart")
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
     else:

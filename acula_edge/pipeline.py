@@ -23,6 +23,7 @@ from typing import Any, Callable
 import click
 
 from acula_edge import atomic
+from acula_edge import cli_options as options
 from acula_edge.config import Config, changed_fields
 from acula_edge.data import load_dataset, with_filter
 from acula_edge.errors import AculaEdgeError, ConfigError
@@ -286,13 +287,19 @@ class Pipeline:
 @click.command()
 @click.option("--data", default=None, help="Dataset spec (default: the preset's; demo = synthetic:heart).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="demo", show_default=True)
-@click.option("--group-by", default=None, help="Metadata column whose groups are held out whole.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="demo", show_default=True,
+              help="Pipeline preset: the data and settings of a known job (demo: the embedded synthetic heart "
+                   "sounds).")
+@click.option("--group-by", default=None,
+              help=f"Metadata column whose groups are held out whole [default: {PRESETS['demo'].group_by}].")
 @click.option("--test-group", default=None, help="The held-out group (default: last in sorted order).")
-@click.option("--students", default=None, help="Comma-separated student sizes (tiny,small,base).")
-@click.option("--targets", default=None, help=f"Comma-separated export targets ({','.join(TARGETS)}).")
-@click.option("--threads", type=int, default=None, help="Threads for latency benchmarks.")
-@click.option("--restart", is_flag=True, help="Start over instead of resuming a previous run in --out.")
+@click.option("--students", default=None,
+              help="Comma-separated student sizes of acula_edge.distill.students (tiny, small, small-mcu, base) "
+                   f"[default: {','.join(PRESETS['demo'].students)}].")
+@click.option("--targets", default=None,
+              help=f"Comma-separated export targets [default: {','.join(TARGETS)}].")
+@options.threads("the latency benchmarks", default=PipelineConfig.threads)
+@options.restart()
 def pipeline(data: str | None, out_dir: str, preset: str, group_by: str | None, test_group: str | None,
              students: str | None, targets: str | None, threads: int | None, restart: bool) -> None:
     """Run align -> distill -> export -> verify -> bench -> report; resumable (re-run the same command)."""

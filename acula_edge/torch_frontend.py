@@ -1,7 +1,8 @@
 """Torch twin of the numpy log-mel front-end (training side; imports torch).
 
 Built from the same window and filterbank arrays as :class:`acula_edge.features.LogMel`; tests prove the two agree.
-Runs batched on GPU inside training loops.
+Batched and device-agnostic (CPU or GPU tensors); training uses its window normalisation (distill/augment.py) and
+the tests use the whole front-end as the numpy reference's twin.
 """
 
 from __future__ import annotations

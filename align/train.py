@@ -230,7 +230,7 @@ def build_audio_encoder(cfg: AlignConfig, frames: int, n_mels: int,
             raise ConfigError(f"{cfg.encoder[3:]}: {type(enc.model).__name__} takes "
                               f"{'raw waveforms' if isinstance(enc, HFWaveformEncoder) else 'log-mel windows'} but "
                               f"front-end preset {cfg.frontend_preset!r} gives "
-                              f"{'raw waveforms' if waveform else 'log-mel windows'}; use --frontend-preset model "
+                              f"{'raw waveforms' if waveform else 'log-mel windows'}; use --frontend model "
                               f"(the model folder's own preprocessing)")
     if cfg.pretrained:
         from acula_edge.align.pretrained import load_pretrained

@@ -174,7 +174,7 @@ def write_results(path: Path, rows: list[dict], args: argparse.Namespace, comman
         if "agreement" in r:
             first.setdefault(r["size"], r)
     lines = [
-        "# Firmware budget (issue 7): tflm bundles of trained students against a stethoscope MCU",
+        "# Firmware budget: tflm bundles of trained students against a stethoscope MCU",
         "",
         f"- command: `python {command}` ({seconds / 60:.0f} min)",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {platform.machine()}, "

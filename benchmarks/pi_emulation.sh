@@ -12,7 +12,7 @@
 # the arm64 venv, default "onnxruntime ai-edge-litert"), KEEP_MOUNTS=1 to leave /proc etc. mounted.
 #
 # Needs root, network access to the Debian mirror and PyPI, about 8 minutes and 730 MB the first time (2 cores).
-# Recipe (measured on this kind of machine, see issue 10): Debian's qemu-user-static + binfmt-support +
+# Recipe (measured on this kind of machine): Debian's qemu-user-static + binfmt-support +
 # debootstrap; binfmt_misc mounted and qemu-aarch64 enabled; a two-stage debootstrap of bookworm arm64 from the
 # mirror in the host's apt sources; the host's locally added CA certificates copied into the rootfs; PIP_FIND_LINKS
 # unset for pip inside. qemu 7.2 passes the host's x86 /proc/cpuinfo through, which crashes the cpuinfo library
@@ -190,7 +190,7 @@ in_root /opt/acula/bin/python /opt/out/dump.py /opt/out/arm.npz "$DATA" /opt/out
   >/dev/null
 say "aarch64: acula-edge bench latency runs (timings under emulation are not device timings)"
 in_root /opt/acula/bin/acula-edge bench latency "${NAMES[@]}" --runs 5 --warmup 1 --min-seconds 0 \
-  --json /opt/out/latency-emulated.json >/dev/null
+  --json-out /opt/out/latency-emulated.json >/dev/null
 
 # -- 6. compare --------------------------------------------------------------------------------------------------
 "$HOST_PY" - "$WORK/host2.npz" "$ROOTFS/opt/out/arm.npz" "${REL_BUNDLES[@]}" <<'PY'

@@ -16,8 +16,12 @@ from pathlib import Path
 
 import click
 
+from acula_edge import cli_options as options
 from acula_edge.frontend import NORMALISATIONS
 from acula_edge.distill.students import PRESETS
+from acula_edge.distill.train import ADVERSARY_WEIGHT, TrainConfig
+
+_DEFAULTS = TrainConfig()  # the defaults the help shows: one definition, the dataclass
 
 
 @click.command("distill")
@@ -26,45 +30,47 @@ from acula_edge.distill.students import PRESETS
                    "file of precomputed outputs, or 'none' (supervised from scratch).")
 @click.option("--data", "data_spec", required=True, help="Training data spec (folder with labels.csv, "
                                                            "synthetic:heart, ...).")
-@click.option("--student", type=click.Choice(sorted(PRESETS)), default=None, help="Student size [default: small].")
+@click.option("--student", type=click.Choice(sorted(PRESETS)), default=None, help=f"Student size [default: {_DEFAULTS.student}].")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Student checkpoint folder to write.")
-@click.option("--epochs", type=int, default=None, help="Training epochs [default: 20].")
+@click.option("--epochs", type=int, default=None, help=f"Training epochs [default: {_DEFAULTS.epochs}].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="JSON file of training settings (TrainConfig fields).")
-@click.option("--batch-size", type=int, default=None, help="Windows per step and process.")
-@click.option("--max-windows", type=int, default=None, help="Windows kept per recording (evenly spaced).")
-@click.option("--frontend", "frontend_preset", default=None,
-              help="Student front-end preset (default: the teacher's, or 'heart').")
+@click.option("--batch-size", type=int, default=None, help=f"Windows per step and process [default: {_DEFAULTS.batch_size}].")
+@click.option("--max-windows", type=int, default=None, help="Windows kept per recording, evenly spaced (0 = all) "
+                   f"[default: {_DEFAULTS.max_windows_per_recording}].")
+@options.frontend("the teacher's, or heart without one")
 @click.option("--normalisation", type=click.Choice(NORMALISATIONS), default=None,
               help="Override the front-end normalisation (per_window_band removes each window's mean spectrum).")
 @click.option("--device-copies", type=int, default=None,
-              help="Extra copies of every training recording through simulated device chains [default: 0].")
+              help="Extra copies of every training recording through simulated device chains "
+                   f"[default: {_DEFAULTS.device_copies}].")
 @click.option("--balance-by", "balance_column", default=None,
               help="Metadata column (e.g. subset): sample every (value, label) cell equally.")
 @click.option("--adversary-by", "adversary_column", default=None,
               help="Metadata column (e.g. subset) a site-adversarial head keeps out of the embedding.")
 @click.option("--adversary-weight", type=float, default=None,
-              help="Weight of the site-adversarial loss (needs --adversary-by) [default: 0.3 with --adversary-by].")
+              help="Weight of the site-adversarial loss (needs --adversary-by) "
+                   f"[default: {ADVERSARY_WEIGHT} with --adversary-by].")
 @click.option("--operating-point", "operating_point", default=None,
               help="How the decision threshold is chosen on the validation split: youden, sensitivity=X, "
-                   "specificity=X, or a fixed threshold such as 0.5 [default: youden].")
-@click.option("--seed", type=int, default=None)
+                   "specificity=X, or a fixed threshold such as 0.5 "
+                   f"[default: {_DEFAULTS.operating_point}].")
+@options.seed(f"training [default: {_DEFAULTS.seed}]")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Resume state and log folder [default: OUT.run].")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Teacher-output cache [default: RUN_DIR/cache].")
-@click.option("--no-resume", is_flag=True, help="Start over even if the run folder holds a state.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-@click.option("--device", default="cpu", show_default=True, help="'cpu' or 'cuda'.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--verbose", is_flag=True, help="Show library output (default: captured to OUT.distill.log beside the "
-                                              "checkpoint, shown if the stage fails).")
+@options.restart()
+@options.threads("torch")
+@options.device()
+@options.quiet()
+@options.verbose("OUT.distill.log beside the checkpoint")
 def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs: int | None,
-            config_file: str | None, batch_size: int | None, max_windows: int | None, frontend_preset: str | None,
+            config_file: str | None, batch_size: int | None, max_windows: int | None, frontend: str | None,
             normalisation: str | None, device_copies: int | None, balance_column: str | None,
             adversary_column: str | None, adversary_weight: float | None, operating_point: str | None,
-            seed: int | None, run_dir: str | None, cache_dir: str | None, no_resume: bool, threads: int | None,
-            device: str, quiet: bool, verbose: bool) -> None:
+            seed: int | None, run_dir: str | None, cache_dir: str | None, restart: bool, threads: int | None,
+            device: str | None, quiet: bool, verbose: bool) -> None:
     """Distill TEACHER into a student checkpoint at OUT."""
     import torch
 
@@ -77,12 +83,12 @@ def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs:
         torch.set_num_threads(threads)
     settings = read_json_config(config_file, "training config (TrainConfig fields)") if config_file else {}
     flags = {"student": student, "epochs": epochs, "batch_size": batch_size,
-             "max_windows_per_recording": max_windows, "frontend_preset": frontend_preset, "seed": seed,
+             "max_windows_per_recording": max_windows, "frontend_preset": frontend, "seed": seed,
              "normalisation": normalisation, "device_copies": device_copies, "balance_column": balance_column,
              "adversary_column": adversary_column, "adversary_weight": adversary_weight,
              "operating_point": operating_point}
     if adversary_column and adversary_weight is None and "adversary_weight" not in settings:
-        flags["adversary_weight"] = 0.3
+        flags["adversary_weight"] = ADVERSARY_WEIGHT
     settings.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(settings)
     from acula_edge.quiet import captured, rank_log
@@ -92,7 +98,7 @@ def distill(teacher: str, data_spec: str, student: str | None, out: str, epochs:
     try:
         with captured(log, verbose, "distill", progress_bars=not quiet):
             folder = train_student(config, teacher, data_spec, out, run_dir=run_dir, cache_dir=cache_dir,
-                                   resume=not no_resume, progress=not quiet, env=env, device=device)
+                                   resume=not restart, progress=not quiet, env=env, device=device)
     finally:
         shutdown_distributed()
     if env.is_main:

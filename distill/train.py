@@ -48,6 +48,10 @@ BEST_NAME = "best.safetensors"
 ADVERSARY_NAME = "adversary.safetensors"  # the site-adversarial head's weights (exact resume; not in the checkpoint)
 
 
+# The adversary weight `distill --adversary-by` uses when no weight is given (RESULTS_cross_site.md measured it).
+ADVERSARY_WEIGHT = 0.3
+
+
 @dataclass(frozen=True)
 class TrainConfig(Config):
     """Everything a distillation run depends on (saved in the student checkpoint's ``extra``)."""
@@ -71,13 +75,14 @@ class TrainConfig(Config):
     normalisation: str | None = None  # override the front-end normalisation (acula_edge.frontend.NORMALISATIONS)
     embedding_dim: int = 384  # student embedding width when the teacher gives none (teacher "none")
     dropout: float = 0.1
-    channels_last: bool = True  # ~7x faster training on x86 CPUs (see FACTS)
+    channels_last: bool = True  # ~7x faster training of a DS-CNN on an x86 CPU (230 vs 31 windows/s, measured 2026-11-23)
     teacher_batch_size: int = 32
-    # cross-site options (issue 9; measured in benchmarks/RESULTS_cross_site.md)
+    # cross-site options (measured in benchmarks/RESULTS_cross_site.md)
     device_copies: int = 0  # extra copies of every training recording through simulated device chains (device_sim)
     balance_column: str | None = None  # metadata column (e.g. "subset"): sample every (value, label) cell equally
     adversary_column: str | None = None  # metadata column the site-adversarial head must not find in the embedding
-    adversary_weight: float = 0.0  # weight of the adversary's loss (its gradient reversal ramps up from 0 to this)
+    adversary_weight: float = 0.0  # (the CLI uses ADVERSARY_WEIGHT when --adversary-by is given without a weight)
+    # weight of the adversary's loss (its gradient reversal ramps up from 0 to this)
     distill: DistillConfig = field(default_factory=DistillConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from acula_edge import cli_options as options
+
 from acula_edge.export.calibration import DEFAULT_CALIB_WINDOWS, DEFAULT_EVAL_WINDOWS
 from acula_edge.export.registry import CALIBRATION_METHODS, targets
 
@@ -25,22 +27,24 @@ def export_log_path(out: str | Path, target: str) -> Path:
 @click.argument("checkpoint_dir", type=click.Path(file_okay=False))
 @click.option("--target", type=click.Choice(TARGET_CHOICES), required=True,
               help="Export target, or all (every target that exports the --quantize precision; tflm is int8 only).")
-@click.option("--quantize", type=click.Choice(("none", "int8")), default="none", show_default=True)
+@click.option("--quantize", type=click.Choice(("none", "int8")), default="none", show_default=True,
+              help="Precision: none keeps float32; int8 quantizes weights and activations on --calib-data.")
 @click.option("--calib-data", default=None, help="Dataset spec for int8 calibration (required for int8).")
 @click.option("--eval-data", default=None, help="Dataset spec for the parity gate (default: held-out part of "
                                                 "--calib-data, else synthetic:heart for fp32).")
 @click.option("--calibration", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True,
               help="Activation-range method (ONNX; the PT2E targets use min/max observers).")
-@click.option("--calib-windows", type=int, default=DEFAULT_CALIB_WINDOWS, show_default=True)
-@click.option("--eval-windows", type=int, default=DEFAULT_EVAL_WINDOWS, show_default=True)
+@click.option("--calib-windows", type=click.IntRange(min=1), default=DEFAULT_CALIB_WINDOWS, show_default=True,
+              help="Real log-mel windows the int8 activation ranges are calibrated on.")
+@click.option("--eval-windows", type=click.IntRange(min=1), default=DEFAULT_EVAL_WINDOWS, show_default=True,
+              help="Held-out windows the parity gate compares the bundle with PyTorch on.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Bundle folder (with --target all: one sub-folder per target-precision).")
 @click.option("--operating-point", default=None,
               help="Replace the checkpoint's decision rule: youden, sensitivity=X or specificity=X (chosen again on "
                    "the validation recordings stored by distill), or a threshold such as 0.4.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifests' parity reports as JSON.")
-@click.option("--verbose", is_flag=True, help="Show converter and runtime output (default: captured to a log file "
-                                              "beside the bundles, shown if the export fails).")
+@options.json_stdout("the manifests' parity reports")
+@options.verbose("export.log beside the bundles")
 def export(checkpoint_dir: str, target: str, quantize: str, calib_data: str | None, eval_data: str | None,
            calibration: str, calib_windows: int, eval_windows: int, out: str, operating_point: str | None,
            as_json: bool, verbose: bool) -> None:
@@ -71,8 +75,8 @@ def export(checkpoint_dir: str, target: str, quantize: str, calib_data: str | No
 @click.option("--data", default=None, help="Dataset spec to re-run parity on (needs the source checkpoint).")
 @click.option("--checkpoint", default=None, type=click.Path(file_okay=False),
               help="Source checkpoint (default: the path recorded in the manifest, if it still matches).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--verbose", is_flag=True, help="Show runtime output (default: captured, shown if verify fails).")
+@options.json_stdout("the parity report")
+@options.verbose("a temporary log")
 def verify(bundle_dir: str, data: str | None, checkpoint: str | None, as_json: bool, verbose: bool) -> None:
     """Re-check BUNDLE_DIR: schema, sha256 of its files, the target's own file checks (tflm: the C array against the
     model file), and the export's parity gate, run by loading the bundle as the device does."""

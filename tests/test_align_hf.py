@@ -101,7 +101,8 @@ def _align_then_distill(tmp_path, capsys, encoder: str, text_model, extra: list[
 
     main(["align", "--data", DATA, "--out", str(tmp_path / "align"), "--preset", "tiny", "--audio-encoder", encoder,
           "--text-model", str(text_model), "--max-steps", "1", "--quiet", *extra])
-    align_out = capsys.readouterr().out
+    seen = capsys.readouterr()
+    align_out = seen.out + seen.err  # the result on stdout, the stage's progress lines (load report) on stderr
     teacher = tmp_path / "align" / "teacher"
     main(["distill", "--teacher", str(teacher), "--data", DATA, "--student", "tiny", "--out",
           str(tmp_path / "student"), "--epochs", "1", "--batch-size", "8", "--max-windows", "2", "--quiet"])
@@ -112,7 +113,7 @@ def _align_then_distill(tmp_path, capsys, encoder: str, text_model, extra: list[
 def test_cli_aligns_a_128_mel_ast_then_distills(tmp_path, capsys, text_model):
     folder = build_tiny_ast(tmp_path / "ast", frames=800, n_mels=128, do_normalize=True)
     out, teacher, student = _align_then_distill(tmp_path, capsys, f"hf:{folder}", text_model,
-                                                ["--frontend-preset", "model"])
+                                                ["--frontend", "model"])
     assert "teacher:" in out and f"encoder weights: {folder}: loaded " in out
     assert teacher.extra["encoder_load_report"]["complete"] is True
     assert teacher.model_config["encoder_type"] == "hf-ast" and teacher.frontend.n_mels == 128
@@ -142,8 +143,8 @@ def test_waveform_model_behind_a_log_mel_front_end_is_refused(tmp_path, capsys, 
     folder = build_tiny_wav2vec2(tmp_path / "w2v")
     with pytest.raises(SystemExit) as e:
         main(["align", "--data", DATA, "--out", str(tmp_path / "a"), "--preset", "tiny", "--audio-encoder",
-              f"hf:{folder}", "--frontend-preset", "heart", "--text-model", str(text_model), "--quiet"])
+              f"hf:{folder}", "--frontend", "heart", "--text-model", str(text_model), "--quiet"])
     assert e.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (transformers' loading bars come before it)
     assert "takes raw waveforms but front-end preset 'heart' gives log-mel windows" in last
-    assert last.endswith("use --frontend-preset model (the model folder's own preprocessing)")
+    assert last.endswith("use --frontend model (the model folder's own preprocessing)")

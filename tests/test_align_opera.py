@@ -119,9 +119,10 @@ def test_cli_aligns_from_an_opera_checkpoint_then_distills(tmp_path, capsys, one
     text = build_tiny_text_model(tmp_path / "bert")
     data = "synthetic:heart?n=8&seed=2"
     main(["align", "--data", data, "--out", str(tmp_path / "align"), "--preset", "tiny", "--config", str(cfg),
-          "--audio-encoder", "mae-vit", "--pretrained", str(ckpt), "--frontend-preset", "model",
+          "--audio-encoder", "mae-vit", "--pretrained", str(ckpt), "--frontend", "model",
           "--text-model", str(text), "--max-steps", "1", "--quiet"])
-    out = capsys.readouterr().out
+    seen = capsys.readouterr()
+    out = seen.out + seen.err  # the load report is a progress line (stderr)
     assert "encoder weights:" in out and "INCOMPLETE" in out
     assert "encoder: loaded (18 tensors)" in out
     assert "decoder: NOT loaded, freshly initialised (the file's decoder is another architecture" in out

@@ -121,11 +121,11 @@ def test_agreement_with_the_first_bundle():
 def test_cli_accuracy_end_to_end(bundles, tmp_path, capsys):
     lat = tmp_path / "lat.json"
     main(["bench", "latency", *map(str, bundles), "--runs", "5", "--warmup", "1", "--min-seconds", "0",
-          "--json", str(lat)])
+          "--json-out", str(lat)])
     capsys.readouterr()
     out_json, plots, report = tmp_path / "acc.json", tmp_path / "plots", tmp_path / "rep" / "report.md"
     main(["bench", "accuracy", *map(str, bundles), "--data", "synthetic:heart?n=8&seed=2", "--group-by", "subset",
-          "--n-boot", "40", "--json", str(out_json), "--plots", str(plots), "--report", str(report),
+          "--n-boot", "40", "--json-out", str(out_json), "--plots", str(plots), "--report", str(report),
           "--latency-json", str(lat)])
     printed = capsys.readouterr().out
     doc = json.loads(out_json.read_text())

@@ -118,7 +118,7 @@ def test_bench_latency_document_matches_the_schema(bundles):
 def test_cli_latency_writes_json(bundles, tmp_path, capsys):
     out = tmp_path / "lat.json"
     main(["bench", "latency", str(bundles[0]), "--runs", "5", "--warmup", "1", "--min-seconds", "0",
-          "--json", str(out), "--markdown"])
+          "--json-out", str(out), "--markdown"])
     doc = json.loads(out.read_text())
     assert doc["schema"] == LATENCY_SCHEMA and doc["bundles"][0]["runs"] >= 5
     assert doc["command"].startswith("acula-edge bench latency ") and "--runs 5" in doc["command"]

@@ -1,5 +1,5 @@
 """TFLite Micro and LiteRT run the same int8 model file of a tflm bundle: their outputs must agree to int8
-rounding (issue 7: what the firmware computes is what the workstation verified); the MCU student fits the
+rounding (what the firmware computes is what the workstation verified); the MCU student fits the
 reference MCU."""
 
 import numpy as np

@@ -10,6 +10,8 @@ import shlex
 from pathlib import Path
 import click
 
+from acula_edge import cli_options as options
+
 
 def _say(msg: str) -> None:
     click.echo(msg, err=True)
@@ -42,8 +44,7 @@ def bench() -> None:
 
 @bench.command()
 @click.argument("bundles", nargs=-1, required=True, type=click.Path())
-@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Runtime threads per bundle (0 = the runtime's default).")
+@options.threads("each bundle's runtime (benchmarks measure one thread unless told)", default=1)
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
               help="Untimed hops per bundle before measuring.")
 @click.option("--runs", type=click.IntRange(min=1), default=200, show_default=True,
@@ -51,7 +52,7 @@ def bench() -> None:
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="And measure for at least this long (all bundles together), seconds.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test signal.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the latency JSON document here.")
+@options.json_file("the latency results")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
 @click.pass_context
 def latency(ctx: click.Context, bundles: tuple[str, ...], threads: int, warmup: int, runs: int, min_seconds: float,
@@ -77,12 +78,11 @@ def latency(ctx: click.Context, bundles: tuple[str, ...], threads: int, warmup: 
 @click.option("--data", "data", required=True,
               help="Dataset spec: a folder with labels.csv, a labels CSV, or synthetic:heart?n=..&seed=..")
 @click.option("--group-by", default=None, help="Metadata column (e.g. subset) for per-group figures.")
-@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Runtime threads per bundle (0 = the runtime's default).")
+@options.threads("each bundle's runtime (benchmarks measure one thread unless told)", default=1)
 @click.option("--n-boot", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Bootstrap resamples per confidence interval.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the accuracy JSON document here.")
+@options.json_file("the accuracy results")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
               help="Write ROC curves (and the latency/accuracy scatter) as PNG into this folder.")
 @click.option("--latency-json", type=click.Path(dir_okay=False),

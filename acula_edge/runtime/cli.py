@@ -16,6 +16,8 @@ from typing import Any
 import click
 import numpy as np
 
+from acula_edge import cli_options as options
+
 PCM_FORMATS = {"int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
 # Longest --chunk-ms: 10 s at the highest accepted rate is 7.7M samples (31 MB of float32) per read, a bounded
 # buffer; a live device delivers 10-100 ms.
@@ -138,21 +140,20 @@ def info(bundle: str, as_json: bool) -> None:
 
 
 def _common(f):
-    f = click.option("--threads", type=int, default=None, help="Runtime threads (default: the runtime's).")(f)
+    f = options.threads("the bundle's runtime")(f)
     f = click.option("--aggregation", type=click.Choice(["mean", "ema"]), default="mean", show_default=True,
                      help="How window probabilities combine into the recording result.")(f)
-    f = click.option("--pad", is_flag=True,
-                     help="Accept a recording shorter than one model window by zero-padding it (default: refuse it "
-                          "as too short).")(f)
+    f = options.pad()(f)
     return f
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-@click.option("--windows", is_flag=True, help="With --format json: include every window's scores and quality.")
-@click.option("--verbose", is_flag=True, help="Show runtime output (default: captured, shown if classify fails).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="Output: a table, one JSON object per file, or CSV rows.")
+@click.option("--windows", is_flag=True, help="Include every window's scores and quality (needs --format json).")
+@options.verbose("a temporary log")
 @_common
 def classify(bundle: str, files: tuple[str, ...], fmt: str, windows: bool, verbose: bool, threads: int | None,
              aggregation: str, pad: bool) -> None:
@@ -160,6 +161,8 @@ def classify(bundle: str, files: tuple[str, ...], fmt: str, windows: bool, verbo
     from acula_edge.quiet import captured
     from acula_edge.runtime.model import load
 
+    if windows and fmt != "json":  # never ignore an option silently
+        raise click.UsageError("--windows prints per-window results in JSON: add --format json")
     with captured(None, verbose, "classify"):  # runtime banners (e.g. LiteRT's delegate line) stay off the table
         model = load(bundle, num_threads=threads)
         keep = windows and fmt == "json"  # per-window results only when printed: constant memory for long files
@@ -226,7 +229,7 @@ def _describe(event: Any, labels: tuple[str, ...]) -> str:
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("audio", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (windows, updates, summary).")
+@options.json_stdout("one object per line (windows, updates, summary)")
 @click.option("--chunk-ms", type=click.IntRange(min=1, max=MAX_CHUNK_MS), default=100, show_default=True,
               help="Feed the audio in chunks of this many milliseconds, as a live device would.")
 @click.option("--sample-rate", type=int, default=None,
@@ -240,6 +243,9 @@ def stream(bundle: str, audio: str, as_json: bool, chunk_ms: int, sample_rate: i
     from acula_edge.audio import check_sample_rate
     from acula_edge.runtime.model import file_blocks, file_sample_rate, load
 
+    if sample_rate is not None and audio != "-":  # a file states its own rate: never ignore an option silently
+        raise click.UsageError("--sample-rate describes raw PCM on stdin (AUDIO '-'); a file's own header gives "
+                               "its rate: drop --sample-rate")
     model = load(bundle, num_threads=threads)
     session = model.stream(aggregation=aggregation, pad=pad, source="<stdin>" if audio == "-" else audio)
 

@@ -15,7 +15,7 @@ from acula_edge.runtime.backends import Backend
 # ExecuTorch ScalarType codes (c10 numbering) -> the manifest's dtype names.
 _SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 6: "float32"}
 
-# The ExecuTorch threadpool is one per process, shared by every loaded program. FACTS.md records a crash in
+# The ExecuTorch threadpool is one per process, shared by every loaded program. A crash was seen in
 # libexecutorch_threadpool when it was reset after a program was loaded; resetting between calls, with programs
 # loaded, ran fine here (2026-12-01), so a reset only ever happens under the lock every ExecuTorch call holds:
 # never while a program runs.

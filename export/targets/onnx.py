@@ -8,7 +8,7 @@ Why both: on a trained distill/ "small" student, onnxruntime 1.32's per-channel 
 Why unsigned activations: with signed int8 ones, a tensor with two consumers (a residual skip) blocks onnxruntime's
 signed-to-unsigned rewrite, so the convs around it ran as float Conv with their weights dequantized on every call;
 uint8 activations let every conv fuse into an integer kernel (`small` -30 %, `tiny` -47 %, same embedding cosine;
-measured 2026-11-30 on an AVX-512 VNNI Xeon, FACTS.md; int8 vs fp32 now: benchmarks/RESULTS_runtime.md). onnxruntime's
+measured 2026-11-30 on an AVX-512 VNNI Xeon; int8 vs fp32 now: benchmarks/RESULTS_runtime.md). onnxruntime's
 docs warn that uint8 x int8 (U8S8) products can saturate on x86 CPUs without VNNI; the parity gate checks the
 exporting machine only.
 """

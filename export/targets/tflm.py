@@ -39,7 +39,7 @@ ARENA_GRANULARITY = 16  # bytes; TFLM aligns arena allocations to 16
 ARENA_START = 16 * 1024  # first size tried
 ARENA_MAX = 256 * 1024 * 1024  # give up above this
 ARENA_MARGIN_BYTES = 1024  # added to the measured size in the header (host vs MCU allocator differences)
-# The reference MCU class of issue 7 (a Cortex-M4/M7 digital stethoscope): what a firmware student must fit, with
+# The reference MCU class (a Cortex-M4/M7 digital stethoscope): what a firmware student must fit, with
 # flash = model + front-end tables and RAM = arena + front-end state + input window, as in extra["memory"].
 MCU_FLASH_BYTES = 256 * 1024
 MCU_RAM_BYTES = 128 * 1024
