@@ -127,22 +127,31 @@ def test_a_non_finite_window_is_blamed_on_the_audio():
         model.run_window(window)
 
 
-def test_executorch_num_threads_sizes_the_threadpool():
-    bundle = rf.bundle_or_skip("executorch-int8")
-    from executorch.extension.pybindings import portable_lib
+def test_executorch_num_threads_sizes_the_threadpool_once_per_process():
+    """The first load sizes ExecuTorch's process-wide pool; a later, different request warns and is not applied
+    (resizing after a program is loaded crashed the runtime). A fresh process, so no earlier test has loaded one."""
+    import subprocess
+    import sys
 
-    window = rf.calibration_windows(FE, WIN, n=1, seed=5)[0, 0]
-    one = acula_edge.load(bundle, num_threads=1)
-    assert portable_lib._threadpool_get_thread_count() == 1
-    before = one.run_window(window)
-    two = acula_edge.load(bundle, num_threads=2)
-    assert portable_lib._threadpool_get_thread_count() == 2
-    for a, b in zip(before, one.run_window(window)):  # the first model still runs, with the same outputs
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    for a, b in zip(before, two.run_window(window)):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    acula_edge.load(bundle)  # None leaves the pool as it is
-    assert portable_lib._threadpool_get_thread_count() == 2
+    bundle = rf.bundle_or_skip("executorch-int8")
+    script = f"""
+import warnings, numpy as np, acula_edge
+from executorch.extension.pybindings import portable_lib
+window = np.zeros(({WIN.frames_per_window(FE)}, {FE.n_mels}), np.float32)
+one = acula_edge.load({str(bundle)!r}, num_threads=1)
+assert portable_lib._threadpool_get_thread_count() == 1 and one.backend.threads == 1
+before = one.run_window(window)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    two = acula_edge.load({str(bundle)!r}, num_threads=2)
+assert any("resizing it now can crash the runtime" in str(w.message) for w in caught), [str(w.message) for w in caught]
+assert portable_lib._threadpool_get_thread_count() == 1 and two.backend.threads == 1
+for a, b in zip(before, two.run_window(window)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 
 def test_a_session_refuses_a_second_thread_clearly():

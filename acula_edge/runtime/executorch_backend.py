@@ -4,6 +4,7 @@ in the loader, and nowhere else in the device runtime)."""
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +16,34 @@ from acula_edge.runtime.backends import Backend
 # ExecuTorch ScalarType codes (c10 numbering) -> the manifest's dtype names.
 _SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 6: "float32"}
 
-# The ExecuTorch threadpool is one per process, shared by every loaded program. A crash was seen in
-# libexecutorch_threadpool when it was reset after a program was loaded; resetting between calls, with programs
-# loaded, ran fine here (2026-12-01), so a reset only ever happens under the lock every ExecuTorch call holds:
-# never while a program runs.
+# The ExecuTorch threadpool is one per process, shared by every loaded program, and may be sized only before the
+# first program is loaded: resetting it afterwards crashed in libexecutorch_threadpool (SIGSEGV inside execute(),
+# seen 2026-11-23 and again 2026-12-01 in the test suite, although a short script had survived it). So the first
+# ExecuTorch load of a process that gives ``num_threads`` sizes the pool, and a later, different request is refused
+# with a warning rather than risked.
 _RUN_LOCK = threading.Lock()
+_PROGRAM_LOADED = False  # set once any ExecuTorch program has been loaded in this process
 
 
-def _size_threadpool(num_threads: int | None) -> None:
-    """Resize the process-wide threadpool to ``num_threads`` (None: leave it as it is)."""
+def _size_threadpool(num_threads: int | None) -> int | None:
+    """Size the process-wide threadpool to ``num_threads`` if no program is loaded yet (None: leave it as it is).
+    Returns the pool's size afterwards (None when ``num_threads`` is None)."""
     if num_threads is None:
-        return
+        return None
     pybind = require("executorch.extension.pybindings.portable_lib", RUNTIME_EXTRA["executorch"],
                      "the ExecuTorch threadpool")
     with _RUN_LOCK:
-        if pybind._threadpool_get_thread_count() != num_threads:
-            pybind._unsafe_reset_threadpool(int(num_threads))
+        current = int(pybind._threadpool_get_thread_count())
+        if current == num_threads:
+            return current
+        if _PROGRAM_LOADED:
+            warnings.warn(f"ExecuTorch's threadpool is shared by the whole process and already runs {current} "
+                          f"thread(s) for a bundle loaded earlier; resizing it now can crash the runtime, so this "
+                          f"bundle also runs on {current} (load bundles with the same num_threads, or set it on the "
+                          f"first load)", RuntimeWarning, stacklevel=3)
+            return current
+        pybind._unsafe_reset_threadpool(int(num_threads))
+        return int(num_threads)
 
 
 class ExecuTorchBackend(Backend):
@@ -41,9 +54,10 @@ class ExecuTorchBackend(Backend):
     payload (XNNPACK) still aborts the process (SIGABRT, "terminate called ..."), so the bundle is first loaded
     and run once in a child process (``needs_probe``).
 
-    ``num_threads`` sizes ExecuTorch's threadpool (XNNPACK runs on it). There is one pool per process, so the
-    latest load that gives ``num_threads`` sets it for every ExecuTorch bundle of the process; the calls of all
-    ExecuTorch bundles are serialised by one lock (they would share the pool anyway).
+    ``num_threads`` sizes ExecuTorch's threadpool (XNNPACK runs on it). There is one pool per process and it can
+    only be sized before the first program loads, so the first load that gives ``num_threads`` sets it for every
+    ExecuTorch bundle of the process (a later, different value warns and is not applied; ``threads`` says what the
+    pool runs); the calls of all ExecuTorch bundles are serialised by one lock (they share the pool anyway).
     """
 
     needs_probe = True
@@ -54,8 +68,10 @@ class ExecuTorchBackend(Backend):
         rt = require("executorch.runtime", RUNTIME_EXTRA["executorch"], "running an ExecuTorch bundle")
         self._torch = require("torch", RUNTIME_EXTRA["executorch"], "the ExecuTorch Python runtime")
         self._lock = _RUN_LOCK
-        _size_threadpool(num_threads)
+        self.threads = _size_threadpool(num_threads)
+        global _PROGRAM_LOADED
         try:
+            _PROGRAM_LOADED = True  # from here on the pool must not be resized (set before: a failed load counts)
             program = rt.Runtime.get().load_program(self.data, verification=rt.Verification.InternalConsistency)
             meta = program.metadata("forward")
             inputs = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
