@@ -24,6 +24,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("acula_edge.export.cli", "export", "Quantize and export a checkpoint to a device bundle."),
     "verify": ("acula_edge.export.cli", "verify", "Re-check a bundle: checksum, schema and parity."),
     "adapt": ("acula_edge.adapt_cli", "adapt", "Adapt a bundle or checkpoint to a new site from unlabeled recordings."),
+    "firmware": ("acula_edge.export.firmware.cli", "firmware", "Write (and build) a Cortex-M firmware project for a "
+                 "tflm bundle."),
     "info": ("acula_edge.runtime.cli", "info", "Print a bundle's manifest readably."),
     "classify": ("acula_edge.runtime.cli", "classify", "Classify recordings with a bundle."),
     "stream": ("acula_edge.runtime.cli", "stream", "Stream a recording (or stdin PCM) through a bundle."),

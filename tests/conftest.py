@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared beside the checkout; ACULA_SHARED_DIR points elsewhere (e.g. from a git worktree).
+SHARED = Path(os.environ.get("ACULA_SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared")
+SHARED_DATA = SHARED / "data"
 PHYSIONET = SHARED_DATA / "physionet2016"
 
 

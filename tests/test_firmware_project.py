@@ -1,0 +1,106 @@
+"""`acula-edge firmware`: the project written for a tflm bundle (no cross toolchain needed; see
+tests/test_firmware_qemu.py for the build and run on an emulated Cortex-M)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from acula_edge.errors import BundleError, ExportError
+from acula_edge.export.firmware.project import APP_SOURCES, BUNDLE_SOURCES, DESCRIPTION, write_project
+from acula_edge.export.firmware.toolchain import gen_dir, make_args, qemu_version
+from acula_edge.manifest import read_manifest
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from runtime_fixtures import bundle_or_skip
+
+    return bundle_or_skip("tflm-int8")
+
+
+def test_project_holds_the_bundle_the_app_and_a_makefile(bundle, tmp_path):
+    project = write_project(bundle, tmp_path / "fw")
+    names = sorted(p.name for p in project.folder.iterdir())
+    assert names == sorted([*BUNDLE_SOURCES, *APP_SOURCES, "Makefile", DESCRIPTION])
+    for name in BUNDLE_SOURCES:
+        assert (project.folder / name).read_bytes() == (bundle / name).read_bytes()
+    manifest = read_manifest(bundle)
+    desc = json.loads((project.folder / DESCRIPTION).read_text())
+    assert desc["model_sha256"] == manifest.model_sha256
+    assert desc["resolver_ops"] == list(project.ops) == manifest.extra["resolver_ops"]
+    # the resolver is sized and filled from the model's op list, nothing else
+    header = (project.folder / "model_data.h").read_text()
+    assert f"#define ACULA_MODEL_NUM_OPS {len(project.ops)}" in header
+    assert "#define ACULA_MODEL_OPS(X) " + " ".join(f"X({op})" for op in project.ops) in header
+    model_cc = (project.folder / "acula_model.cc").read_text()
+    assert "MicroMutableOpResolver<ACULA_MODEL_NUM_OPS>" in model_cc and "ACULA_MODEL_OPS(ACULA_ADD_OP)" in model_cc
+    makefile = (project.folder / "Makefile").read_text()
+    assert "TFLM_DIR ?=" in makefile and "OPTIMIZED_KERNEL_DIR ?= cmsis_nn" in makefile and "-DACULA_Q15=1" in makefile
+
+
+def test_app_compiles_as_strict_c99(bundle, tmp_path):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    project = write_project(bundle, tmp_path / "fw")
+    for q15 in ("0", "1"):
+        for src in ("acula_app.c", "acula_frontend.c", "model_data.c", "acula_fw_main.c"):
+            res = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2",
+                                  f"-DACULA_Q15={q15}", "-c", src, "-o", str(tmp_path / "x.o")],
+                                 cwd=project.folder, capture_output=True, text=True)
+            assert res.returncode == 0, f"{src} (ACULA_Q15={q15}): {res.stderr}"
+
+
+def test_rewrites_its_own_folder_but_never_a_foreign_one(bundle, tmp_path):
+    first = write_project(bundle, tmp_path / "fw")
+    (first.folder / "acula_app.c").write_text("edited")
+    (first.folder / "build").mkdir()
+    (first.folder / "build" / "keep.o").write_text("x")
+    again = write_project(bundle, tmp_path / "fw")
+    assert (again.folder / "acula_app.c").read_text() != "edited"
+    assert (again.folder / "build" / "keep.o").read_text() == "x"
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty and was not written by `acula-edge firmware`"):
+        write_project(bundle, foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_rejects_bundles_it_cannot_build(bundle, tmp_path):
+    from runtime_fixtures import bundle_or_skip, copy_bundle
+
+    with pytest.raises(BundleError, match="needs a tflm bundle, this one is 'onnx'"):
+        write_project(bundle_or_skip("onnx-int8"), tmp_path / "a")
+    broken = copy_bundle(bundle, tmp_path / "broken")
+    (broken / "model_data.c").write_text("/* edited */\n")
+    with pytest.raises(BundleError, match="model_data.c: its sha256 does not match the manifest"):
+        write_project(broken, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_writes_the_project(bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from acula_edge.cli import cli
+
+    res = CliRunner().invoke(cli, ["firmware", str(bundle), "--out", str(tmp_path / "fw")])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {len(BUNDLE_SOURCES) + len(APP_SOURCES) + 2} files" in res.output
+    assert "make -C" in res.output and (tmp_path / "fw" / "Makefile").is_file()
+
+
+def test_toolchain_names(tmp_path):
+    assert make_args("cortex-m4", "reference") == ["TARGET_ARCH=cortex-m4", "OPTIMIZED_KERNEL_DIR="]
+    assert gen_dir(Path("t"), "cortex-m7", "cmsis_nn") == Path("t/gen/cortex_m_qemu_cortex-m7_default_cmsis_nn_gcc")
+    assert gen_dir(Path("t"), "cortex-m4", "reference") == Path("t/gen/cortex_m_qemu_cortex-m4_default_gcc")
+    with pytest.raises(ExportError, match="unknown kernel set 'arm'"):
+        make_args("cortex-m4", "arm")
+    fake = tmp_path / "qemu-arm"
+    fake.write_text("#!/bin/sh\necho 'qemu-arm version 7.2.0 (Debian 1:7.2+dfsg-7)'\n")
+    fake.chmod(0o755)
+    assert qemu_version(str(fake)) == (7, 2, 0)
