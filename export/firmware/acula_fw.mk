@@ -25,6 +25,10 @@ TFLM_GEN ?= $(TFLM_DIR)/gen/cortex_m_qemu_$(TARGET_ARCH)_default$(if $(OPTIMIZED
 TFLM_LIB ?= $(TFLM_GEN)/lib/libtensorflow-microlite.a
 DOWNLOADS := $(TFLM_DIR)/tensorflow/lite/micro/tools/make/downloads
 BUILD ?= build/$(TARGET_ARCH)-$(KERNELS)-$(FRONTEND)
+# TFLM kernel files (e.g. "conv depthwise_conv") compiled from TFLM_DIR's portable reference sources and linked
+# ahead of the library, so they replace its optimized (CMSIS-NN) versions of those ops: an A/B comparison of the
+# optimized kernels without a second library build.
+REFERENCE_KERNELS ?=
 
 ifeq ($(FRONTEND),q15)
 FRONTEND_DEFS := -DACULA_Q15=1
@@ -42,12 +46,13 @@ COMMON_FLAGS := $(ARCH_FLAGS) -Os -ffunction-sections -fdata-sections -fomit-fra
     --specs=$(SPECS) -DTF_LITE_STATIC_MEMORY -DTF_LITE_MCU_DEBUG_LOG $(FRONTEND_DEFS) -I.
 CFLAGS := $(COMMON_FLAGS) -std=c99 -Wall -Wextra -Werror -pedantic
 CXXFLAGS := $(COMMON_FLAGS) -std=c++17 -fno-rtti -fno-exceptions -fno-threadsafe-statics -Wall -Wextra \
-    -Wno-unused-parameter -I$(TFLM_DIR) -I$(DOWNLOADS)/flatbuffers/include -I$(DOWNLOADS)/gemmlowp
+    -Wno-unused-parameter -I$(TFLM_DIR) -I$(DOWNLOADS)/flatbuffers/include -I$(DOWNLOADS)/gemmlowp \
+    -I$(DOWNLOADS)/ruy
 LDFLAGS := $(ARCH_FLAGS) --specs=$(SPECS) -Wl,--gc-sections -Wl,-Map=$(BUILD)/acula_fw.map
 
 C_SRCS := acula_frontend.c acula_app.c model_data.c acula_fw_main.c
 CXX_SRCS := acula_model.cc
-OBJS := $(C_SRCS:%.c=$(BUILD)/%.o) $(CXX_SRCS:%.cc=$(BUILD)/%.o)
+OBJS := $(C_SRCS:%.c=$(BUILD)/%.o) $(CXX_SRCS:%.cc=$(BUILD)/%.o) $(REFERENCE_KERNELS:%=$(BUILD)/reference_%.o)
 HEADERS := $(wildcard *.h)
 
 .PHONY: all size run clean
@@ -58,6 +63,10 @@ $(BUILD)/%.o: %.c $(HEADERS) Makefile
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/%.o: %.cc $(HEADERS) Makefile
+	@mkdir -p $(BUILD)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/reference_%.o: $(TFLM_DIR)/tensorflow/lite/micro/kernels/%.cc Makefile
 	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 

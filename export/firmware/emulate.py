@@ -29,6 +29,15 @@ from acula_edge.manifest import Manifest
 from .toolchain import Toolchain, find_toolchain, make_args
 
 FRONTENDS = ("float", "q15")
+# TFLite ops with a CMSIS-NN kernel in TFLM (tensorflow/lite/micro/kernels/cmsis_nn/) -> the kernel file's stem,
+# shared by the reference kernel (tensorflow/lite/micro/kernels/<stem>.cc)
+CMSIS_NN_KERNEL_FILES = {
+    "ADD": "add", "BATCH_MATMUL": "batch_matmul", "CONV_2D": "conv", "DEPTHWISE_CONV_2D": "depthwise_conv",
+    "FULLY_CONNECTED": "fully_connected", "MAXIMUM": "maximum_minimum", "MINIMUM": "maximum_minimum", "MUL": "mul",
+    "PAD": "pad", "AVERAGE_POOL_2D": "pooling", "MAX_POOL_2D": "pooling", "SOFTMAX": "softmax", "SVDF": "svdf",
+    "TRANSPOSE": "transpose", "TRANSPOSE_CONV": "transpose_conv",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": "unidirectional_sequence_lstm",
+}
 QEMU_TIMEOUT_S = 1800  # one emulated run; the reference kernels under the instruction log are the slowest
 
 
@@ -39,7 +48,7 @@ class Firmware:
     elf: Path
     map: Path
     arch: str
-    kernels: str
+    kernels: str  # the library's kernels; "cmsis_nn+reference-ops": the model's ops from reference sources
     frontend: str
 
 
@@ -70,34 +79,45 @@ class AudioRun:
     stats: RunStats
 
 
+def reference_kernels(ops: Sequence[str]) -> list[str]:
+    """Stems of the TFLM kernel files that have a CMSIS-NN version, for the TFLite ops ``ops`` (CONV_2D, ...)."""
+    return sorted({CMSIS_NN_KERNEL_FILES[op] for op in ops if op in CMSIS_NN_KERNEL_FILES})
+
+
 def build(project: str | Path, tflm: str | Path, arch: str = "cortex-m4", kernels: str = "cmsis_nn",
-          frontend: str = "float", toolchain: Toolchain | None = None, jobs: int = 2) -> Firmware:
+          frontend: str = "float", toolchain: Toolchain | None = None, jobs: int = 2,
+          reference_ops: Sequence[str] = ()) -> Firmware:
     """``make`` the project in ``project`` against the TFLM tree ``tflm`` (library already built); returns the ELF.
 
-    Builds into ``project/build/<arch>-<kernels>-<frontend>/``. Raises ExportError with the compiler's message.
+    ``reference_ops``: TFLite ops (e.g. the model's) whose reference kernels replace the library's optimized ones
+    (the Makefile's REFERENCE_KERNELS). Builds into ``project/build/<arch>-<kernels>-<frontend>/``. Raises
+    ExportError with the compiler's message.
     """
     if frontend not in FRONTENDS:
         raise ExportError(f"unknown front-end build {frontend!r}; choose one of {FRONTENDS}")
     tools = toolchain or find_toolchain()
     prefix = tools.gcc[:-len("gcc")]
     folder = Path(project)
-    build_dir = Path("build") / f"{arch}-{kernels}-{frontend}"
+    stems = reference_kernels(reference_ops)
+    label = f"{kernels}+reference-ops" if stems else kernels
+    build_dir = Path("build") / f"{arch}-{label}-{frontend}"
     cmd = ["make", f"-j{jobs}", f"TFLM_DIR={Path(tflm).resolve()}", *make_args(arch, kernels), f"FRONTEND={frontend}",
-           f"CROSS={prefix}", f"BUILD={build_dir}"]
+           f"CROSS={prefix}", f"BUILD={build_dir}", f"REFERENCE_KERNELS={' '.join(stems)}"]
     proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-15:]
         raise ExportError(f"building the firmware in {folder} failed (exit {proc.returncode}):\n  {' '.join(cmd)}\n  "
                           + "\n  ".join(tail))
     out = folder / build_dir
-    return Firmware(out / "acula_fw.elf", out / "acula_fw.map", arch, kernels, frontend)
+    return Firmware(out / "acula_fw.elf", out / "acula_fw.map", arch, label, frontend)
 
 
-def _qemu_cmd(fw: Firmware, args: Sequence[str], tools: Toolchain, log: str | None = None) -> list[str]:
+def _qemu_cmd(fw: Firmware, args: Sequence[str], tools: Toolchain, log: str | None = None,
+              elf: Path | None = None) -> list[str]:
     cmd = [tools.qemu, "-cpu", fw.arch]
     if log is not None:
         cmd += ["-one-insn-per-tb", "-d", "nochain,exec", "-D", log]
-    return [*cmd, str(fw.elf), *args]
+    return [*cmd, str(elf or fw.elf), *args]
 
 
 def _run(fw: Firmware, args: Sequence[str], tools: Toolchain) -> str:
@@ -172,7 +192,11 @@ def count_instructions(fw: Firmware, args: Sequence[str], toolchain: Toolchain |
     with tempfile.TemporaryDirectory(prefix="acula-fw-insn-") as tmp:
         fifo = Path(tmp) / "exec.log"
         os.mkfifo(fifo)
-        proc = subprocess.Popen(_qemu_cmd(fw, args, tools, log=str(fifo)), stdout=subprocess.PIPE,
+        # QEMU names the function of every logged block by searching the ELF's symbols: 5x slower than the rest
+        # of the run. A stripped copy (same code) has no symbols to search.
+        stripped = Path(tmp) / "acula_fw.elf"
+        subprocess.run([tools.gcc[:-len("gcc")] + "strip", "-o", str(stripped), str(fw.elf)], check=True)
+        proc = subprocess.Popen(_qemu_cmd(fw, args, tools, log=str(fifo), elf=stripped), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         counted: list[int] = []
 
