@@ -104,3 +104,18 @@ def test_toolchain_names(tmp_path):
     fake.write_text("#!/bin/sh\necho 'qemu-arm version 7.2.0 (Debian 1:7.2+dfsg-7)'\n")
     fake.chmod(0o755)
     assert qemu_version(str(fake)) == (7, 2, 0)
+
+
+def test_find_toolchain_names_what_is_missing_and_rejects_old_qemu(tmp_path, monkeypatch):
+    from acula_edge.export.firmware.toolchain import find_toolchain
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ExportError, match="arm-none-eabi-gcc, arm-none-eabi-g\\+\\+, arm-none-eabi-size, qemu-arm "
+                                          "not found on PATH; on Debian 12: apt-get install gcc-arm-none-eabi"):
+        find_toolchain()
+    for name, text in (("arm-none-eabi-gcc", ""), ("arm-none-eabi-g++", ""), ("arm-none-eabi-size", ""),
+                       ("qemu-arm", "echo 'qemu-arm version 7.2.0 (Debian 1:7.2+dfsg-7)'")):
+        (tmp_path / name).write_text(f"#!/bin/sh\n{text}\n")
+        (tmp_path / name).chmod(0o755)
+    with pytest.raises(ExportError, match="is QEMU 7.2.0, which aborts on Cortex-M binaries; QEMU >= 8 is needed"):
+        find_toolchain()
