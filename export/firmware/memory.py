@@ -1,6 +1,7 @@
 """Flash and RAM of a linked firmware ELF, split into parts with the linker's map file.
 
-Flash holds every allocated read-only section plus the initial values of ``.data``; RAM holds ``.data`` and
+Flash holds every allocated read-only section plus the initial values of ``.data`` (reported as one part);
+RAM holds ``.data`` and
 ``.bss`` (static memory) plus the stack, which no static tool can size: the harness measures its deepest use on the
 target (``RunStats.stack_used``) and :func:`firmware_memory` adds it when given. Each input section of the map is
 attributed to a part by the object it came from:
@@ -11,7 +12,8 @@ attributed to a part by the object it came from:
 - ``app``: ``acula_app.o`` and ``acula_model.o``; ``harness``: ``acula_fw_main.o`` (file I/O, not firmware);
 - ``C/C++ runtime``: newlib, libgcc, libstdc++, semihosting (rdimon) and start-up objects;
 - in RAM: ``tensor arena``, ``window buffer`` (the app's float frames and int8 model input), ``front-end state``,
-  and ``other static data``.
+  ``interpreter`` (the TFLM interpreter and op resolver objects), ``harness buffers`` (file I/O buffers of the test
+  harness) and ``other static data`` (newlib, TFLM globals).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from acula_edge.errors import ExportError
 from .emulate import Firmware
 from .toolchain import Toolchain, find_toolchain
 
-FLASH_PARTS = ("model", "front-end tables", "front-end code", "TFLM", "CMSIS-NN", "app", "harness", "C/C++ runtime")
-RAM_PARTS = ("tensor arena", "window buffer", "front-end state", "other static data", "stack (measured)")
+FLASH_PARTS = ("model", "front-end tables", "front-end code", "TFLM", "CMSIS-NN", "app", "harness", "C/C++ runtime",
+               ".data initial values")
+RAM_PARTS = ("tensor arena", "window buffer", "front-end state", "interpreter", "harness buffers", "other static data",
+             "stack (measured)")
 _HEX = r"0x[0-9a-fA-F]+"
 _SECTION_LINE = re.compile(rf"^\s+(?:(\S+)\s+)?({_HEX})\s+({_HEX})\s+(.+?)\s*$")
 
@@ -85,6 +89,10 @@ def _part(source: str, section: str, writable: bool) -> str:
             return "window buffer"
         if obj == "acula_app.o" and section.endswith(".frontend"):
             return "front-end state"
+        if obj == "acula_model.o":
+            return "interpreter"
+        if obj == "acula_fw_main.o":
+            return "harness buffers"
         return "other static data"
     if obj == "model_data.o":
         return "model"
@@ -100,10 +108,14 @@ def _part(source: str, section: str, writable: bool) -> str:
 
 
 def parse_map(map_file: Path, sections: list[OutputSection]) -> tuple[dict[str, int], dict[str, int]]:
-    """Bytes per flash part and per RAM part from the link map's input sections."""
+    """Bytes per flash part and per RAM part from the link map's input sections.
+
+    Merged string sections (``.str1.1``) overlap in the map (several input sections at one address after
+    merging), so the bytes counted are the union of the address ranges, each byte given to the first input section
+    that covers it; the linker's fill between sections is left out (see :func:`firmware_memory`).
+    """
     by_name = {s.name: s for s in sections}
-    flash = dict.fromkeys(FLASH_PARTS, 0)
-    ram = dict.fromkeys(RAM_PARTS[:-1], 0)
+    entries: dict[str, list[tuple[int, int, str]]] = {}  # output section -> (address, size, part)
     current: OutputSection | None = None
     pending = None  # an input section name whose address, size and file are on the next line
     in_map = False
@@ -114,8 +126,7 @@ def parse_map(map_file: Path, sections: list[OutputSection]) -> tuple[dict[str, 
         if not in_map:
             continue
         if line and not line[0].isspace():
-            name = line.split()[0]
-            current = by_name.get(name)
+            current = by_name.get(line.split()[0])
             pending = None
             continue
         if current is None:
@@ -125,21 +136,28 @@ def parse_map(map_file: Path, sections: list[OutputSection]) -> tuple[dict[str, 
             toks = line.split()
             pending = toks[0] if len(toks) == 1 and not toks[0].startswith(("*", "0x")) else None
             continue
-        name, _addr, size_hex, rest = m.groups()
+        name, addr, size_hex, rest = m.groups()
         name = name or pending
         pending = None
         size = int(size_hex, 16)
         if name is None or size == 0 or name.startswith("*") or "(" in name or name.startswith("0x"):
             continue  # *fill*, symbol assignments, linker-script lines
-        if rest.startswith(("0x", "*")) or " " in rest.strip() and not rest.strip().endswith(")"):
+        rest = rest.strip()
+        if rest.startswith(("0x", "*")) or " " in rest and not rest.endswith(")"):
             continue
-        part = _part(rest.strip(), name, current.writable)
-        if current.writable:
-            ram[part] += size
-            if not current.nobits:
-                flash["C/C++ runtime" if part == "other static data" else "app"] += size  # .data's initial values
-        else:
-            flash[part] += size
+        entries.setdefault(current.name, []).append((int(addr, 16), size, _part(rest, name, current.writable)))
+    flash = dict.fromkeys(FLASH_PARTS, 0)
+    ram = dict.fromkeys(RAM_PARTS[:-1], 0)
+    for sec_name, items in entries.items():
+        sec = by_name[sec_name]
+        covered = 0
+        for addr, size, part in sorted(items, key=lambda e: (e[0], -e[1])):
+            n = max(0, addr + size - max(addr, covered))
+            covered = max(covered, addr + size)
+            if sec.writable:
+                ram[part] += n
+            else:
+                flash[part] += n
     return flash, ram
 
 
@@ -153,6 +171,8 @@ def firmware_memory(fw: Firmware, toolchain: Toolchain | None = None, stack_used
     tools = toolchain or find_toolchain()
     sections = output_sections(fw.elf, tools.size)
     flash, ram = parse_map(fw.map, sections)
+    # .data's initial values sit in flash too (copied to RAM at start-up); the rest is the linker's padding
+    flash[".data initial values"] = sum(s.size for s in sections if s.writable and not s.nobits)
     flash_elf = sum(s.size for s in sections if not s.nobits)
     ram_elf = sum(s.size for s in sections if s.writable)
     flash["C/C++ runtime"] += flash_elf - sum(flash.values())
