@@ -5,10 +5,11 @@
  *   qemu-arm -cpu cortex-m4 acula_fw.elf audio IN.s16 OUT.bin [BLOCK]
  *                                                                  16-bit PCM in (BLOCK samples per push, default
  *                                                                  one model hop), per-window results out
+ *   qemu-arm -cpu cortex-m4 acula_fw.elf frontend IN.s16              the C front-end alone (for its cost)
  * windows: IN holds N windows of ACULA_MODEL_INPUT_SIZE int8 values; OUT gets, per window,
  *   ACULA_MODEL_EMBEDDING_SIZE then ACULA_MODEL_LOGITS_SIZE int8 values.
  * audio: OUT gets, per window, the embedding and logits (int8) and the probabilities (float32, little-endian).
- * Both print "arena_bytes A arena_used U stack_used S windows N" (U: the interpreter's arena_used_bytes on this
+ * frontend prints "frames N". The others print "arena_bytes A arena_used U stack_used S windows N" (U: the interpreter's arena_used_bytes on this
  * target; S: the deepest stack reached, found by painting the stack below main's frame) and audio adds
  * "decision D p0 p1 ...". A firmware calls the same acula_app / acula_model functions from its audio interrupt.
  */
@@ -27,6 +28,8 @@ static int8_t window_in[ACULA_MODEL_INPUT_SIZE];
 static int8_t embedding[ACULA_MODEL_EMBEDDING_SIZE];
 static int8_t logits[ACULA_MODEL_LOGITS_SIZE];
 static int16_t block[HOP_SAMPLES];
+static acula_frontend_t frontend_only;
+static float frame[ACULA_N_MELS];
 static uintptr_t stack_top; /* an address inside stack_paint's frame: just below main's */
 
 /* Paint the stack below the caller's frame; stack_depth() later finds the lowest byte that was overwritten.
@@ -137,6 +140,26 @@ static int run_audio(const char *in_path, const char *out_path, int block_sample
     return 0;
 }
 
+static int run_frontend(const char *in_path)
+{
+    FILE *in = open_or_die(in_path, "rb");
+    long frames = 0;
+    int n;
+    acula_frontend_init(&frontend_only);
+    /* one front-end hop per push: at most one frame each */
+    while ((n = (int)fread(block, sizeof(int16_t), ACULA_HOP_LENGTH, in)) > 0) {
+        int k = acula_frontend_push_i16(&frontend_only, block, n, frame, 1);
+        if (k < 0) {
+            printf("error: acula_frontend_push_i16 %d\n", k);
+            return 1;
+        }
+        frames += k;
+    }
+    fclose(in);
+    printf("frames %ld\n", frames);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     stack_paint();
@@ -151,6 +174,9 @@ int main(int argc, char **argv)
         }
         return run_audio(argv[2], argv[3], b);
     }
-    printf("usage: %s windows IN.i8 OUT.i8 | audio IN.s16 OUT.bin [BLOCK]\n", argc > 0 ? argv[0] : "acula_fw");
+    if (argc == 3 && strcmp(argv[1], "frontend") == 0) {
+        return run_frontend(argv[2]);
+    }
+    printf("usage: %s windows IN.i8 OUT.i8 | audio IN.s16 OUT.bin [BLOCK] | frontend IN.s16\n", argc > 0 ? argv[0] : "acula_fw");
     return 2;
 }
