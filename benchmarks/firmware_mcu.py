@@ -83,17 +83,19 @@ def python_tflm(bundle: Path, manifest, x: np.ndarray) -> np.ndarray:
 
 
 def per_window(fw: emulate.Firmware, manifest, x: np.ndarray, pcm: np.ndarray, tools, work: Path,
-               frontend: bool = True) -> dict[str, int]:
+               model: bool = True, frontend: bool = True) -> dict[str, int]:
     """Instructions of the model per window (a run on one window minus a run on none), and of the C front-end per
     model hop of audio (a run of the front-end alone on one hop of audio minus a run on none)."""
     inp = work / "insn"
     inp.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for k in (0, 1):
-        path = inp / f"w{k}.i8"
-        x[:k].astype(np.int8).tofile(path)
-        counts[k] = emulate.count_instructions(fw, ["windows", str(path), str(inp / "out.i8")], tools)
-    out = {"model_per_window": counts[1] - counts[0], "startup": counts[0]}
+    out = {}
+    if model:
+        counts = {}
+        for k in (0, 1):
+            path = inp / f"w{k}.i8"
+            x[:k].astype(np.int8).tofile(path)
+            counts[k] = emulate.count_instructions(fw, ["windows", str(path), str(inp / "out.i8")], tools)
+        out = {"model_per_window": counts[1] - counts[0], "startup": counts[0]}
     if frontend:
         hop = manifest.windowing.hop_samples(manifest.frontend)
         fe = {}
@@ -130,10 +132,11 @@ def measure(index: int, bundle: Path, args: argparse.Namespace, tools, tree: Pat
              "arena_used": run.stats.arena_used, "arena_bytes": run.stats.arena_bytes,
              "stack_used": run.stats.stack_used, "windows": int(x.shape[0]),
              "identical": float(np.mean(got == want)), "max_steps": int(np.abs(got.astype(int) - want).max())}
-        count = not args.no_instructions and (kernels == "cmsis_nn" or index < args.reference_counts)
-        if count:
-            b.update(per_window(fw, manifest, x, pcm, tools, work / f"{fw.kernels}-{frontend}",
-                                frontend=kernels == "cmsis_nn" and first))
+        # the model's count per kernel build (the Q15 build runs the same model); the front-end's per front-end build
+        model = frontend == "float" and (kernels == "cmsis_nn" or index < args.reference_counts)
+        if not args.no_instructions and (model or first and kernels == "cmsis_nn"):
+            b.update(per_window(fw, manifest, x, pcm, tools, work / f"{fw.kernels}-{frontend}", model=model,
+                                frontend=first and kernels == "cmsis_nn"))
         b["seconds"] = round(time.time() - t0, 1)
         row["builds"][f"{fw.kernels}-{frontend}"] = b
         print(json.dumps({"bundle": name, "build": f"{fw.kernels}-{frontend}", **{k: v for k, v in b.items()

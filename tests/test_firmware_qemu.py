@@ -5,8 +5,9 @@ the TFLM kit (``../shared/vendor/tflm-cortex-m-kit.tar.xz`` or ``$ACULA_TFLM_KIT
 first run builds TFLM's library into ~/.cache/acula-edge (~15 min on 2 cores); later runs reuse it.
 
 Checked on real PhysioNet recordings with the tiny tflm test bundle (tests/runtime_fixtures.py):
-- the model on the MCU (CMSIS-NN kernels) gives the same int8 embedding and logits as the Python TFLM interpreter
-  (reference kernels) on the same int8 windows, bit for bit;
+- the model on the MCU gives the same int8 embedding and logits as the Python TFLM interpreter (reference
+  kernels) on the same int8 windows, bit for bit, with CMSIS-NN kernels and with TFLM's reference kernels of the
+  model's ops linked ahead of the library (the Makefile's REFERENCE_KERNELS);
 - the whole app (int16 audio in -> C front-end -> window normalisation -> int8 model -> softmax -> mean -> decision)
   matches ``acula_edge.load(bundle).classify`` (quality gate off: the firmware has none) within the tolerances
   below, for the float and the Q15 front-end;
@@ -69,17 +70,19 @@ def bundle():
 
 @pytest.fixture(scope="module")
 def firmware(tmp_path_factory, bundle, tflm, toolchain):
-    """``get(frontend)``: the project built for cortex-m4 + CMSIS-NN with that front-end build."""
+    """``get(frontend, reference_ops=())``: the project built for cortex-m4 + CMSIS-NN with that front-end build
+    (and TFLM's reference kernels for ``reference_ops`` linked ahead of the library)."""
     from acula_edge.export.firmware.emulate import build
     from acula_edge.export.firmware.project import write_project
 
     project = write_project(bundle, tmp_path_factory.mktemp("fw") / "project")
     cache = {}
 
-    def get(frontend: str):
-        if frontend not in cache:
-            cache[frontend] = build(project.folder, tflm, "cortex-m4", "cmsis_nn", frontend, toolchain=toolchain)
-        return cache[frontend]
+    def get(frontend: str, reference_ops: tuple[str, ...] = ()):
+        if (frontend, reference_ops) not in cache:
+            cache[frontend, reference_ops] = build(project.folder, tflm, "cortex-m4", "cmsis_nn", frontend,
+                                                   toolchain=toolchain, reference_ops=reference_ops)
+        return cache[frontend, reference_ops]
 
     get.project = project
     return get
@@ -124,14 +127,17 @@ def python_tflm(bundle: Path, manifest, x: np.ndarray) -> tuple[np.ndarray, np.n
     return np.stack(emb), np.stack(logits)
 
 
-def test_model_on_mcu_is_bit_identical_to_python_tflm(firmware, bundle, recordings, toolchain):
+@pytest.mark.parametrize("kernels", ["cmsis_nn", "reference-ops"])
+def test_model_on_mcu_is_bit_identical_to_python_tflm(firmware, bundle, recordings, toolchain, kernels):
     from acula_edge.export.firmware.emulate import run_windows
     from acula_edge.manifest import read_manifest
 
     manifest = read_manifest(bundle)
     x = np.concatenate([python_windows(manifest, pcm) for _, pcm in recordings])
     assert x.dtype == np.int8 and x.shape[0] >= 4 * len(recordings)
-    run = run_windows(firmware("float"), manifest, x, toolchain=toolchain)
+    fw = firmware("float", tuple(manifest.extra["ops"]) if kernels == "reference-ops" else ())
+    assert fw.kernels == {"cmsis_nn": "cmsis_nn", "reference-ops": "cmsis_nn+reference-ops"}[kernels]
+    run = run_windows(fw, manifest, x, toolchain=toolchain)
     emb, logits = python_tflm(bundle, manifest, x)
     assert run.embedding.shape == emb.shape and run.logits.shape == logits.shape
     np.testing.assert_array_equal(run.embedding, emb)
