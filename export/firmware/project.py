@@ -18,7 +18,7 @@ from pathlib import Path
 from acula_edge import atomic
 from acula_edge.errors import BundleError, ExportError
 from acula_edge.export.targets.tflm import FRONTEND_HEADER, HEADER_FILE, SOURCE_FILE
-from acula_edge.manifest import Manifest, read_manifest, verify_model_file
+from acula_edge.manifest import Manifest, read_manifest
 
 FIRMWARE_DIR = Path(__file__).resolve().parent
 # Sources copied from this package into every project (the front-end, the model and app layers, the harness).
@@ -53,13 +53,10 @@ def _check_bundle(bundle: Path, manifest: Manifest) -> None:
     names = sorted(o.name for o in manifest.outputs)
     if names != sorted(OUTPUT_NAMES):
         raise BundleError(f"{bundle}: the model's outputs are {names}, the firmware expects {list(OUTPUT_NAMES)}")
-    recorded = manifest.extra.get("files") or {}
-    for name in BUNDLE_SOURCES:
+    for name in BUNDLE_SOURCES:  # read_manifest has checked every file the manifest lists against its sha256
         path = bundle / name
         if not path.is_file():
             raise BundleError(f"{path} is missing; re-export the bundle with --target tflm")
-        if name in recorded and atomic.sha256_file(path) != recorded[name]:
-            raise BundleError(f"{path}: its sha256 does not match the manifest; the bundle was modified, re-export it")
 
 
 def _check_out(out: Path) -> None:
@@ -79,8 +76,7 @@ def write_project(bundle: str | Path, out: str | Path) -> FirmwareProject:
     C sources, ExportError for an unusable ``out``.
     """
     src, dst = Path(bundle), Path(out)
-    manifest = read_manifest(src)
-    verify_model_file(manifest, src)
+    manifest = read_manifest(src)  # verifies the model and every listed file against their checksums
     _check_bundle(src, manifest)
     _check_out(dst)
     ops = tuple(manifest.extra.get("resolver_ops") or ())
