@@ -8,7 +8,8 @@ attributed to a part by the object it came from:
 
 - ``model``: ``model_data.o`` (the model array, labels);
 - ``front-end tables`` / ``front-end code``: read-only data / code of ``acula_frontend.o``;
-- ``TFLM`` / ``CMSIS-NN``: members of ``libtensorflow-microlite.a`` (CMSIS-NN's are the ``arm_*.o`` ones);
+- ``TFLM`` / ``CMSIS-NN``: members of ``libtensorflow-microlite.a`` (CMSIS-NN's are the ``arm_*.o`` ones), and
+  the reference kernels the Makefile compiles for REFERENCE_KERNELS (``reference_*.o``);
 - ``app``: ``acula_app.o`` and ``acula_model.o``; ``harness``: ``acula_fw_main.o`` (file I/O, not firmware);
 - ``C/C++ runtime``: newlib, libgcc, libstdc++, semihosting (rdimon) and start-up objects;
 - in RAM: ``tensor arena``, ``window buffer`` (the app's float frames and int8 model input), ``front-end state``,
@@ -100,6 +101,8 @@ def _part(source: str, section: str, writable: bool) -> str:
         return "front-end code" if section.startswith(".text") else "front-end tables"
     if "libtensorflow-microlite.a" in source:
         return "CMSIS-NN" if obj.startswith("arm_") else "TFLM"
+    if obj.startswith("reference_"):  # TFLM reference kernels built by the Makefile's REFERENCE_KERNELS
+        return "TFLM"
     if obj in ("acula_app.o", "acula_model.o"):
         return "app"
     if obj == "acula_fw_main.o":
