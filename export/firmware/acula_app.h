@@ -4,7 +4,7 @@
  *   acula_app_init();                                       // once
  *   for each block of 16-bit PCM at ACULA_SAMPLE_RATE (any length, e.g. one DMA half-buffer or one model hop):
  *       acula_app_push_i16(block, n, on_window, user);      // on_window(result, user) once per completed window
- *   acula_app_finish(on_window, user);                      // end of recording: zero-pads one short recording
+ *   acula_app_finish(on_window, user);                      // optional: zero-pad a short recording (pad=True)
  *   acula_app_decision(probabilities);                      // 1: last label (e.g. "abnormal"), 0: not, -1: none
  *   acula_app_reset();                                      // before the next recording
  *
@@ -60,7 +60,8 @@ void acula_app_reset(void);
 int acula_app_push_i16(const int16_t *samples, int n, acula_window_callback_t on_window, void *user);
 
 /* End of the recording: if it was shorter than one window, zero-pad it to one window and score it (as the SDK's
- * classify(pad=True)). Returns the windows completed (0 or 1) or an error code. */
+ * classify(pad=True); without this call such a recording has no decision, as classify refuses it by default).
+ * Returns the windows completed (0 or 1) or an error code. */
 int acula_app_finish(acula_window_callback_t on_window, void *user);
 
 /* Mean probabilities over the recording's windows so far into probabilities[ACULA_MODEL_NUM_LABELS] (may be NULL);
