@@ -39,7 +39,7 @@ SHARED = Path(os.environ.get("ACULA_SHARED_DIR") or ROOT.parent / "shared")
 
 from acula_edge.export.firmware import emulate, memory, toolchain  # noqa: E402
 from acula_edge.export.firmware.project import write_project  # noqa: E402
-from acula_edge.export.runners import quantize, tflm_interpreter  # noqa: E402
+from acula_edge.runtime.backends import quantize  # noqa: E402
 from acula_edge.export.targets.tflm import MCU_FLASH_BYTES, MCU_RAM_BYTES  # noqa: E402
 from acula_edge.manifest import read_manifest  # noqa: E402
 from acula_edge.windows import recording_windows  # noqa: E402
@@ -71,7 +71,10 @@ def held_out_windows(data: Path, manifest, n: int) -> tuple[np.ndarray, np.ndarr
 
 def python_tflm(bundle: Path, manifest, x: np.ndarray) -> np.ndarray:
     """int8 embedding and logits side by side, (N, D + C), from the tflite_micro Python interpreter."""
-    it = tflm_interpreter(bundle / manifest.model_file, int(manifest.extra["arena_bytes"]))
+    from tflite_micro.python.tflite_micro import runtime
+
+    it = runtime.Interpreter.from_file(str(bundle / manifest.model_file),
+                                       arena_size=int(manifest.extra["arena_bytes"]))
     names = [o.name for o in manifest.outputs]
     rows = []
     for w in x:

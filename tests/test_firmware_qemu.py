@@ -105,7 +105,7 @@ def recordings(physionet_dir):
 
 def python_windows(manifest, pcm: np.ndarray) -> np.ndarray:
     """The SDK's int8 model inputs for a recording: numpy log-mel windows, normalised and quantized."""
-    from acula_edge.export.runners import quantize
+    from acula_edge.runtime.backends import quantize
     from acula_edge.windows import recording_windows
 
     w = recording_windows(pcm.astype(np.float32) / 32768.0, manifest.frontend, manifest.windowing)
@@ -114,9 +114,10 @@ def python_windows(manifest, pcm: np.ndarray) -> np.ndarray:
 
 def python_tflm(bundle: Path, manifest, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int8 (embedding, logits) of the tflite_micro Python interpreter for int8 windows x (N, frames, mels)."""
-    from acula_edge.export.runners import tflm_interpreter
+    runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
 
-    it = tflm_interpreter(bundle / manifest.model_file, int(manifest.extra["arena_bytes"]))
+    it = runtime.Interpreter.from_file(str(bundle / manifest.model_file),
+                                       arena_size=int(manifest.extra["arena_bytes"]))
     names = [o.name for o in manifest.outputs]
     emb, logits = [], []
     for w in x:
