@@ -16,10 +16,11 @@ from .toolchain import ARCHS, KERNELS
               "written by this command before).")
 @click.option("--tflm", type=click.Path(), default=None, help="Also build it: a tflite-micro folder, or a TFLM kit "
               "tarball (extracted once into ~/.cache/acula-edge). TFLM's library is built first if needed.")
-@click.option("--arch", type=click.Choice(ARCHS), default="cortex-m4", show_default=True)
+@click.option("--arch", type=click.Choice(ARCHS), default="cortex-m4", show_default=True,
+              help="Cortex-M core the firmware is compiled for (TFLM TARGET_ARCH).")
 @click.option("--kernels", type=click.Choice(KERNELS), default="cmsis_nn", show_default=True,
               help="TFLM kernels: CMSIS-NN, or TFLM's portable reference kernels.")
-@click.option("--frontend", type=click.Choice(FRONTENDS), default="float", show_default=True,
+@click.option("--arithmetic", "frontend", type=click.Choice(FRONTENDS), default="float", show_default=True,
               help="C front-end arithmetic: float32, or fixed point (-DACULA_Q15=1).")
 def firmware(bundle: str, out: str, tflm: str | None, arch: str, kernels: str, frontend: str) -> None:
     """Write a firmware project for the tflm BUNDLE: model, C front-end, TFLM app, Makefile.
