@@ -35,13 +35,23 @@ THRESHOLD_MARGIN = 1.0
 BATCH_FRACTION = 0.5  # a batch (one site) is flagged when more than this share of its recordings is flagged
 
 
+_ROWS_PER_BLOCK = 4096  # frames per block when recording_features sums squared deviations
+
+
 def recording_features(frames: np.ndarray) -> np.ndarray:
     """Per-band mean and standard deviation over time of one recording's log-mel frames (n, n_mels) -> (2 n_mels,)
     float64 (log-mel units): the device's level and colouring per band, and how much each band moves."""
-    f = np.asarray(frames, dtype=np.float64)
+    f = np.asarray(frames)
     if f.ndim != 2 or f.shape[0] == 0:
         raise ValueError(f"expected log-mel frames of shape (n >= 1, n_mels), got {f.shape}")
-    return np.concatenate([f.mean(axis=0), f.std(axis=0)])
+    # Two passes over row blocks, accumulated in float64: no float64 copy of a long recording's frames (a 10-min
+    # recording's frames are ~4 MB in float32; whole-array float64 temporaries tripled that).
+    mean = f.mean(axis=0, dtype=np.float64)
+    squares = np.zeros(f.shape[1], dtype=np.float64)
+    for start in range(0, f.shape[0], _ROWS_PER_BLOCK):
+        d = f[start:start + _ROWS_PER_BLOCK].astype(np.float64) - mean
+        squares += np.einsum("ij,ij->j", d, d)
+    return np.concatenate([mean, np.sqrt(squares / f.shape[0])])
 
 
 def features_of(samples: Iterable[np.ndarray], frontend: FrontendConfig) -> np.ndarray:
