@@ -306,13 +306,14 @@ def decision_threshold(manifest: Any) -> float | None:
 
 def check_bundle(folder: str | Path, x: np.ndarray, reference: dict[str, np.ndarray], tolerance: Tolerance,
                  what: str, recording: np.ndarray | None = None, y: np.ndarray | None = None,
-                 data: str = "") -> dict[str, Any]:
+                 data: str = "", probe: bool = True) -> dict[str, Any]:
     """The gate: load ``folder`` with :func:`acula_edge.load` (checksums, manifest, backend: the device path), run
     it on ``x`` and compare with ``reference`` (PyTorch outputs for ``x``). Returns the report (with ``runtime``,
-    ``tolerance`` and ``passed``); raises ParityError listing every mismatch."""
+    ``tolerance`` and ``passed``); raises ParityError listing every mismatch. ``probe``: see :func:`acula_edge.load`
+    (the exporter passes False for the bytes it just wrote)."""
     import acula_edge
 
-    edge = acula_edge.load(folder, num_threads=1)
+    edge = acula_edge.load(folder, num_threads=1, probe=probe)
     candidate = device_outputs(edge.backend, x)
     report = parity_report(reference, candidate, decision_threshold(edge.manifest), tolerance, recording, y, data)
     report["runtime"] = edge.backend.name

@@ -278,7 +278,7 @@ def bundle_operating_point(manifest: Manifest, threshold: float | None = None) -
 
 
 def load(bundle_dir: str | os.PathLike, num_threads: int | None = None,
-         quality: QualityConfig | None = None, threshold: float | None = None) -> EdgeModel:
+         quality: QualityConfig | None = None, threshold: float | None = None, *, probe: bool = True) -> EdgeModel:
     """Open an exported bundle folder on the runtime its manifest names.
 
     Reads every file of the bundle once and checks it (strict manifest schema, the sha256 of each file and the
@@ -286,8 +286,9 @@ def load(bundle_dir: str | os.PathLike, num_threads: int | None = None,
     ExecuTorch / TFLite Micro (nothing is re-read from disk, so a file swapped meanwhile is never run), and checks
     the model's real input/output shapes and types against the manifest. ``num_threads``: runtime threads (None =
     the runtime's default). Raises BundleError (bad/corrupt/altered/newer bundle) or MissingDependencyError
-    (runtime not installed; names the pip extra).
+    (runtime not installed; names the pip extra). ``probe=False`` skips the child-process crash probe of runtimes
+    that can abort the process (ExecuTorch, TFLM): only for bytes this process itself just wrote (the export gate).
     """
     contents = read_bundle(bundle_dir)
-    backend = open_backend(contents.model_path, contents.manifest, num_threads, contents.model_bytes)
+    backend = open_backend(contents.model_path, contents.manifest, num_threads, contents.model_bytes, probe=probe)
     return EdgeModel(contents.manifest, backend, contents.folder, quality, threshold)
