@@ -56,8 +56,8 @@ for target in onnx tflite executorch; do
 done
 
 "$CLI" bench latency "${BUNDLES[@]}" --threads 1 --runs "$RUNS" --min-seconds "$MIN_SECONDS" \
-  --json "$WORK/latency.json" --markdown | tee "$WORK/latency.md"
-"$CLI" bench accuracy "${BUNDLES[@]}" --data "$DATA" --group-by subset --json "$WORK/accuracy.json" \
+  --json-out "$WORK/latency.json" --markdown | tee "$WORK/latency.md"
+"$CLI" bench accuracy "${BUNDLES[@]}" --data "$DATA" --group-by subset --json-out "$WORK/accuracy.json" \
   --plots "$WORK/plots" --report "$WORK/report.md" --latency-json "$WORK/latency.json" --markdown \
   | tee "$WORK/accuracy.md"
 echo "report: $WORK/report.md"
