@@ -244,7 +244,9 @@ def bench_latency(bundles: Sequence[str | Path], config: LatencyConfig = Latency
         first_ns = bench.first_inference_ns()
         rss1 = rss_bytes()
         rec = _bundle_info(model, path)
-        rec.update(threads=config.threads, cold_load_ms=cold_ns / 1e6, load_ms=load_ns / 1e6,
+        # the threads the runtime really runs (ExecuTorch's pool is process-wide and sized by its first load)
+        threads = getattr(model.backend, "threads", None) or config.threads
+        rec.update(threads=threads, cold_load_ms=cold_ns / 1e6, load_ms=load_ns / 1e6,
                    first_inference_ms=first_ns / 1e6,
                    rss_after_load_bytes=rss1, load_rss_delta_bytes=None if rss0 is None or rss1 is None
                    else rss1 - rss0, peak_rss_after_load_bytes=peak_rss_bytes())
