@@ -49,6 +49,12 @@ def threads(what: str, default: int | None = None) -> Decorator:
     return click.option("--threads", type=click.IntRange(min=1), default=default, help=text, **extra)
 
 
+def jobs(what: str) -> Decorator:
+    """``--jobs N`` (parameter ``jobs``): processes ``what`` is spread over; None = up to 2, as the CPUs allow."""
+    return click.option("--jobs", type=click.IntRange(min=1), default=None,
+                        help=f"Processes {what} is spread over. Default: 2 where 2 CPUs are free, else 1.")
+
+
 def seed(what: str, default: int | None = None) -> Decorator:
     """``--seed N`` (parameter ``seed``)."""
     extra = {"show_default": True} if default is not None else {}

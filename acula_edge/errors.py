@@ -21,7 +21,11 @@ class DatasetError(AculaEdgeError):
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
+        self.message = message
         self.problems = list(problems or [])
+
+    def __reduce__(self):  # keeps the problems when the error crosses a process boundary
+        return type(self), (self.message, self.problems)
 
 
 class ConfigError(AculaEdgeError):
@@ -49,7 +53,11 @@ class ParityError(ExportError):
 
     def __init__(self, message: str, mismatches: list[str]) -> None:
         super().__init__(message + "\n  " + "\n  ".join(mismatches))
+        self.message = message
         self.mismatches = list(mismatches)
+
+    def __reduce__(self):  # an export run in a worker process hands its verdict back to the parent
+        return type(self), (self.message, self.mismatches)
 
 
 def require(module: str, extra: str, purpose: str):

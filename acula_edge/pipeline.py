@@ -200,8 +200,7 @@ class Pipeline:
     def export(self) -> dict[str, Any]:
         """Every student to every target and precision. A bundle that fails its parity gate is not written; the
         failure is recorded (and shown in the report) and the other exports go on."""
-        from acula_edge.errors import ParityError
-        from acula_edge.export.api import export_checkpoint
+        from acula_edge.export.api import export_targets
         from acula_edge.export.registry import get_target
 
         written: dict[str, Any] = {}
@@ -210,25 +209,19 @@ class Pipeline:
             for precision, quantize in (("fp32", "none"), ("int8", "int8")):
                 if precision not in self.cfg.precisions:
                     continue
-                for target in self.cfg.targets:
-                    dest = self.bundle_root(size) / f"{target}-{precision}"
-                    if precision not in get_target(target).precisions:
-                        continue  # e.g. TFLite Micro runs int8 only
-                    if (dest / "manifest.json").is_file():
-                        continue  # resumed: this bundle was completed before
-                    try:
-                        manifests = export_checkpoint(self.student_dir(size), dest, target=target,
-                                                      quantize=quantize, calib_data=self.train_spec,
-                                                      eval_data=self.test_spec)
-                    except ParityError as e:
-                        failed[str(dest)] = str(e)
-                        self.echo(f"    PARITY GATE FAILED, not written: {dest}\n      "
-                                  + "\n      ".join(e.mismatches))
-                        continue
-                    for path, manifest in manifests.items():
-                        written[str(path)] = {"target": manifest.target, "precision": manifest.precision,
-                                              "parity": manifest.parity}
-                    self.echo(f"    exported {dest}")
+                root = self.bundle_root(size)
+                todo = [t for t in self.cfg.targets if precision in get_target(t).precisions  # tflm: int8 only
+                        and not (root / f"{t}-{precision}" / "manifest.json").is_file()]  # resumed: done before
+                if not todo:
+                    continue
+                manifests, refused = export_targets(self.student_dir(size), root, todo, quantize,
+                                                    calib_data=self.train_spec, eval_data=self.test_spec,
+                                                    progress=lambda line: self.echo(f"    {line}"))
+                for path, manifest in manifests.items():
+                    written[str(path)] = {"target": manifest.target, "precision": manifest.precision,
+                                          "parity": manifest.parity}
+                for path, error in refused.items():
+                    failed[str(path)] = str(error)
         if not self.bundles():
             raise AculaEdgeError("no bundle passed its parity gate:\n  " + "\n  ".join(failed.values()))
         return {"bundles": written, "failed": failed}
@@ -284,6 +277,9 @@ class Pipeline:
         return {"report": str(path)}
 
 
+PIPELINE_LOG = "pipeline.log"  # third-party output of every stage, in the output folder
+
+
 @click.command()
 @click.option("--data", default=None, help="Dataset spec (default: the preset's; demo = synthetic:heart).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
@@ -300,9 +296,12 @@ class Pipeline:
               help=f"Comma-separated export targets [default: {','.join(TARGETS)}].")
 @options.threads("the latency benchmarks", default=PipelineConfig.threads)
 @options.restart()
+@options.verbose("OUT/pipeline.log")
 def pipeline(data: str | None, out_dir: str, preset: str, group_by: str | None, test_group: str | None,
-             students: str | None, targets: str | None, threads: int | None, restart: bool) -> None:
-    """Run align -> distill -> export -> verify -> bench -> report; resumable (re-run the same command)."""
+             students: str | None, targets: str | None, threads: int | None, restart: bool, verbose: bool) -> None:
+    """Run align -> distill -> export -> verify -> bench -> report; resumable (re-run the same command).
+
+    Prints one line per stage (and per bundle); library and converter output goes to OUT/pipeline.log."""
     cfg = PRESETS[preset]
     changes: dict[str, Any] = {}
     if data:
@@ -320,5 +319,10 @@ def pipeline(data: str | None, out_dir: str, preset: str, group_by: str | None, 
     cfg = dataclasses.replace(cfg, **changes)
     if not cfg.data:
         raise ConfigError(f"preset {preset!r} needs --data (e.g. --data ../shared/data/physionet2016)")
-    report = Pipeline(cfg, out_dir).run(restart=restart)
+    from acula_edge.quiet import captured
+
+    with captured(Path(out_dir) / PIPELINE_LOG, verbose, what="pipeline") as console:
+        report = Pipeline(cfg, out_dir, echo=console.line).run(restart=restart)
+        if console.log_path is not None:
+            console.line(f"library output: {console.log_path}")
     click.echo(f"done: {report}")

@@ -8,10 +8,11 @@ built in a temporary folder and renamed into place only after the parity gate pa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from acula_edge.export import bundle, parity
 from acula_edge.export.calibration import DEFAULT_CALIB_WINDOWS, DEFAULT_EVAL_WINDOWS, ExportData, prepare_data
 from acula_edge.export.registry import CALIBRATION_METHODS, OUTPUT_NAMES, ExportJob, get_target, targets
 from acula_edge.export.tolerances import Tolerance
-from acula_edge.manifest import Manifest, write_manifest
+from acula_edge.manifest import Manifest, read_manifest, write_manifest
 from acula_edge.operating_point import checkpoint_with
 
 PRECISIONS = {"none": "fp32", "fp32": "fp32", "int8": "int8"}  # --quantize value -> bundle precision
@@ -35,6 +36,23 @@ def precision_of(quantize: str) -> str:
     return PRECISIONS[quantize]
 
 
+# torch's thread count changes the float sums of a calibration pass, hence the int8 ranges and the bundle's bytes:
+# every export runs torch on one thread, so a checkpoint gives the same bundles on any machine and with any --jobs.
+EXPORT_TORCH_THREADS = 1
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str, precision: str = "fp32", *,
                  data: ExportData | None = None, calibration_method: str = "minmax", source_sha256: str = "",
                  source_path: str | None = None, tolerance: Tolerance | None = None) -> Manifest:
@@ -45,6 +63,14 @@ def export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str,
     calibration windows. ``tolerance`` overrides the declared one (tests). Returns the written manifest; raises
     ExportError / ParityError (nothing written) on failure.
     """
+    with _torch_threads(EXPORT_TORCH_THREADS):
+        return _export_model(model, info, out, target, precision, data, calibration_method, source_sha256,
+                             source_path, tolerance)
+
+
+def _export_model(model: Any, info: CheckpointInfo, out: str | Path, target: str, precision: str,
+                  data: ExportData | None, calibration_method: str, source_sha256: str, source_path: str | None,
+                  tolerance: Tolerance | None) -> Manifest:
     tgt = get_target(target)
     if precision not in tgt.precisions:
         raise ExportError(f"target {target!r} exports {list(tgt.precisions)}, not {precision!r}")
@@ -141,51 +167,180 @@ def progress_line(name: str, dest: str | Path, seconds: float, manifest: Manifes
     return f"{name:<16} {'ok':<7} {seconds:6.1f} s  {size:>10}  {', '.join(figures)}{note}  -> {dest}"
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def plan_lanes(names: list[str], jobs: int) -> list[list[str]]:
+    """Split targets over up to ``jobs`` processes ("lanes") of about equal declared export cost.
+
+    Longest first onto the lightest lane; a target that reuses another's work (``Target.reuses``) joins that
+    target's lane, after it. Lane 0 is the heaviest (ties: the one with more targets); the caller runs it in its own
+    process, where torch and the checkpoint are already loaded, and the others in worker processes.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        root = get_target(name).reuses
+        groups.setdefault(root if root in names else name, [])
+    for name in names:
+        root = get_target(name).reuses
+        root = root if root in names else name
+        if name != root:
+            groups[root].append(name)
+    groups = {root: [root, *members] for root, members in groups.items()}
+    cost = {root: sum(get_target(n).export_cost for n in members) for root, members in groups.items()}
+    lanes: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(groups))))]
+    loads = [0.0] * len(lanes)
+    for root in sorted(groups, key=lambda r: (-cost[r], names.index(r))):
+        i = loads.index(min(loads))
+        lanes[i].append(root)
+        loads[i] += cost[root]
+    order = sorted(range(len(lanes)), key=lambda i: (-loads[i], -len(lanes[i])))
+    # inside a lane, the caller's order (a reusing target right after the one it reuses)
+    return [[n for root in sorted(lanes[i], key=names.index) for n in groups[root]] for i in order]
+
+
+@dataclasses.dataclass(frozen=True)
+class _LaneJob:
+    """What a lane needs to export its targets (picklable: worker processes get it)."""
+
+    checkpoint_dir: str
+    info: CheckpointInfo
+    out: str
+    names: tuple[str, ...]
+    precision: str
+    into_subfolders: bool  # OUT/<target>-<precision> per target (several targets) or OUT itself
+    data: ExportData
+    calibration_method: str
+    source_sha256: str
+    source_path: str
+
+    def dest(self, name: str) -> Path:
+        return Path(self.out) / f"{name}-{self.precision}" if self.into_subfolders else Path(self.out)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    name: str
+    dest: str
+    seconds: float
+    error: ExportError | None = None
+
+
+def _run_lane(job: _LaneJob, model: Any = None, progress: Callable[[str], None] | None = None) -> list[_Outcome]:
+    """Export the lane's targets one after the other; a refused target does not stop the next one."""
+    if model is None:  # a worker process: its own copy of the model
+        model, _ = load_checkpoint(job.checkpoint_dir)
+    outcomes = []
+    for name in job.names:
+        dest = job.dest(name)
+        start = time.perf_counter()
+        error = manifest = None
+        try:
+            manifest = export_model(model, job.info, dest, name, job.precision, data=job.data,
+                                    calibration_method=job.calibration_method, source_sha256=job.source_sha256,
+                                    source_path=job.source_path)
+        except ExportError as e:
+            error = e
+        outcome = _Outcome(name, str(dest), time.perf_counter() - start, error)
+        outcomes.append(outcome)
+        if progress:
+            progress(progress_line(f"{name}-{job.precision}", dest, outcome.seconds, manifest, error=error))
+    return outcomes
+
+
+def export_targets(checkpoint_dir: str | Path, out: str | Path, names: list[str], quantize: str = "none", *,
+                   into_subfolders: bool = True, calib_data: str | None = None, eval_data: str | None = None,
+                   calibration_method: str = "minmax", n_calib: int = DEFAULT_CALIB_WINDOWS,
+                   n_eval: int = DEFAULT_EVAL_WINDOWS, operating_point: str | None = None, jobs: int | None = None,
+                   progress: Callable[[str], None] | None = None) -> tuple[dict[str, Manifest], dict[str, ExportError]]:
+    """Export the checkpoint folder to each of ``names`` (``OUT/<target>-<precision>`` each, or OUT itself for one
+    target with ``into_subfolders=False``). Returns ({bundle path: manifest}, {bundle path: why it was refused}).
+
+    The checkpoint is read and the calibration and parity windows are made once for all targets. With ``jobs`` > 1
+    (default: up to 2, as the CPUs allow) the targets are split over processes by their declared export cost
+    (:func:`plan_lanes`), so a multi-target export takes about as long as its costliest target rather than the sum;
+    every bundle is the same either way (each export is deterministic and gated on its own).
+    """
+    precision = precision_of(quantize)
+    names = [get_target(n).name for n in names]
+    model, info = load_checkpoint(checkpoint_dir)
+    if operating_point is not None:  # replaces the checkpoint's decision rule in every bundle (recorded as such)
+        info = checkpoint_with(info, operating_point, "export --operating-point")
+    data = prepare_data(info, precision, calib_data, eval_data, n_calib, n_eval)
+    jobs = min(2, usable_cpus()) if jobs is None else jobs
+    if jobs < 1:
+        raise ExportError(f"jobs must be at least 1, not {jobs}")
+    lanes = plan_lanes(names, jobs)
+    base = dict(checkpoint_dir=str(checkpoint_dir), info=info, out=str(out), precision=precision,
+                into_subfolders=into_subfolders, data=data, calibration_method=calibration_method,
+                source_sha256=weights_sha256(checkpoint_dir), source_path=str(Path(checkpoint_dir).resolve()))
+    outcomes = _run_lanes([_LaneJob(names=tuple(lane), **base) for lane in lanes], model, progress)
+    written, failed = {}, {}
+    for o in sorted(outcomes, key=lambda o: names.index(o.name)):
+        if o.error is None:
+            written[o.dest] = read_manifest(o.dest)
+        else:
+            failed[o.dest] = o.error
+    return written, failed
+
+
+def _run_lanes(jobs: list[_LaneJob], model: Any, progress: Callable[[str], None] | None) -> list[_Outcome]:
+    """Lane 0 in this process, the others in spawned worker processes at the same time."""
+    if len(jobs) == 1:
+        return _run_lane(jobs[0], model, progress)
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # never fork a process that has torch's thread pools running
+    outcomes: list[_Outcome] = []
+    with concurrent.futures.ProcessPoolExecutor(len(jobs) - 1, mp_context=context) as pool:
+        futures = [pool.submit(_run_lane, job) for job in jobs[1:]]
+        outcomes += _run_lane(jobs[0], model, progress)
+        for job, future in zip(jobs[1:], futures):
+            try:
+                lane = future.result()
+            except concurrent.futures.process.BrokenProcessPool as e:
+                lane = [_Outcome(n, str(job.dest(n)), 0.0, ExportError(
+                    f"the worker process exporting {n} died ({e}); nothing was written for it. Run the export "
+                    f"again with --jobs 1 to see its output in this process")) for n in job.names]
+            for o in lane:
+                if progress:
+                    manifest = read_manifest(o.dest) if o.error is None else None
+                    progress(progress_line(f"{o.name}-{job.precision}", o.dest, o.seconds, manifest, error=o.error))
+            outcomes += lane
+    return outcomes
+
+
 def export_checkpoint(checkpoint_dir: str | Path, out: str | Path, target: str = "all", quantize: str = "none", *,
                       calib_data: str | None = None, eval_data: str | None = None, calibration_method: str = "minmax",
                       n_calib: int = DEFAULT_CALIB_WINDOWS, n_eval: int = DEFAULT_EVAL_WINDOWS,
-                      operating_point: str | None = None,
+                      operating_point: str | None = None, jobs: int | None = None,
                       progress: Callable[[str], None] | None = None) -> dict[str, Manifest]:
     """Export the checkpoint folder to ``target`` (or "all": every target with that precision, one sub-folder
     ``OUT/<target>-<precision>`` each). Returns {bundle path: manifest}. ``progress`` gets one line per target
     (:func:`progress_line`) as it finishes.
 
     ``operating_point``: replaces the checkpoint's (a method such as "sensitivity=0.9", chosen again on the
-    validation recordings the checkpoint stores, or a threshold such as "0.4"). With "all", a failing target does
-    not stop the others; the failures are raised together at the end (the
-    successful bundles stay, each complete).
+    validation recordings the checkpoint stores, or a threshold such as "0.4"). ``jobs``: processes to spread the
+    targets over (:func:`export_targets`). With "all", a failing target does not stop the others; the failures are
+    raised together at the end (the successful bundles stay, each complete).
     """
     precision = precision_of(quantize)
     if target == "all":
         names = [t.name for t in targets().values() if precision in t.precisions]
     else:
         names = [get_target(target).name]
-    model, info = load_checkpoint(checkpoint_dir)
-    if operating_point is not None:  # replaces the checkpoint's decision rule in every bundle (recorded as such)
-        info = checkpoint_with(info, operating_point, "export --operating-point")
-    sha = weights_sha256(checkpoint_dir)
-    data = prepare_data(info, precision, calib_data, eval_data, n_calib, n_eval)
-    source = str(Path(checkpoint_dir).resolve())
-    written: dict[str, Manifest] = {}
-    failures: list[str] = []
-    for name in names:
-        dest = Path(out) / f"{name}-{precision}" if target == "all" else Path(out)
-        start = time.perf_counter()
-        try:
-            manifest = export_model(model, info, dest, name, precision, data=data,
-                                    calibration_method=calibration_method, source_sha256=sha, source_path=source)
-        except ExportError as e:
-            if progress:
-                progress(progress_line(f"{name}-{precision}", dest, time.perf_counter() - start, error=e))
-            if target != "all":
-                raise
-            failures.append(f"{name}-{precision}: {e}")
-            continue
-        written[str(dest)] = manifest
-        if progress:
-            progress(progress_line(f"{name}-{precision}", dest, time.perf_counter() - start, manifest))
-    if failures:
-        raise ExportError(f"{len(failures)} of {len(names)} exports failed (the others were written to {out}):\n  "
-                          + "\n  ".join(failures))
+    written, failed = export_targets(checkpoint_dir, out, names, quantize, into_subfolders=target == "all",
+                                     calib_data=calib_data, eval_data=eval_data,
+                                     calibration_method=calibration_method, n_calib=n_calib, n_eval=n_eval,
+                                     operating_point=operating_point, jobs=jobs, progress=progress)
+    if failed and target != "all":
+        raise next(iter(failed.values()))
+    if failed:
+        raise ExportError(f"{len(failed)} of {len(names)} exports failed (the others were written to {out}):\n  "
+                          + "\n  ".join(f"{Path(d).name}: {e}" for d, e in failed.items()))
     return written
-

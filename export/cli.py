@@ -43,11 +43,12 @@ def export_log_path(out: str | Path, target: str) -> Path:
 @click.option("--operating-point", default=None,
               help="Replace the checkpoint's decision rule: youden, sensitivity=X or specificity=X (chosen again on "
                    "the validation recordings stored by distill), or a threshold such as 0.4.")
+@options.jobs("the targets of --target all")
 @options.json_stdout("the manifests' parity reports")
 @options.verbose("export.log beside the bundles")
 def export(checkpoint_dir: str, target: str, quantize: str, calib_data: str | None, eval_data: str | None,
            calibration: str, calib_windows: int, eval_windows: int, out: str, operating_point: str | None,
-           as_json: bool, verbose: bool) -> None:
+           jobs: int | None, as_json: bool, verbose: bool) -> None:
     """Quantize and export CHECKPOINT_DIR to a device bundle; the parity gate must pass or nothing is written.
 
     Prints one line per target (verdict, time, size, the gate's key figures) to stderr."""
@@ -59,7 +60,8 @@ def export(checkpoint_dir: str, target: str, quantize: str, calib_data: str | No
 
         written = export_checkpoint(checkpoint_dir, out, target, quantize, calib_data=calib_data,
                                     eval_data=eval_data, calibration_method=calibration, n_calib=calib_windows,
-                                    n_eval=eval_windows, operating_point=operating_point, progress=console.line)
+                                    n_eval=eval_windows, operating_point=operating_point, jobs=jobs,
+                                    progress=console.line)
         if console.log_path is not None:
             console.line(f"converter output: {console.log_path}")
     if as_json:

@@ -76,6 +76,12 @@ class Target:
     # what verify checks beyond checksums: (bundle folder, manifest) -> problems, e.g. that tflm's C array holds the
     # model file's bytes
     check: Callable[[Path, "Manifest"], list[str]] | None = None
+    # relative export time (seconds for the `small` student on a 2-core machine, benchmarks/RESULTS_export.md): an
+    # export of several targets balances them over processes by it (:func:`acula_edge.export.api.plan_lanes`)
+    export_cost: float = 1.0
+    # a target whose export reuses this one's work in the same process (tflm reuses tflite's conversion), so both
+    # go to the same process
+    reuses: str = ""
 
     def __post_init__(self) -> None:
         if set(self.tolerances) != set(self.precisions):

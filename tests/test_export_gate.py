@@ -426,3 +426,47 @@ def test_tflm_resolver_names_and_c_strings():
                                               "AVERAGE_POOL_2D", "BATCH_MATMUL", "RELU6")] == \
         ["Conv2D", "DepthwiseConv2D", "FullyConnected", "Mean", "AveragePool2D", "BatchMatMul", "Relu6"]
     assert tflm._c_string('a "b"\\?é') == '"a \\042b\\042\\134\\077\\303\\251"'
+
+
+def test_plan_lanes_balances_declared_costs_and_keeps_reusers_together():
+    from acula_edge.export.api import plan_lanes
+    from acula_edge.export.registry import targets
+
+    names = list(targets())
+    assert plan_lanes(names, 1) == [names]
+    lanes = plan_lanes(names, 2)
+    assert sorted(n for lane in lanes for n in lane) == sorted(names)
+    together = [lane for lane in lanes if "tflm" in lane][0]
+    assert "tflite" in together and together.index("tflite") < together.index("tflm")  # tflm reuses its conversion
+    loads = [sum(targets()[n].export_cost for n in lane) for lane in lanes]
+    assert loads[0] == max(loads) and max(loads) < sum(loads)  # the work is split, the heaviest lane stays here
+    assert plan_lanes(["tflm"], 4) == [["tflm"]]
+
+
+def test_export_errors_cross_a_process_boundary_whole():
+    import pickle
+
+    from acula_edge.errors import DatasetError, ParityError
+
+    e = pickle.loads(pickle.dumps(ParityError("onnx int8 export", ["logits: max error 1.0 > 0.2", "decisions"])))
+    assert isinstance(e, ParityError) and e.mismatches == ["logits: max error 1.0 > 0.2", "decisions"]
+    assert str(e).startswith("onnx int8 export\n  logits")
+    d = pickle.loads(pickle.dumps(DatasetError("bad folder", ["a.wav: empty"])))
+    assert d.problems == ["a.wav: empty"] and str(d) == "bad folder"
+
+
+@pytest.mark.slow
+def test_targets_spread_over_processes_give_the_same_bundles(student_checkpoint, tmp_path):
+    from acula_edge.export.api import export_targets
+
+    lines: dict[int, list[str]] = {1: [], 2: []}
+    for jobs in (1, 2):
+        written, failed = export_targets(student_checkpoint, tmp_path / f"jobs{jobs}", ["onnx", "tflite"], "int8",
+                                         calib_data="synthetic:heart?n=16&seed=2", n_eval=8, jobs=jobs,
+                                         progress=lines[jobs].append)
+        assert not failed and len(written) == 2
+    for name, file in (("onnx", "model.onnx"), ("tflite", "model.tflite")):
+        one = (tmp_path / "jobs1" / f"{name}-int8" / file).read_bytes()
+        assert one == (tmp_path / "jobs2" / f"{name}-int8" / file).read_bytes(), name
+    assert sorted(line.split()[0] for line in lines[2]) == ["onnx-int8", "tflite-int8"]
+    assert all(" ok " in line for line in lines[2])

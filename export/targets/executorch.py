@@ -105,6 +105,6 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
     return TargetResult(MODEL_FILE, inputs, outputs, _versions(), extra, findings)
 
 
-TARGET = Target(name="executorch", precisions=("fp32", "int8"), export=export,
+TARGET = Target(name="executorch", precisions=("fp32", "int8"), export=export, export_cost=11.0,
                 backend="acula_edge.runtime.executorch_backend:ExecuTorchBackend", extra="executorch",
                 runtime="executorch.runtime", model_file=MODEL_FILE, tolerances={"fp32": FP32, "int8": INT8})

@@ -146,7 +146,7 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
     return TargetResult(MODEL_FILE, inputs, outputs, _versions(), extra)
 
 
-TARGET = Target(name="onnx", precisions=("fp32", "int8"), export=export,
+TARGET = Target(name="onnx", precisions=("fp32", "int8"), export=export, export_cost=3.0,
                 backend="acula_edge.runtime.onnx_backend:OnnxBackend", extra="onnx", runtime="onnxruntime",
                 model_file=MODEL_FILE, tolerances={"fp32": FP32, "int8": INT8},
                 calibration_methods=CALIBRATION_METHODS)

@@ -189,7 +189,7 @@ def export(job: ExportJob, folder: Path) -> TargetResult:
                         tuple(findings(desc, job.precision)))
 
 
-TARGET = Target(name="tflite", precisions=("fp32", "int8"), export=export,
+TARGET = Target(name="tflite", precisions=("fp32", "int8"), export=export, export_cost=6.5,
                 backend="acula_edge.runtime.litert_backend:LiteRTBackend", extra="tflite",
                 runtime="ai_edge_litert (or tflite_runtime)", model_file=MODEL_FILE,
                 tolerances={"fp32": FP32, "int8": INT8})

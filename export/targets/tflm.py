@@ -333,7 +333,7 @@ def check_c_array(folder: Path, manifest: Any) -> list[str]:
     return problems
 
 
-TARGET = Target(name="tflm", precisions=("int8",), export=export,
+TARGET = Target(name="tflm", precisions=("int8",), export=export, export_cost=1.5, reuses="tflite",
                 backend="acula_edge.runtime.tflm_backend:TFLMBackend", extra="export", runtime="tflite_micro",
                 model_file=MODEL_FILE, files=(HEADER_FILE, SOURCE_FILE, FRONTEND_HEADER),
                 tolerances={"int8": INT8}, check=check_c_array)
