@@ -7,6 +7,9 @@ training lives in ``acula_edge.torch_frontend`` and is built from the same windo
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
 from acula_edge.errors import ConfigError
@@ -51,9 +54,22 @@ class LogMel:
     def frames_to_logmel(self, frames: np.ndarray) -> np.ndarray:
         """Log-mel of framed audio, shape (n, win_length) -> (n, n_mels). The waveform representation returns the
         frames themselves (float32)."""
+        return self._frames(frames, None)[0]
+
+    def frames_with_bands(self, frames: np.ndarray, bands: SpectrumBands) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`frames_to_logmel` and, from the same power spectra, each frame's power pooled into ``bands``
+        (n, bands.count) float64 (None for the waveform representation, which computes no spectrum). The quality
+        checks take a window's spectral flatness from these, so the stream runs no FFT of its own."""
+        return self._frames(frames, bands)
+
+    def correct(self, logmel: np.ndarray) -> np.ndarray:
+        """A correction applied to the finished log-mel frames (none here; see site_shift.CorrectedLogMel)."""
+        return logmel
+
+    def _frames(self, frames: np.ndarray, bands: SpectrumBands | None) -> tuple[np.ndarray, np.ndarray | None]:
         cfg = self.cfg
         if cfg.representation == "waveform":
-            return np.array(frames, dtype=np.float32)
+            return np.array(frames, dtype=np.float32), None
         if cfg.remove_dc or cfg.preemphasis:
             frames = frames.astype(np.float64)
             if cfg.remove_dc:
@@ -66,6 +82,7 @@ class LogMel:
         spec = np.fft.rfft(frames * self.window, n=cfg.n_fft, axis=1)
         power = spec.real * spec.real
         power += spec.imag * spec.imag
+        pooled = None if bands is None else bands.pool(power)
         if cfg.power == 1.0:
             np.sqrt(power, out=power)
         mel = np.add.reduceat(power[:, self._cols] * self._weights, self._starts, axis=1)
@@ -76,9 +93,14 @@ class LogMel:
         if cfg.normalisation == "global":
             out -= np.float32(cfg.norm_mean)
             out /= np.float32(cfg.norm_std)
-        return out
+        return self.correct(out), pooled
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
+        return self.with_bands(samples, None)[0]
+
+    def with_bands(self, samples: np.ndarray, bands: SpectrumBands | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Log-mel frames of ``samples`` and (``bands`` given) each frame's pooled power, as
+        :meth:`frames_with_bands`."""
         x = np.ascontiguousarray(samples, dtype=np.float32)
         if x.ndim != 1:
             raise ValueError(f"expected mono samples of shape (n,), got {x.shape}")
@@ -86,16 +108,46 @@ class LogMel:
         if self.cfg.center and n:
             x = np.pad(x, self.cfg.n_fft // 2)
         if n == 0:
-            return np.zeros((0, self.cfg.n_mels), dtype=np.float32)
+            empty = None if bands is None or self.cfg.representation == "waveform" else np.zeros((0, bands.count))
+            return np.zeros((0, self.cfg.n_mels), dtype=np.float32), empty
         frames = np.lib.stride_tricks.as_strided(
             x, shape=(n, self.cfg.win_length), strides=(x.strides[0] * self.cfg.hop_length, x.strides[0]),
             writeable=False)
         if n <= FRAMES_PER_BATCH:
-            return self.frames_to_logmel(frames)
+            return self._frames(frames, bands)
         out = np.empty((n, self.cfg.n_mels), dtype=np.float32)
+        pooled = None if bands is None or self.cfg.representation == "waveform" else np.empty((n, bands.count))
         for start in range(0, n, FRAMES_PER_BATCH):
-            out[start:start + FRAMES_PER_BATCH] = self.frames_to_logmel(frames[start:start + FRAMES_PER_BATCH])
-        return out
+            stop = start + FRAMES_PER_BATCH
+            out[start:stop], part = self._frames(frames[start:stop], bands)
+            if pooled is not None:
+                pooled[start:stop] = part
+        return out, pooled
+
+
+@dataclass(frozen=True)
+class SpectrumBands:
+    """Equal-width bands of a frame's power spectrum (rfft bins ``[lo, lo + count * per_band)``) to pool into."""
+
+    lo: int
+    per_band: int
+    count: int
+
+    @classmethod
+    def between(cls, frontend: FrontendConfig, count: int) -> "SpectrumBands | None":
+        """``count`` bands of the front-end's FFT bins between fmin and fmax; None when there are fewer bins than
+        bands (or no spectrum: the waveform representation)."""
+        if frontend.representation == "waveform" or count < 1:
+            return None
+        hz_per_bin = frontend.sample_rate / frontend.n_fft
+        lo, hi = int(math.ceil(frontend.fmin / hz_per_bin)), min(int(frontend.fmax / hz_per_bin), frontend.n_freqs)
+        per_band = max(hi - lo, 0) // count
+        return cls(lo, per_band, count) if per_band > 0 else None
+
+    def pool(self, power: np.ndarray) -> np.ndarray:
+        """(n, n_fft // 2 + 1) power -> (n, count) float64: the summed power of each band."""
+        n = power.shape[0]
+        return power[:, self.lo:self.lo + self.per_band * self.count].reshape(n, self.count, self.per_band).sum(axis=2)
 
 
 def normalise_window(window: np.ndarray, cfg: FrontendConfig, out: np.ndarray | None = None) -> np.ndarray:
@@ -150,6 +202,11 @@ class LogMelStream:
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Append float samples (at cfg.sample_rate); return the new frames, shape (k, n_mels), k >= 0."""
+        return self.push_with_bands(samples, None)[0]
+
+    def push_with_bands(self, samples: np.ndarray,
+                        bands: SpectrumBands | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`push`, and (``bands`` given) the new frames' pooled power (:meth:`LogMel.frames_with_bands`)."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         need = self._len + x.shape[0]
         if need > self._buf.shape[0]:
@@ -161,15 +218,17 @@ class LogMelStream:
         cfg = self.cfg
         n = cfg.num_frames(self._len)
         if n == 0:
-            return np.zeros((0, cfg.n_mels), dtype=np.float32)
+            empty = None if bands is None or cfg.representation == "waveform" else np.zeros((0, bands.count))
+            return np.zeros((0, cfg.n_mels), dtype=np.float32), empty
         buf = self._buf
         frames = np.lib.stride_tricks.as_strided(
             buf, shape=(n, cfg.win_length), strides=(buf.strides[0] * cfg.hop_length, buf.strides[0]),
             writeable=False)
-        out = self.logmel.frames_to_logmel(frames)
+        out, pooled = self.logmel.frames_with_bands(frames, bands) if bands is not None else \
+            (self.logmel.frames_to_logmel(frames), None)
         consumed = n * cfg.hop_length
         remaining = self._len - consumed
         buf[:remaining] = buf[consumed:self._len].copy()
         self._len = remaining
         self.frames_emitted += n
-        return out
+        return out, pooled

@@ -41,16 +41,15 @@ def _dataset() -> Dataset:
 
 
 def test_predictions_equal_classify_and_windows_are_shared(bundles, monkeypatch):
-    import acula_edge.windows as windows
-    from acula_edge.runtime.model import load
+    from acula_edge.runtime.model import EdgeModel, load
 
     models = [load(b, num_threads=1) for b in bundles]
     ds = _dataset()
     calls = []
-    real = windows.recording_windows
-    monkeypatch.setattr(windows, "recording_windows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = EdgeModel.prepare
+    monkeypatch.setattr(EdgeModel, "prepare", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     pred = predict(models, ds, group_by="site")
-    assert len(calls) == len(ds)  # once per recording, not once per bundle
+    assert len(calls) == len(ds)  # the front-end runs once per recording, not once per bundle
     assert pred.record_ids == [r.record_id for r in ds] and pred.groups == ["A", "A", "A", "B", "B", "B"]
     for m, bp in zip(models, pred.bundles):
         for r, rec in enumerate(ds):

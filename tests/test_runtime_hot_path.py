@@ -33,20 +33,44 @@ def _recording(seconds: float, seed: int = 0) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def _frame_bands(x: np.ndarray, meter: BlockQuality) -> np.ndarray | None:
+    """Each front-end frame's pooled power, as the model's front-end gives it."""
+    from acula_edge.features import LogMel
+
+    return LogMel(FE).with_bands(x, meter.bands)[1] if meter.bands is not None else None
+
+
+def test_flatness_bands_come_from_the_front_end_spectrum():
+    from acula_edge.features import LogMel, SpectrumBands
+
+    bands = SpectrumBands.between(FE, 16)
+    hz = FE.sample_rate / FE.n_fft
+    assert bands.lo * hz >= FE.fmin and (bands.lo + bands.count * bands.per_band) * hz <= FE.fmax + hz
+    x = _recording(5.0)
+    frames, pooled = LogMel(FE).with_bands(x, bands)
+    assert np.array_equal(frames, LogMel(FE)(x))  # the log-mel frames are the same with or without bands
+    # the pooled power is the frames' own power spectrum, summed per band
+    frame0 = x[:FE.win_length].astype(np.float64) * LogMel(FE).window
+    power = np.abs(np.fft.rfft(frame0, n=FE.n_fft)) ** 2
+    lo, k = bands.lo, bands.per_band
+    assert np.allclose(pooled[0], [power[lo + b * k:lo + (b + 1) * k].sum() for b in range(16)], rtol=1e-9)
+    assert SpectrumBands.between(FE, 1000) is None  # fewer bins than bands: flatness not measured
+
+
 def test_block_quality_level_checks_equal_the_whole_window_ones():
     x = _recording(9.0)
     meter = BlockQuality(FE, W, H, QualityConfig())
     assert (meter.block, meter.blocks_per_window, meter.blocks_per_hop) == (H, W // H, 1)
     n = 1 + (x.shape[0] - W) // H
-    blocks = meter.windows(x, n)
+    blocks = meter.windows(x, n, _frame_bands(x, meter))
     assert len(blocks) == n == 6
     for k, q in enumerate(blocks):
         whole = window_quality(x[k * H:k * H + W], FE, QualityConfig())
         assert q.rms_dbfs == pytest.approx(whole.rms_dbfs, abs=1e-9)
         assert q.dc_offset == pytest.approx(whole.dc_offset, abs=1e-12)
         assert q.clip_fraction == whole.clip_fraction
-        # flatness: Welch (mean of 1 s periodograms) vs one 4 s periodogram of the same samples
-        assert q.flatness == pytest.approx(whole.flatness, abs=0.05)
+        # flatness: the same frames' spectra, from the whole recording's front-end or from the window's own
+        assert q.flatness == pytest.approx(whole.flatness, rel=1e-9)
         assert q.flags == whole.flags
     assert blocks[0].clip_fraction == 100 / W and blocks[1].clip_fraction == 0.0
 
@@ -61,14 +85,16 @@ def test_block_quality_level_checks_equal_the_whole_window_ones():
 def test_block_quality_flags(make, flags):
     t = np.arange(W) / FE.sample_rate
     x = make(np.random.default_rng(0), t).astype(np.float32)
-    q = BlockQuality(FE, W, H, QualityConfig()).windows(x, 1)[0]
+    meter = BlockQuality(FE, W, H, QualityConfig())
+    q = meter.windows(x, 1, _frame_bands(x, meter))[0]
     assert q.flags == flags
 
 
-def test_block_quality_too_short_for_the_bands_reports_no_flatness():
-    meter = BlockQuality(FE, W, 8, QualityConfig())  # 8-sample blocks: 1 kHz per bin, no bin per band
-    assert not meter.flatness_available
-    q = meter.windows((0.05 * np.random.default_rng(0).standard_normal(W)).astype(np.float32), 1)[0]
+def test_block_quality_too_few_bins_for_the_bands_reports_no_flatness():
+    meter = BlockQuality(FE, W, H, QualityConfig(flatness_bands=500))  # more bands than FFT bins in the band
+    assert not meter.flatness_available and meter.bands is None
+    x = (0.05 * np.random.default_rng(0).standard_normal(W)).astype(np.float32)
+    q = meter.windows(x, 1, None)[0]
     assert np.isnan(q.flatness) and "noise" not in q.flags
 
 

@@ -134,8 +134,7 @@ def predict(models: Sequence[Any], dataset: Dataset, group_by: str | None = None
     ``held_out[i]``: model ``i`` was trained without that group of ``group_by``; it runs on that group only (its
     other rows are NaN).
     """
-    from acula_edge.runtime.site_shift import CORRECTION_KEY, recording_features
-    from acula_edge.windows import recording_windows
+    from acula_edge.runtime.site_shift import CORRECTION_KEY
 
     if not models:
         raise ConfigError("give at least one bundle")
@@ -153,10 +152,10 @@ def predict(models: Sequence[Any], dataset: Dataset, group_by: str | None = None
             raise DatasetError(f"{dataset.name}: fold group(s) {unknown} not found in column {group_by!r}; present: "
                                f"{sorted(set(groups))}")
     say = progress or (lambda _msg: None)
-    # Bundles sharing a front-end and windowing share the windows of each recording.
-    by_frontend: dict[tuple[str, str], list[int]] = {}
+    # Bundles sharing a front-end, windowing and quality settings share the windows of each recording.
+    by_frontend: dict[tuple[str, str, str, str], list[int]] = {}
     for i, m in enumerate(models):
-        key = (m.frontend.to_json(), repr(m.windowing), repr(m.manifest.extra.get(CORRECTION_KEY)))
+        key = (m.frontend.to_json(), repr(m.windowing), repr(m.manifest.extra.get(CORRECTION_KEY)), repr(m.quality))
         by_frontend.setdefault(key, []).append(i)
     n_rec = len(dataset)
     probs = [np.full((n_rec, len(m.labels)), np.nan, dtype=np.float32) for m in models]
@@ -178,21 +177,12 @@ def predict(models: Sequence[Any], dataset: Dataset, group_by: str | None = None
             except AudioError as e:
                 problems.append(str(e))
                 break
-            windows = recording_windows(x, first.frontend, first.windowing, first.logmel)
-            quality = first.meter.windows(x, windows.shape[0])
-            features = None
-            if any(models[i].site is not None for i in members):  # the site-shift check's per-band statistics
-                frames = first.logmel(x)
-                features = recording_features(frames) if frames.shape[0] else None
+            prepared = first.prepare(x, site_features=any(models[i].site is not None for i in members))
             for i in members:
                 m = models[i]
-                acc = m.accumulator("mean")
                 t0 = time.perf_counter()
-                for k in range(windows.shape[0]):
-                    acc.add(m.score_window(k, windows[k], quality[k]))
+                res = m.score_prepared(prepared, x.shape[0] / m.sample_rate, rec.source)
                 seconds[i] += time.perf_counter() - t0
-                res = m.with_site_shift(acc.result(duration_s=x.shape[0] / m.sample_rate, source=rec.source),
-                                        features)
                 shifts[i][r] = res.site_shift
                 probs[i][r] = res.probabilities
                 if embs[i] is None:

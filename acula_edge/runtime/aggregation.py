@@ -29,10 +29,10 @@ def decide(probabilities: np.ndarray, threshold: float | None) -> bool:
     """The decision for one recording's probabilities (C,): binary tasks compare the last label's probability with
     ``threshold`` (:func:`decide_scores`); multi-class tasks (or ``threshold`` None) answer whether the last label
     is the most probable one (rule "argmax")."""
-    p = np.asarray(probabilities)
-    if p.shape[-1] == 2 and threshold is not None:
-        return bool(decide_scores(p[-1], threshold))
-    return bool(int(np.argmax(p)) == p.shape[-1] - 1)
+    p = probabilities
+    if len(p) == 2 and threshold is not None:
+        return float(p[-1]) >= threshold  # decide_scores of one value, without numpy's per-call cost
+    return bool(int(np.argmax(p)) == len(p) - 1)
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,17 @@ class Aggregator:
 
     def reset(self) -> None:
         self.count = 0
-        self._acc: np.ndarray | None = None
+        self._acc: list[float] | None = None  # Python floats (float64): a head has a few classes
 
     def update(self, p: np.ndarray) -> None:
-        p64 = np.asarray(p, dtype=np.float64)
+        values = p.tolist() if isinstance(p, np.ndarray) else [float(v) for v in p]
         if self._acc is None:
-            self._acc = p64.copy()
+            self._acc = values
         elif self.name == "mean":
-            self._acc += p64
+            self._acc = [a + v for a, v in zip(self._acc, values)]
         else:
-            self._acc = self.ema_alpha * p64 + (1.0 - self.ema_alpha) * self._acc
+            keep = 1.0 - self.ema_alpha
+            self._acc = [self.ema_alpha * v + keep * a for a, v in zip(self._acc, values)]
         self.count += 1
 
     @property
@@ -79,8 +80,9 @@ class Aggregator:
         """The aggregate (float32), or None before the first update."""
         if self._acc is None:
             return None
-        out = self._acc / self.count if self.name == "mean" else self._acc
-        return out.astype(np.float32)
+        if self.name == "mean":
+            return np.array([a / self.count for a in self._acc], dtype=np.float32)
+        return np.array(self._acc, dtype=np.float32)
 
 
 class Hysteresis:
@@ -109,6 +111,14 @@ class Hysteresis:
             self.state = not self.state
             self._streak = 0
         return self.state
+
+
+def _add_into(total: np.ndarray | None, embedding: np.ndarray) -> np.ndarray:
+    """``total + embedding`` in float64, in place after the first window (no allocation per window)."""
+    if total is None:
+        return embedding.astype(np.float64)
+    np.add(total, embedding, out=total)
+    return total
 
 
 class RecordingAccumulator:
@@ -155,12 +165,11 @@ class RecordingAccumulator:
         self.n_windows += 1
         if self.keep_windows:
             self.windows.append(event)
-        e64 = event.embedding.astype(np.float64)
         self._all.update(event.probabilities)
-        self._emb_all = e64.copy() if self._emb_all is None else self._emb_all + e64
+        self._emb_all = _add_into(self._emb_all, event.embedding)
         if event.included:
             self._included.update(event.probabilities)
-            self._emb_included = e64.copy() if self._emb_included is None else self._emb_included + e64
+            self._emb_included = _add_into(self._emb_included, event.embedding)
         p, raw = self._current()
         if self.threshold is None:  # multi-class: the most probable label, no hysteresis on one probability
             stable = raw

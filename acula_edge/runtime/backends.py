@@ -43,7 +43,7 @@ def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """The output ``q`` as a new float32 array, using ``spec``'s scale and zero point for integer outputs."""
     if spec.dtype == "float32":
         return np.array(q, dtype=np.float32)
-    out = np.subtract(q, np.float32(spec.zero_point), dtype=np.float32)
+    out = np.subtract(q, spec.zero_point, dtype=np.float32)  # an int zero point: exact in float32
     out *= np.float32(spec.scale)
     return out
 
@@ -63,9 +63,8 @@ class _Quantizer:
         np.divide(x.reshape(w.shape), self._scale, out=w)  # a division, as quantize(): same rounding
         np.rint(w, out=w)
         w += self._zp
-        np.clip(w, self._lo, self._hi, out=w)
-        self._out[...] = w
-        return self._out
+        # saturate and convert in one pass (the clipped values are whole numbers in range: the cast is exact)
+        return np.clip(w, self._lo, self._hi, out=self._out, casting="unsafe")
 
 
 def check_quantized(spec: TensorSpec, source: Path) -> None:
@@ -138,15 +137,12 @@ class Backend:
         """One float32 window (1, 1, frames, n_mels) -> float32 (embedding (D,), logits (C,)), new arrays."""
         if self._quantizer is None and self.thread_safe:
             emb, logits = self._invoke(np.ascontiguousarray(window, dtype=np.float32))
-        else:
-            with self._lock:
-                x = (np.ascontiguousarray(window, dtype=np.float32) if self._quantizer is None
-                     else self._quantizer(window))
-                emb, logits = self._invoke(x)
-                # copied before the lock is released: a runtime may hand out views of its own output buffers
-                emb, logits = dequantize(emb, self.embedding_spec), dequantize(logits, self.logits_spec)
-            return emb.reshape(-1), logits.reshape(-1)
-        return dequantize(emb, self.embedding_spec).reshape(-1), dequantize(logits, self.logits_spec).reshape(-1)
+            return dequantize(emb, self.embedding_spec).reshape(-1), dequantize(logits, self.logits_spec).reshape(-1)
+        with self._lock:
+            x = np.ascontiguousarray(window, dtype=np.float32) if self._quantizer is None else self._quantizer(window)
+            emb, logits = self._invoke(x)
+            # copied before the lock is released: a runtime may hand out views of its own output buffers
+            return dequantize(emb, self.embedding_spec).reshape(-1), dequantize(logits, self.logits_spec).reshape(-1)
 
 
 def _check_tensor(source: Path, what: str, shape: Sequence[Any], dtype: str, spec: TensorSpec) -> None:

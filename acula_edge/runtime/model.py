@@ -146,17 +146,32 @@ class EdgeModel:
         model's rate). Returns the recording-level probabilities (``aggregation`` of the usable windows), the
         decision, the recording embedding and every window with its times and quality.
         """
-        acc = self.accumulator(aggregation, ema_alpha)  # validates the options before any work
+        self.accumulator(aggregation, ema_alpha)  # validates the options before any work
         n_in = np.asarray(samples).shape[0]
         x = prepare_samples(samples, sample_rate, self.sample_rate, min_samples=self.window_samples, pad=pad,
                             source=source)
-        frames = self.logmel(x)
+        return self.score_prepared(self.prepare(x), n_in / sample_rate, source, aggregation, ema_alpha)
+
+    def prepare(self, x: np.ndarray, site_features: bool | None = None) -> "PreparedRecording":
+        """The front-end's part of classifying ``x`` (float32 at the model's rate, at least one window): the
+        normalised windows, each window's quality and (``site_features``, default: when the bundle describes its
+        training audio) the recording's site-shift features. Models that share a front-end, windowing and quality
+        settings can share one preparation (the accuracy benchmark does)."""
+        frames, bands = self.logmel.with_bands(x, self.meter.bands)
         windows = frame_windows(frames, self.frontend, self.windowing)
-        quality = self.meter.windows(x, self.count_windows(x.shape[0]))
-        for k, q in enumerate(quality):
-            acc.add(self.score_window(k, windows[k], q))
-        return self.with_site_shift(acc.result(duration_s=n_in / sample_rate, source=source),
-                                    site_shift.recording_features(frames) if frames.shape[0] else None)
+        quality = self.meter.windows(x, self.count_windows(x.shape[0]), bands)
+        want = self.site is not None if site_features is None else site_features
+        features = site_shift.recording_features(frames) if want and frames.shape[0] else None
+        return PreparedRecording(windows, tuple(quality), features)
+
+    def score_prepared(self, prepared: "PreparedRecording", duration_s: float, source: str = "<buffer>",
+                       aggregation: str = "mean", ema_alpha: float = 0.3) -> ClassificationResult:
+        """The recording result from prepared windows: every window scored in order and accumulated exactly as a
+        stream session does (the one path from windows to a recording result)."""
+        acc = self.accumulator(aggregation, ema_alpha)
+        for k, q in enumerate(prepared.quality):
+            acc.add(self.score_window(k, prepared.windows[k], q))
+        return self.with_site_shift(acc.result(duration_s=duration_s, source=source), prepared.site_features)
 
     def with_site_shift(self, result: ClassificationResult, features: np.ndarray | None) -> ClassificationResult:
         """``result`` with the site-shift verdict of the recording's front-end ``features`` (unchanged when the
@@ -225,6 +240,15 @@ class EdgeModel:
         """
         return StreamSession(self, aggregation=aggregation, ema_alpha=ema_alpha, decision=decision, pad=pad,
                              source=source, keep_windows=keep_windows)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedRecording:
+    """A recording through the front-end (:meth:`EdgeModel.prepare`), ready to be scored."""
+
+    windows: np.ndarray  # (n_windows, frames, n_mels) float32, normalised
+    quality: tuple[WindowQuality, ...]  # one per window
+    site_features: np.ndarray | None  # site-shift features of the whole recording (None: not computed)
 
 
 def file_sample_rate(path: Path) -> int:

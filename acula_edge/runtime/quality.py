@@ -13,8 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from acula_edge.features import LogMel, SpectrumBands
 from acula_edge.frontend import FrontendConfig
 from acula_edge.runtime.results import WindowQuality
+
+# Samples per pass of the block statistics over a whole recording (float64 work arrays of 8 B per sample).
+STATS_CHUNK_SAMPLES = 1 << 16
 
 FLAGS = ("silence", "clipping", "too_loud", "dc_offset", "noise")
 
@@ -33,42 +37,44 @@ class QualityConfig:
     flatness_bands: int = 16  # equal-width bands the band-limited power spectrum is pooled into before flatness
 
 
-def _band_edges(frontend: FrontendConfig, n: int) -> tuple[int, int]:
-    """rfft bins [lo, hi) of an ``n``-sample segment that lie between fmin and fmax."""
-    hz_per_bin = frontend.sample_rate / n
-    return int(math.ceil(frontend.fmin / hz_per_bin)), int(frontend.fmax / hz_per_bin)
-
-
-def _flatness(pooled: np.ndarray) -> float:
-    """Geometric / arithmetic mean of pooled band powers; 0.0 when there is no power (or no band)."""
-    if pooled.shape[0] == 0:
+def _flatness(pooled: list[float]) -> float:
+    """Geometric / arithmetic mean of pooled band powers; 0.0 when there is no power (or no band). Python floats:
+    for the 16 bands of a window this is several times faster than numpy's per-call overhead."""
+    if not pooled:
         return 0.0
-    mean = float(pooled.mean())
+    mean = sum(pooled) / len(pooled)
     if mean <= 0.0:
         return 0.0
-    return float(np.exp(np.mean(np.log(np.maximum(pooled, mean * 1e-12)))) / mean)
+    floor = mean * 1e-12
+    return math.exp(sum(math.log(max(v, floor)) for v in pooled) / len(pooled)) / mean
 
 
 def spectral_flatness(x: np.ndarray, frontend: FrontendConfig, bands: int) -> float:
     """Geometric / arithmetic mean of the power in ``bands`` equal-width bands between fmin and fmax; 0..1.
 
-    Pooling many FFT bins per band makes white noise score close to 1 and any spectral shape (heart, lung sounds)
-    clearly lower. Returns 0.0 for an all-zero window.
+    The power is the front-end's own: the mean of its frames' power spectra (Welch's averaged periodogram with the
+    front-end's analysis window). Pooling many bins per band makes white noise score close to 1 and any spectral
+    shape (heart, lung sounds) clearly lower. Returns 0.0 for an all-zero window, NaN when the front-end has fewer
+    FFT bins than ``bands`` between fmin and fmax (or no spectrum).
     """
-    return _flatness(BlockQuality(frontend, x.shape[0], x.shape[0], QualityConfig(flatness_bands=bands))
-                     .stats(x)[0, 3:])
+    spec = SpectrumBands.between(frontend, bands)
+    if spec is None:
+        return float("nan")
+    pooled = LogMel(frontend).with_bands(np.ascontiguousarray(x, dtype=np.float32), spec)[1]
+    return _flatness(pooled.sum(axis=0).tolist())
 
 
 class BlockQuality:
-    """Window quality from per-block statistics, so that a stream computes each sample's share once.
+    """Window quality from statistics computed once per sample and once per front-end frame.
 
-    Blocks are ``block = gcd(window, hop)`` samples from the start of the recording, so every window is a whole
-    number of blocks. Per block: sum, sum of squares, clipped-sample count (float64) and the power of its rfft pooled
-    into ``flatness_bands`` equal-width bands between fmin and fmax. A window's RMS, DC offset and clip fraction are
-    exact (sums of its blocks); its spectral flatness is taken on the mean of its blocks' pooled spectra (Welch's
-    averaged periodogram with ``block``-sample segments: for 4 s windows every 1 s, 1 s segments at 1 Hz per bin).
-    Why: recomputing a float64 FFT over the whole window every hop cost as much as the incremental front-end.
-    When a block is too short to have a bin in every band, flatness is NaN and the "noise" check is not made.
+    Level checks: blocks are ``block = gcd(window, hop)`` samples from the start of the recording, so every window is
+    a whole number of blocks; per block the sum, sum of squares and clipped-sample count (float64), so a window's
+    RMS, DC offset and clip fraction are exact sums of its blocks. Spectral flatness: the front-end already computes
+    every frame's power spectrum; each frame's power pooled into ``flatness_bands`` equal-width bands between fmin
+    and fmax (:class:`~acula_edge.features.SpectrumBands`) comes with its log-mel frame, and a window's flatness is
+    taken on the sum over its frames (Welch's averaged periodogram). Why: a separate FFT of each hop's samples cost
+    more than the rest of the per-hop bookkeeping together. Front-ends without enough bins per band (or without a
+    spectrum) report flatness NaN and the "noise" check is not made.
     """
 
     def __init__(self, frontend: FrontendConfig, window_samples: int, hop_samples: int, cfg: QualityConfig) -> None:
@@ -76,45 +82,52 @@ class BlockQuality:
         self.block = math.gcd(int(window_samples), int(hop_samples))
         self.blocks_per_window = window_samples // self.block
         self.blocks_per_hop = hop_samples // self.block
-        lo, hi = _band_edges(frontend, self.block)
-        self.bands = int(cfg.flatness_bands)
-        per_band = max(hi - lo, 0) // self.bands
-        self.flatness_available = per_band > 0
-        self._lo, self._hi = lo, lo + per_band * self.bands
-        self.width = 3 + self.bands  # columns of a stats row
+        self.frames_per_window = frontend.num_frames(int(window_samples))
+        self.frames_per_hop = int(hop_samples) // frontend.hop_length
+        self.bands = SpectrumBands.between(frontend, int(cfg.flatness_bands))  # None: flatness not measured
+        self.flatness_available = self.bands is not None
+        self.width = 3  # columns of a block's stats row: sum, sum of squares, clipped count
 
     def stats(self, x: np.ndarray) -> np.ndarray:
-        """(n_blocks, width) float64 statistics of ``x`` (float32, a whole number of blocks)."""
-        from scipy import fft
-
+        """(n_blocks, 3) float64 statistics of ``x`` (float32, a whole number of blocks)."""
         blocks = x.reshape(-1, self.block)
         out = np.empty((blocks.shape[0], self.width), dtype=np.float64)
-        out[:, 0] = blocks.sum(axis=1, dtype=np.float64)
-        out[:, 1] = np.einsum("ij,ij->i", blocks, blocks, dtype=np.float64)
-        out[:, 2] = np.count_nonzero(np.abs(blocks) >= self.cfg.clip_level, axis=1)
-        if self.flatness_available:
-            spec = fft.rfft(blocks, axis=1)[:, self._lo:self._hi]
-            power = spec.real * spec.real + spec.imag * spec.imag
-            out[:, 3:] = power.reshape(blocks.shape[0], self.bands, -1).mean(axis=2)
-        else:
-            out[:, 3:] = 0.0
+        step = max(1, STATS_CHUNK_SAMPLES // self.block)  # a whole recording in chunks: bounded work arrays
+        for start in range(0, blocks.shape[0], step):
+            part, rows = blocks[start:start + step], out[start:start + step]
+            wide = part.astype(np.float64)
+            rows[:, 0] = wide.sum(axis=1)
+            rows[:, 1] = np.einsum("ij,ij->i", wide, wide)
+            magnitude = np.abs(part)
+            clipped = magnitude.max(axis=1) >= self.cfg.clip_level
+            rows[:, 2] = 0.0
+            if clipped.any():  # rare: count only in the blocks that reach full scale
+                rows[clipped, 2] = np.count_nonzero(magnitude[clipped] >= self.cfg.clip_level, axis=1)
         return out
 
-    def quality(self, rows: np.ndarray) -> WindowQuality:
-        """The quality of the window made of the blocks whose statistics are ``rows`` (blocks_per_window, width)."""
-        total = rows.sum(axis=0)
+    def quality(self, rows: np.ndarray, band_power: list[float] | None) -> WindowQuality:
+        """The quality of the window made of the blocks whose statistics are ``rows`` (blocks_per_window, 3) and
+        whose frames' pooled power sums to ``band_power`` (None: flatness not measured)."""
+        total = rows.sum(axis=0).tolist()
         n = rows.shape[0] * self.block
-        return assess(total[1] / n, total[2] / n, total[0] / n,
-                      _flatness(total[3:]) if self.flatness_available else float("nan"), self.cfg)
+        flat = _flatness(band_power) if band_power is not None else float("nan")
+        return assess(total[1] / n, total[2] / n, total[0] / n, flat, self.cfg)
 
-    def windows(self, x: np.ndarray, n_windows: int) -> list[WindowQuality]:
-        """Quality of windows 0..n_windows-1 of a whole recording ``x`` (float32 at the model's rate)."""
+    def windows(self, x: np.ndarray, n_windows: int, frame_bands: np.ndarray | None) -> list[WindowQuality]:
+        """Quality of windows 0..n_windows-1 of a whole recording ``x`` (float32 at the model's rate), given its
+        frames' pooled power ``frame_bands`` (n_frames, bands) from the front-end (None: no flatness)."""
         if n_windows <= 0:
             return []
         n_blocks = (n_windows - 1) * self.blocks_per_hop + self.blocks_per_window
         rows = self.stats(np.ascontiguousarray(x[:n_blocks * self.block], dtype=np.float32))
-        bh, bw = self.blocks_per_hop, self.blocks_per_window
-        return [self.quality(rows[k * bh:k * bh + bw]) for k in range(n_windows)]
+        bh, bw, fh, fw = self.blocks_per_hop, self.blocks_per_window, self.frames_per_hop, self.frames_per_window
+        out = []
+        for k in range(n_windows):
+            power = None
+            if frame_bands is not None and self.flatness_available:
+                power = frame_bands[k * fh:k * fh + fw].sum(axis=0).tolist()
+            out.append(self.quality(rows[k * bh:k * bh + bw], power))
+        return out
 
 
 def assess(mean_square: float, clip: float, dc: float, flat: float, cfg: QualityConfig) -> WindowQuality:
@@ -142,4 +155,5 @@ def window_quality(x: np.ndarray, frontend: FrontendConfig, cfg: QualityConfig,
     :class:`BlockQuality` block length (None: the whole window is one block)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     meter = BlockQuality(frontend, x.shape[0], block or x.shape[0], cfg)
-    return meter.quality(meter.stats(x))
+    bands = LogMel(frontend).with_bands(x, meter.bands)[1] if meter.bands is not None else None
+    return meter.windows(x, 1, bands)[0]

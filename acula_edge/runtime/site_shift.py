@@ -207,14 +207,14 @@ def site_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CorrectedLogMel(LogMel):
-    """:class:`LogMel` followed by a :class:`FrontendCorrection` (offline and streaming use frames_to_logmel)."""
+    """:class:`LogMel` followed by a :class:`FrontendCorrection` (every path of LogMel ends in ``correct``)."""
 
     def __init__(self, cfg: FrontendConfig, correction: FrontendCorrection) -> None:
         super().__init__(cfg)
         self.correction = correction
 
-    def frames_to_logmel(self, frames: np.ndarray) -> np.ndarray:
-        return self.correction.apply(super().frames_to_logmel(frames))
+    def correct(self, logmel: np.ndarray) -> np.ndarray:
+        return self.correction.apply(logmel)
 
 
 def bundle_logmel(frontend: FrontendConfig, extra: dict[str, Any], source: str = "manifest") -> LogMel:
@@ -239,10 +239,10 @@ class FeatureAccumulator:
         self.n = 0
 
     def push(self, frames: np.ndarray) -> None:
-        f = np.asarray(frames, dtype=np.float64)
-        if f.shape[0]:
+        if frames.shape[0]:
+            f = frames.astype(np.float64)
             self._sum += f.sum(axis=0)
-            self._sq += (f * f).sum(axis=0)
+            self._sq += np.einsum("ij,ij->j", f, f)
             self.n += f.shape[0]
 
     def features(self) -> np.ndarray | None:

@@ -20,6 +20,7 @@ agree for any chunking.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from typing import Iterator, Protocol, Union
 
@@ -87,7 +88,10 @@ class StreamSession:
         self._pending = np.zeros(self._ws + 2 * self._hs, dtype=np.float32)  # not yet given to the front-end
         self._frames = np.zeros((self._wf + 2 * self._hf + 2, m.frontend.n_mels), dtype=np.float32)
         self._window = np.zeros((self._wf, m.frontend.n_mels), dtype=np.float32)  # the normalised window
-        # Quality from per-block statistics (BlockQuality): a partial block, and a ring of the last blocks' rows.
+        # each frame's pooled power (quality: spectral flatness), row for row beside _frames
+        self._spectrum = m.meter.bands
+        self._bands = None if self._spectrum is None else np.zeros((self._frames.shape[0], self._spectrum.count))
+        # Level checks from per-block statistics (BlockQuality): a partial block, and a ring of the last blocks' rows.
         meter = self._meter = m.meter
         self._block = np.zeros(meter.block, dtype=np.float32)
         self._ring = meter.blocks_per_window + meter.blocks_per_hop + 1
@@ -152,7 +156,10 @@ class StreamSession:
     def _push(self, samples: np.ndarray, sample_rate: int) -> list[Event]:
         if self._finished:
             raise ConfigError("this session was finished; call reset() to start a new recording")
-        rate = check_sample_rate(sample_rate, self.source)  # AudioError for 0, None, "2000", 2000.5...
+        if type(sample_rate) is int and sample_rate == self._rate:  # the rate of every earlier chunk: checked then
+            rate = sample_rate
+        else:
+            rate = check_sample_rate(sample_rate, self.source)  # AudioError for 0, None, "2000", 2000.5...
         if self._rate is None:
             self._rate = rate
             if rate != self.model.sample_rate:
@@ -161,7 +168,8 @@ class StreamSession:
             raise AudioError(f"{self.source}: this session's input is at {self._rate} Hz, got a chunk at {rate} Hz; "
                              f"one recording has one rate (reset() to start another)")
         x = to_mono_float(samples, self.source)
-        if x.shape[0] and not np.isfinite(x).all():
+        # one sum finds a NaN or Inf (float32 samples cannot overflow a float64 sum); the search runs only then
+        if x.shape[0] and not math.isfinite(x.sum(dtype=np.float64)):
             bad = int(np.flatnonzero(~np.isfinite(x))[0])
             raise AudioError(f"{self.source}: sample {self._n_in + bad} is NaN or Inf; the input is corrupt")
         self._n_in += x.shape[0]
@@ -223,6 +231,10 @@ class StreamSession:
     def _quality_blocks(self, piece: np.ndarray) -> None:
         """Add ``piece`` to the quality statistics: one stats row per completed block."""
         g, i, n = self._block.shape[0], 0, piece.shape[0]
+        if not self._blen and n == g:  # the usual piece: one whole block (a hop of one block)
+            self._rows[self._nblocks % self._ring] = self._meter.stats(piece)[0]
+            self._nblocks += 1
+            return
         if self._blen:
             i = min(g - self._blen, n)
             self._block[self._blen:self._blen + i] = piece[:i]
@@ -247,13 +259,15 @@ class StreamSession:
         """Run the incremental front-end on the pending samples; keep the frames the next windows need."""
         if not self._plen:
             return
-        new = self._fe.push(self._pending[:self._plen])
+        new, pooled = self._fe.push_with_bands(self._pending[:self._plen], self._spectrum)
         self._plen = 0
         if self._shift is not None:
             self._shift.push(new)
         fabs = self._fe.frames_emitted - new.shape[0]  # absolute index of new[0]
         fskip = min(max(self._f0 - fabs, 0), new.shape[0])
         self._frames[self._flen:self._flen + new.shape[0] - fskip] = new[fskip:]
+        if self._bands is not None:
+            self._bands[self._flen:self._flen + new.shape[0] - fskip] = pooled[fskip:]
         self._flen += new.shape[0] - fskip
 
     def _emit(self, events: list[Event]) -> None:
@@ -261,13 +275,16 @@ class StreamSession:
         f = k * self._hf - self._f0
         window = normalise_window(self._frames[f:f + self._wf], self.model.frontend, out=self._window)
         rows = self._rows[(k * self._meter.blocks_per_hop + self._window_blocks) % self._ring]
-        event = self.model.score_window(k, window, self._meter.quality(rows))
+        power = None if self._bands is None else self._bands[f:f + self._wf].sum(axis=0).tolist()
+        event = self.model.score_window(k, window, self._meter.quality(rows, power))
         events.append(event)
         events.append(self._acc.add(event))
         self._next = k + 1
         # Drop the frames the next window no longer needs.
         fdrop = min(self._next * self._hf - self._f0, self._flen)
         self._frames[:self._flen - fdrop] = self._frames[fdrop:self._flen]
+        if self._bands is not None:
+            self._bands[:self._flen - fdrop] = self._bands[fdrop:self._flen]
         self._flen -= fdrop
         # The buffer now starts at the next window (later frames before it, if any, are skipped on arrival).
         self._f0 = self._next * self._hf
