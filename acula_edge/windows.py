@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from acula_edge.data import Dataset
+from acula_edge.data import Dataset, Recording
 from acula_edge.errors import AudioError, DatasetError
 from acula_edge.features import LogMel, normalise_window
 from acula_edge.frontend import FrontendConfig, Windowing
@@ -115,11 +115,13 @@ class Windows:
     def concatenate(parts: Sequence["Windows"]) -> "Windows":
         """The windows of ``parts`` one after another; all must index the same recordings (the first's dataset)."""
         first = parts[0]
+        if any(w.labels != first.labels for w in parts):
+            raise ValueError(f"cannot concatenate windows with different labels: {sorted({w.labels for w in parts})}")
         return Windows(np.concatenate([w.x for w in parts]), np.concatenate([w.recording for w in parts]),
                        np.concatenate([w.window_index for w in parts]), np.concatenate([w.y for w in parts]),
                        first.labels, first.dataset, first.source)
 
-    def _recordings(self) -> tuple:
+    def _recordings(self) -> tuple[Recording, ...]:
         if self.dataset is None:
             raise ValueError(f"windows from {self.source or 'memory'} carry no dataset to name their recordings")
         return self.dataset.recordings

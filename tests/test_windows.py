@@ -127,6 +127,8 @@ def test_windows_take_concatenate_and_labels(data):
     assert part.dataset is data and part.record_ids.tolist() == [data.recordings[1].record_id] * 2
     both = Windows.concatenate([w, part])
     assert len(both) == len(w) + 2 and both.keys() == w.keys() + part.keys()
+    with pytest.raises(ValueError, match="different labels"):
+        Windows.concatenate([w, extract_windows(data, FE, WIN, ("abnormal", "normal"), max_windows_per_recording=1)])
     assert w.recording_labels().tolist() == [LABELS.index(r.label) for r in data]
     bare = Windows(w.x[:2], np.arange(2), np.zeros(2, np.int64), np.zeros(2, np.int64), LABELS, source="memory")
     assert bare.n_recordings == 2 and bare.source == "memory"
