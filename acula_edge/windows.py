@@ -195,13 +195,15 @@ def recording_scores(probabilities: np.ndarray, recording: np.ndarray,
     (:class:`~acula_edge.runtime.aggregation.RecordingAccumulator`: a float64 running sum in window order over the
     count, rounded to float32). ``included``: (N,) bool, the windows that passed the quality checks; a recording
     none of whose windows passed falls back to all of them, as on the device."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    recording = np.asarray(recording)
-    ids = np.unique(recording)
+    order = np.argsort(recording, kind="stable")  # stable: each recording's windows stay in window order
+    p = np.asarray(probabilities, dtype=np.float64)[order]
+    ok = None if included is None else np.asarray(included, dtype=bool)[order]
+    ids, starts, counts = np.unique(np.asarray(recording)[order], return_index=True, return_counts=True)
     out = np.zeros((ids.size,) + p.shape[1:], dtype=np.float32)
-    for j, r in enumerate(ids):
-        rows = recording == r
-        if included is not None and np.any(rows & included):
-            rows &= included
-        out[j] = (np.cumsum(p[rows], axis=0)[-1] / np.count_nonzero(rows)).astype(np.float32)
+    for j, (s, n) in enumerate(zip(starts, counts)):
+        rows = p[s:s + n]
+        if ok is not None and ok[s:s + n].any():
+            rows = rows[ok[s:s + n]]
+        # cumsum adds in order, as the device's running sum does (a plain sum may pair terms differently)
+        out[j] = (np.cumsum(rows, axis=0)[-1] / rows.shape[0]).astype(np.float32)
     return ids, out
