@@ -34,7 +34,7 @@ from acula_edge.manifest import Prompts
 from acula_edge.operating_point import VALIDATION_KEY, OperatingPoint, argmax_rule, choose, fixed, parse_method
 from acula_edge.training import (STATE_NAME, DistEnv, LoopConfig, StepResult, barrier, init_distributed, open_log,
                                  run_training, seed_everything, unwrap, warmup_cosine, wrap_ddp)
-from acula_edge.windows import Windows, extract_windows, recording_scores
+from acula_edge.windows import Windows, extract_windows, recording_scores, recording_windows
 from acula_edge.distill.adversary import SiteAdversary, ramp
 from acula_edge.distill.augment import AugmentConfig, Augmenter
 from acula_edge.distill.device_sim import DeviceSimConfig, simulated_copies
@@ -286,7 +286,6 @@ def score_recordings(model: torch.nn.Module, dataset: Dataset, fe: FrontendConfi
     probe)."""
     from acula_edge.features import LogMel
     from acula_edge.runtime.quality import QualityConfig, window_quality
-    from acula_edge.windows import recording_windows
 
     logmel, quality = LogMel(fe), QualityConfig()
     ws, hs = win.window_samples(fe), win.hop_samples(fe)
