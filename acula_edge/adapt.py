@@ -33,7 +33,7 @@ from acula_edge.manifest import MANIFEST_NAME, Manifest, read_manifest, verify_m
 from acula_edge.operating_point import overridden
 from acula_edge.runtime import site_shift
 from acula_edge.runtime.site_shift import SiteDescription
-from acula_edge.windows import frame_windows
+from acula_edge.windows import choose_windows, frame_windows
 
 
 def prior_threshold(scores: np.ndarray, prevalence: float) -> float:
@@ -168,8 +168,7 @@ def _site_windows(dataset: Dataset, logmel: LogMel, frontend: FrontendConfig, wi
     out = []
     for r in dataset:
         w = frame_windows(logmel(r.load(frontend.sample_rate, min_samples=need, pad=True)), frontend, windowing)
-        keep = np.unique(np.linspace(0, len(w) - 1, min(per_recording, len(w))).round().astype(int))
-        out.append(w[keep])
+        out.append(w[choose_windows(len(w), per_recording)])
     return np.concatenate(out)
 
 

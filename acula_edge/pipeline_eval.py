@@ -1,6 +1,6 @@
 """Recording-level accuracy of the teacher and student checkpoints in PyTorch: the reference for their bundles.
 
-Recordings are scored as the device scores them (:func:`acula_edge.distill.train.recording_scores`: every window,
+Recordings are scored as the device scores them (:func:`acula_edge.distill.train.score_recordings`: every window,
 quality-checked, averaged) and decided at the checkpoint's operating point. The teacher is shown twice, so a reader
 sees whether the encoder or the prompts limit it: **zero-shot** (its logits are cosines to the text embeddings of
 the label prompts; threshold 0.5, i.e. the nearer prompt, not chosen on data) and a **linear probe** on its frozen
@@ -52,12 +52,12 @@ def evaluate_checkpoint(folder: str | Path, data: Dataset | str) -> dict[str, An
     """The checkpoint on ``data``: Se/Sp/MAcc at its operating point (a teacher without one: its threshold), AUROC,
     parameters; figures of the last label (multi-class: one-vs-rest, decided by argmax). Imports torch."""
     from acula_edge.checkpoint import load_checkpoint
-    from acula_edge.distill.train import recording_scores
+    from acula_edge.distill.train import score_recordings
     from acula_edge.operating_point import argmax_rule, fixed
 
     model, info = load_checkpoint(folder)
     dataset, y = _labels(load_dataset(data) if isinstance(data, str) else data, info.labels)
-    probs = recording_scores(model, dataset, info.frontend, info.windowing, info.labels)
+    probs = score_recordings(model, dataset, info.frontend, info.windowing, info.labels)
     point = info.operating_point or (fixed(info.threshold, "checkpoint threshold (not chosen on data)")
                                      if len(info.labels) == 2 else argmax_rule())
     return {"checkpoint": str(folder), "kind": info.kind,
@@ -70,24 +70,25 @@ def evaluate_teacher_probe(folder: str | Path, train: str, test: str, group_colu
     distill makes), threshold chosen there (youden), scored on ``test``. Imports torch."""
     from acula_edge.checkpoint import load_checkpoint
     from acula_edge.distill.probe import fit_probe
-    from acula_edge.distill.train import TrainConfig, predict, recording_scores, split_validation
-    from acula_edge.distill.windows import extract_keyed
+    from acula_edge.distill.train import TrainConfig, predict, score_recordings, split_validation
     from acula_edge.operating_point import argmax_rule, choose
+    from acula_edge.windows import extract_windows
 
     model, info = load_checkpoint(folder)
     fit_ds, val_ds, how = split_validation(load_dataset(train), TrainConfig(group_column=group_column, seed=seed))
-    w = extract_keyed(fit_ds, info.frontend, info.windowing, info.labels, max_windows or None)  # 0 = all
+    w = extract_windows(fit_ds, info.frontend, info.windowing, info.labels,
+                        max_windows_per_recording=max_windows or None)  # 0 = all
     emb, _ = predict(model, w.x)
     probe = fit_probe(emb, w.y, w.recording, len(info.labels))
     where = f"validation split ({how})"
     if len(info.labels) == 2:
         val_ds, y_val = _labels(val_ds, info.labels)
-        val_probs = recording_scores(model, val_ds, info.frontend, info.windowing, info.labels, head=probe.logits)
+        val_probs = score_recordings(model, val_ds, info.frontend, info.windowing, info.labels, head=probe.logits)
         point = choose(y_val == 1, val_probs[:, -1], "youden", where)
     else:
         point = argmax_rule(where)
     test_ds, y = _labels(load_dataset(test), info.labels)
-    probs = recording_scores(model, test_ds, info.frontend, info.windowing, info.labels, head=probe.logits)
+    probs = score_recordings(model, test_ds, info.frontend, info.windowing, info.labels, head=probe.logits)
     return {"checkpoint": str(folder), "kind": "teacher linear probe",
             "parameters": int(sum(t.numel() for t in model.parameters())) + int(probe.weight.size + probe.bias.size),
             **_figures(y, probs, point)}

@@ -44,11 +44,10 @@ from acula_edge.checkpoint import load_checkpoint  # noqa: E402
 from acula_edge.data import Dataset, Recording, load_dataset  # noqa: E402
 from acula_edge.distill.metrics import binary_metrics, softmax  # noqa: E402
 from acula_edge.distill.train import TrainConfig, predict, split_validation, train_student  # noqa: E402
-from acula_edge.distill.windows import select_windows  # noqa: E402
 from acula_edge.features import LogMel  # noqa: E402
 from acula_edge.frontend import preset  # noqa: E402
 from acula_edge.runtime.site_shift import FrontendCorrection, describe, recording_features, site_stats  # noqa: E402
-from acula_edge.windows import frame_windows  # noqa: E402
+from acula_edge.windows import choose_windows, frame_windows, recording_scores  # noqa: E402
 
 METHODS = ("none", "fe-norm", "adabn", "fe-norm+adabn")
 WARN_QUANTILES = (0.9, 0.95, 0.99, 1.0)  # candidate thresholds: these quantiles of the training scores
@@ -68,17 +67,19 @@ class Site:
         for j, i in enumerate(idx):
             fr = self.frames[i] if corr is None else corr.apply(self.frames[i])
             w = frame_windows(fr, self.fe, self.win)
-            w = w[select_windows(len(w), n)]
+            w = w[choose_windows(len(w), n)]
             xs.append(w)
             recs.append(np.full(len(w), j))
         return np.concatenate(xs), np.concatenate(recs)
 
 
 def rec_scores(model: Any, x: np.ndarray, rec: np.ndarray, n_rec: int) -> np.ndarray:
-    """Per-recording mean window P(last label)."""
+    """Per-recording mean window P(last label), as the device forms it; NaN for a recording without windows."""
     _, logits = predict(model, x)
-    p = softmax(logits)[:, -1]
-    return np.bincount(rec, weights=p, minlength=n_rec) / np.bincount(rec, minlength=n_rec)
+    ids, scores = recording_scores(softmax(logits)[:, -1], rec)
+    out = np.full(n_rec, np.nan)
+    out[ids] = scores
+    return out
 
 
 def boot_delta(y: np.ndarray, p0: np.ndarray, p1: np.ndarray, n: int = 400, seed: int = 0) -> list[float]:

@@ -52,7 +52,7 @@ from acula_edge.distill.augment import AugmentConfig
 from acula_edge.distill.metrics import recording_means, recording_metrics
 from acula_edge.distill.students import DSCNNStudent
 from acula_edge.distill.train import TrainConfig, predict, train_student
-from acula_edge.distill.windows import KeyedWindows, extract_keyed
+from acula_edge.windows import Windows, extract_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "physionet2016"
@@ -80,18 +80,18 @@ def variant_config(base: TrainConfig, variant: str) -> TrainConfig:
     return dataclasses.replace(base, **overrides)
 
 
-_WINDOWS: dict[str, KeyedWindows] = {}
+_WINDOWS: dict[str, Windows] = {}
 
 
-def all_windows(ds: Dataset, info: Any, n: int) -> KeyedWindows:
+def all_windows(ds: Dataset, info: Any, n: int) -> Windows:
     """Up to ``n`` evenly spaced windows of every recording, for one front-end (cached per front-end)."""
     key = info.frontend.to_json() + json.dumps(info.windowing.to_dict())
     if key not in _WINDOWS:
-        _WINDOWS[key] = extract_keyed(ds, info.frontend, info.windowing, info.labels, n)
+        _WINDOWS[key] = extract_windows(ds, info.frontend, info.windowing, info.labels, max_windows_per_recording=n)
     return _WINDOWS[key]
 
 
-def score(emb: np.ndarray, logits: np.ndarray, w: KeyedWindows, fold: str) -> dict[str, Any]:
+def score(emb: np.ndarray, logits: np.ndarray, w: Windows, fold: str) -> dict[str, Any]:
     """Held-out AUROC etc. and the site probe, from per-window outputs on every recording of the dataset."""
     groups = np.array([r.metadata[GROUP] for r in w.dataset])
     labels = [r.label for r in w.dataset]
@@ -120,15 +120,15 @@ def evaluate_torch(folder: Path, ds: Dataset, fold: str, n: int) -> dict[str, An
 
 def operating_point_figures(model: Any, info: Any, test: Dataset) -> dict[str, Any]:
     """The shipped decision on the held-out subset: every recording scored as the device scores it (all windows,
-    quality-checked, averaged: distill.train.recording_scores), decided at the checkpoint's operating point (chosen
+    quality-checked, averaged: distill.train.score_recordings), decided at the checkpoint's operating point (chosen
     by distill on its validation split); Se/Sp with Wilson intervals, and the best MAcc any threshold reaches on
     this subset (an oracle: chosen on the test data itself, the ceiling the shipped point is measured against)."""
     from acula_edge.bench.metrics import auroc
-    from acula_edge.distill.train import recording_scores
+    from acula_edge.distill.train import score_recordings
     from acula_edge.operating_point import at_threshold, choose
 
     point = info.operating_point
-    scores = recording_scores(model, test, info.frontend, info.windowing, info.labels)[:, -1]
+    scores = score_recordings(model, test, info.frontend, info.windowing, info.labels)[:, -1]
     y = np.array([r.label == info.labels[-1] for r in test], dtype=bool)
     at = at_threshold(y, scores, point.threshold, point.method)
     best = choose(y, scores, "youden")

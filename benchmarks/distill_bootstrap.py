@@ -18,9 +18,9 @@ import torch
 
 from acula_edge.checkpoint import load_checkpoint
 from acula_edge.data import load_dataset
-from acula_edge.distill.metrics import auroc, recording_means, softmax
+from acula_edge.distill.metrics import auroc, softmax
 from acula_edge.distill.train import predict
-from acula_edge.distill.windows import extract_keyed
+from acula_edge.windows import extract_windows, recording_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "physionet2016"
@@ -50,11 +50,12 @@ def main() -> None:
             model, info = load_checkpoint(folder)
             key = info.frontend.to_json() + str(info.windowing)
             if key not in windows:
-                windows[key] = extract_keyed(test, info.frontend, info.windowing, info.labels, args.test_windows)
+                windows[key] = extract_windows(test, info.frontend, info.windowing, info.labels,
+                                               max_windows_per_recording=args.test_windows)
             y = np.array([info.labels.index(r.label) for r in test]) == 1
             w = windows[key]
             _, logits = predict(model, w.x)
-            _, p = recording_means(softmax(logits), w.recording)
+            _, p = recording_scores(softmax(logits), w.recording)
             scores[str(folder.relative_to(Path(args.work) / fold))] = p[:, 1]
         pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
         boots = [np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(args.n)]

@@ -42,7 +42,7 @@ from acula_edge.frontend import preset
 from acula_edge.distill.augment import AugmentConfig
 from acula_edge.distill.metrics import recording_metrics
 from acula_edge.distill.train import TrainConfig, predict, train_student
-from acula_edge.distill.windows import extract_keyed
+from acula_edge.windows import extract_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "physionet2016"
@@ -55,7 +55,8 @@ def evaluate(folder: Path, test_ds: Any, max_windows: int) -> dict[str, Any]:
     model, info = load_checkpoint(folder)
     key = (test_ds.name, info.frontend.to_json(), json.dumps(info.windowing.to_dict()))
     if key not in _TEST_WINDOWS:  # every model of a fold shares the test windows
-        _TEST_WINDOWS[key] = extract_keyed(test_ds, info.frontend, info.windowing, info.labels, max_windows)
+        _TEST_WINDOWS[key] = extract_windows(test_ds, info.frontend, info.windowing, info.labels,
+                                             max_windows_per_recording=max_windows)
     w = _TEST_WINDOWS[key]
     _, logits = predict(model, w.x)
     rec_labels = np.array([info.labels.index(r.label) for r in test_ds])

@@ -41,12 +41,12 @@ def main() -> None:
     from acula_edge.data import load_dataset
     from acula_edge.errors import ParityError
     from acula_edge.export import parity
-    from acula_edge.export.calibration import EVAL_WINDOWS_PER_RECORDING, select_windows
+    from acula_edge.export.calibration import EVAL_WINDOWS_PER_RECORDING, sample_windows
     from acula_edge.export.tolerances import tolerance_for
 
     model, info = load_checkpoint(args.checkpoint)
     dataset = load_dataset(args.data)
-    pool = select_windows(dataset, info.frontend, info.windowing, tuple(info.labels), 2 * len(dataset),
+    pool = sample_windows(dataset, info.frontend, info.windowing, tuple(info.labels), 2 * len(dataset),
                           per_recording=EVAL_WINDOWS_PER_RECORDING, seed=0)
     reference = parity.torch_outputs(model, pool.x)
     recordings = np.unique(pool.recording)

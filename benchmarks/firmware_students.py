@@ -40,7 +40,6 @@ from acula_edge.data import Dataset, Recording, load_dataset  # noqa: E402
 from acula_edge.distill.augment import AugmentConfig  # noqa: E402
 from acula_edge.distill.metrics import recording_metrics  # noqa: E402
 from acula_edge.distill.train import TrainConfig, predict, train_student  # noqa: E402
-from acula_edge.distill.windows import extract_keyed  # noqa: E402
 from acula_edge.errors import ParityError  # noqa: E402
 from acula_edge.export import parity  # noqa: E402
 from acula_edge.export.api import export_model  # noqa: E402
@@ -49,6 +48,7 @@ from acula_edge.export.targets.tflm import MCU_FLASH_BYTES as FLASH_BUDGET  # no
 from acula_edge.export.targets.tflm import MCU_RAM_BYTES as RAM_BUDGET  # noqa: E402
 from acula_edge.frontend import preset  # noqa: E402
 from acula_edge.manifest import read_manifest  # noqa: E402
+from acula_edge.windows import extract_windows  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "physionet2016"
 NOTES_MARKER = "## Observations"
@@ -127,7 +127,8 @@ def main() -> None:
             ckpt = train(size, seed, args, train_ds, work)
             train_s = time.time() - t0
             model, info = load_checkpoint(ckpt)
-            w = extract_keyed(test_ds, info.frontend, info.windowing, info.labels, args.test_windows)
+            w = extract_windows(test_ds, info.frontend, info.windowing, info.labels,
+                                max_windows_per_recording=args.test_windows)
             rec_labels = np.array([info.labels.index(r.label) for r in test_ds])
             _, logits = predict(model, w.x)
             auroc_fp32 = recording_metrics(logits, w.recording, rec_labels)["auroc"]

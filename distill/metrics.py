@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from acula_edge.windows import recording_scores
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, np.float64)
@@ -17,7 +19,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def recording_means(values: np.ndarray, recording: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(recording ids present, per-recording mean of ``values`` rows), recordings in ascending order."""
+    """(recording ids present, per-recording float64 mean of ``values`` rows, e.g. embeddings), recordings in
+    ascending order. Recording scores from window probabilities: :func:`acula_edge.windows.recording_scores`."""
     ids, inv = np.unique(recording, return_inverse=True)
     sums = np.zeros((len(ids),) + values.shape[1:], dtype=np.float64)
     np.add.at(sums, inv, values)
@@ -45,11 +48,12 @@ def binary_metrics(y_true: np.ndarray, p_pos: np.ndarray, threshold: float = 0.5
 
 def recording_metrics(logits: np.ndarray, recording: np.ndarray, recording_labels: np.ndarray,
                       threshold: float = 0.5) -> dict[str, float]:
-    """Scores of window ``logits`` (N, C) pooled per recording (mean of window probabilities).
+    """Scores of window ``logits`` (N, C) pooled per recording (mean of window probabilities, as the device forms
+    it: :func:`~acula_edge.windows.recording_scores`).
 
     ``recording`` gives each window's recording index; ``recording_labels`` the label index of every recording
     (indexed by those indices; -1 = unlabelled, ignored)."""
-    ids, probs = recording_means(softmax(logits), recording)
+    ids, probs = recording_scores(softmax(logits), recording)
     y = np.asarray(recording_labels)[ids]
     keep = y >= 0
     probs, y = probs[keep], y[keep]

@@ -36,7 +36,7 @@ from acula_edge.data import Dataset
 from acula_edge.errors import CheckpointError, ConfigError
 from acula_edge.frontend import FrontendConfig, Windowing
 from acula_edge.manifest import Prompts
-from acula_edge.distill.windows import extract_audio_windows, extract_keyed
+from acula_edge.windows import extract_audio_windows, extract_windows
 
 OUTPUT_SUFFIXES = (".npz", ".safetensors")
 
@@ -190,8 +190,8 @@ class ModuleTeacher(Teacher):
 
     def compute(self, dataset: Dataset, frontend: FrontendConfig, windowing: Windowing,
                 max_windows_per_recording: int | None = None, batch_size: int = 64) -> TeacherOutputs:
-        w = extract_keyed(dataset, self.frontend or frontend, self.windowing or windowing,
-                          max_windows_per_recording=max_windows_per_recording)
+        w = extract_windows(dataset, self.frontend or frontend, self.windowing or windowing,
+                            max_windows_per_recording=max_windows_per_recording)
         embs, logits = [], []
         with torch.no_grad():
             for s in range(0, len(w), batch_size):
@@ -250,8 +250,8 @@ class HFAudioTeacher(Teacher):
             sr = int(self.extractor.sampling_rate)
             w = extract_audio_windows(dataset, sr, windowing, max_windows_per_recording=max_windows_per_recording)
         else:
-            w = extract_keyed(dataset, self.frontend or frontend, windowing,
-                              max_windows_per_recording=max_windows_per_recording)
+            w = extract_windows(dataset, self.frontend or frontend, windowing,
+                                max_windows_per_recording=max_windows_per_recording)
         embs, logits = [], []
         with torch.no_grad():
             for s in range(0, len(w), batch_size):

@@ -34,6 +34,7 @@ from acula_edge.manifest import Prompts
 from acula_edge.operating_point import VALIDATION_KEY, OperatingPoint, argmax_rule, choose, fixed, parse_method
 from acula_edge.training import (STATE_NAME, DistEnv, LoopConfig, StepResult, barrier, init_distributed, open_log,
                                  run_training, seed_everything, unwrap, warmup_cosine, wrap_ddp)
+from acula_edge.windows import Windows, extract_windows, recording_scores, recording_windows
 from acula_edge.distill.adversary import SiteAdversary, ramp
 from acula_edge.distill.augment import AugmentConfig, Augmenter
 from acula_edge.distill.device_sim import DeviceSimConfig, simulated_copies
@@ -42,7 +43,6 @@ from acula_edge.distill.metrics import recording_metrics, selection_score, softm
 from acula_edge.distill.probe import ProbeConfig, class_weights, fit_probe
 from acula_edge.distill.students import ARCHITECTURE, DSCNNStudent, model_report, student_config
 from acula_edge.distill.teachers import Teacher, load_teacher, teacher_outputs
-from acula_edge.distill.windows import KeyedWindows, extract_keyed
 
 BEST_NAME = "best.safetensors"
 ADVERSARY_NAME = "adversary.safetensors"  # the site-adversarial head's weights (exact resume; not in the checkpoint)
@@ -141,7 +141,7 @@ def split_validation(dataset: Dataset, config: TrainConfig) -> tuple[Dataset, Da
 
 @dataclass
 class _Split:
-    windows: KeyedWindows
+    windows: Windows
     t_emb: np.ndarray | None = None
     t_logits: np.ndarray | None = None
     has_teacher: np.ndarray | None = None
@@ -174,7 +174,7 @@ def _resolve_frontend(config: TrainConfig, teacher: Teacher | None) -> tuple[Fro
     return fe, win
 
 
-def _teacher_targets(teacher: Teacher, dataset: Dataset, train: KeyedWindows, splits: list[KeyedWindows],
+def _teacher_targets(teacher: Teacher, dataset: Dataset, train: Windows, splits: list[Windows],
                      labels: tuple[str, ...], fe: FrontendConfig, win: Windowing, config: TrainConfig,
                      cache_dir: Path | None, env: DistEnv) -> tuple[list[_Split], dict[str, Any]]:
     """Teacher embeddings and logits aligned to every split's windows; the probe is fit on ``train`` only."""
@@ -213,7 +213,7 @@ def _teacher_targets(teacher: Teacher, dataset: Dataset, train: KeyedWindows, sp
     return result, info
 
 
-def _group_index(windows: KeyedWindows, column: str) -> tuple[np.ndarray, list[str]]:
+def _group_index(windows: Windows, column: str) -> tuple[np.ndarray, list[str]]:
     """(N,) index of every window's value of metadata ``column`` (sorted values), and the values."""
     recs = windows.dataset.recordings
     missing = [r.record_id for r in recs if column not in r.metadata]
@@ -226,14 +226,13 @@ def _group_index(windows: KeyedWindows, column: str) -> tuple[np.ndarray, list[s
     return per_recording[windows.recording], names
 
 
-def _with_device_copies(windows: KeyedWindows, dataset: Dataset, fe: FrontendConfig, win: Windowing,
-                        config: TrainConfig) -> KeyedWindows:
+def _with_device_copies(windows: Windows, dataset: Dataset, fe: FrontendConfig, win: Windowing,
+                        config: TrainConfig) -> Windows:
     """The clean training windows plus the same windows of ``config.device_copies`` simulated-device copies."""
     copies = simulated_copies(dataset, fe.sample_rate, config.device_copies, config.device_sim, config.seed)
-    parts = [windows] + [extract_keyed(c, fe, win, windows.labels, config.window_cap) for c in copies]
-    return KeyedWindows(np.concatenate([w.x for w in parts]), np.concatenate([w.recording for w in parts]),
-                        np.concatenate([w.window_index for w in parts]), np.concatenate([w.y for w in parts]),
-                        windows.labels, dataset)
+    parts = [extract_windows(c, fe, win, windows.labels, max_windows_per_recording=config.window_cap)
+             for c in copies]
+    return Windows.concatenate([windows, *parts])
 
 
 def _epoch_order(n: int, config: TrainConfig, epoch: int, cells: np.ndarray | None) -> np.ndarray:
@@ -268,8 +267,7 @@ def predict(model: torch.nn.Module, x: np.ndarray, batch_size: int = 256, device
 def _evaluate(model: torch.nn.Module, split: _Split, config: TrainConfig, device: str) -> dict[str, float]:
     emb, logits = predict(model, split.windows.x, device=device, channels_last=config.channels_last)
     w = split.windows
-    rec_labels = np.array([w.labels.index(r.label) if r.label in w.labels else -1 for r in w.dataset])
-    m = recording_metrics(logits, w.recording, rec_labels)
+    m = recording_metrics(logits, w.recording, w.recording_labels())
     if split.t_emb is not None:
         mask = split.has_teacher
         a, b = emb[mask], split.t_emb[mask]
@@ -278,18 +276,16 @@ def _evaluate(model: torch.nn.Module, split: _Split, config: TrainConfig, device
     return m
 
 
-def recording_scores(model: torch.nn.Module, dataset: Dataset, fe: FrontendConfig, win: Windowing,
+def score_recordings(model: torch.nn.Module, dataset: Dataset, fe: FrontendConfig, win: Windowing,
                      labels: tuple[str, ...], device: str = "cpu",
                      head: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """(R, C) recording-level probabilities of ``dataset`` exactly as ``classify``/``stream``/``bench`` form them
     on the device: every window of the recording (short ones zero-padded to one), windows failing the quality
-    checks left out, the rest averaged by :class:`~acula_edge.runtime.aggregation.RecordingAccumulator`.
-    ``head``: maps the model's window embeddings to logits in place of its own (e.g. a linear probe)."""
+    checks left out, the rest averaged (:func:`~acula_edge.windows.recording_scores`, the device's mean
+    aggregation). ``head``: maps the model's window embeddings to logits in place of its own (e.g. a linear
+    probe)."""
     from acula_edge.features import LogMel
-    from acula_edge.runtime.aggregation import RecordingAccumulator
     from acula_edge.runtime.quality import QualityConfig, window_quality
-    from acula_edge.runtime.results import WindowEvent
-    from acula_edge.windows import recording_windows
 
     logmel, quality = LogMel(fe), QualityConfig()
     ws, hs = win.window_samples(fe), win.hop_samples(fe)
@@ -300,13 +296,8 @@ def recording_scores(model: torch.nn.Module, dataset: Dataset, fe: FrontendConfi
         emb, logits = predict(model, windows, device=device)
         if head is not None:
             logits = head(emb)
-        probs = softmax(logits).astype(np.float32)
-        acc = RecordingAccumulator(labels, None, keep_windows=False)
-        for k in range(windows.shape[0]):
-            acc.add(WindowEvent(index=k, start_s=k * win.hop_s, end_s=k * win.hop_s + win.window_s, labels=labels,
-                                probabilities=probs[k], embedding=emb[k],
-                                quality=window_quality(x[k * hs:k * hs + ws], fe, quality)))
-        out[r] = acc.result(duration_s=x.shape[0] / fe.sample_rate).probabilities
+        ok = np.array([window_quality(x[k * hs:k * hs + ws], fe, quality).ok for k in range(windows.shape[0])])
+        out[r] = recording_scores(softmax(logits).astype(np.float32), np.zeros(len(ok), dtype=np.int64), ok)[1][0]
     return out
 
 
@@ -314,7 +305,7 @@ def choose_operating_point(model: torch.nn.Module, val_ds: Dataset | None, fe: F
                            labels: tuple[str, ...], config: TrainConfig, split_how: str,
                            device: str = "cpu") -> tuple[OperatingPoint, dict[str, Any] | None]:
     """The decision rule of the trained model, chosen by ``config.operating_point`` on the validation recordings
-    (scored as the device scores them: :func:`recording_scores`), and those recordings' (label, score) pairs so
+    (scored as the device scores them: :func:`score_recordings`), and those recordings' (label, score) pairs so
     ``export --operating-point`` can choose again. Multi-class: the most probable label. Without a validation
     split, or with one class in it, the default threshold (recorded as such)."""
     where = f"validation split ({split_how})"
@@ -323,7 +314,7 @@ def choose_operating_point(model: torch.nn.Module, val_ds: Dataset | None, fe: F
     if val_ds is None:
         return fixed(chosen_on="no validation split (val_fraction 0)"), None
     keep = [i for i, r in enumerate(val_ds) if r.label in labels]
-    probs = recording_scores(model, val_ds.subset(keep, val_ds.name), fe, win, labels, device)
+    probs = score_recordings(model, val_ds.subset(keep, val_ds.name), fe, win, labels, device)
     y = np.array([val_ds.recordings[i].label == labels[-1] for i in keep], dtype=bool)
     scores = probs[:, -1]
     pairs = {"positive": y.astype(int).tolist(), "score": [float(v) for v in scores]}  # exact: export may re-choose
@@ -464,10 +455,10 @@ def train_student(config: TrainConfig, teacher: Teacher | str | Path | torch.nn.
 
     train_ds, val_ds, split_how = split_validation(dataset, config)
     mw = config.window_cap
-    train_w = extract_keyed(train_ds, fe, win, labels, mw)
+    train_w = extract_windows(train_ds, fe, win, labels, max_windows_per_recording=mw)
     if config.device_copies:
         train_w = _with_device_copies(train_w, train_ds, fe, win, config)
-    val_w = extract_keyed(val_ds, fe, win, labels, mw) if val_ds is not None else None
+    val_w = extract_windows(val_ds, fe, win, labels, max_windows_per_recording=mw) if val_ds is not None else None
     teacher_info: dict[str, Any] = {}
     if teacher is not None:
         splits, teacher_info = _teacher_targets(teacher, dataset, train_w, [val_w] if val_w is not None else [],

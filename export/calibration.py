@@ -11,6 +11,7 @@ calibration never saw.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from acula_edge.checkpoint import CheckpointInfo
 from acula_edge.data import Dataset, load_dataset, stratified_holdout
 from acula_edge.errors import ExportError
 from acula_edge.frontend import FrontendConfig, Windowing
-from acula_edge.windows import extract_windows
+from acula_edge.windows import Windows, extract_windows
 
 DEFAULT_CALIB_WINDOWS = 300  # windows used to fit int8 ranges
 DEFAULT_EVAL_WINDOWS = 200  # held-out windows for the parity gate
@@ -28,27 +29,6 @@ EVAL_WINDOWS_PER_RECORDING = 2  # parity windows per recording (recording-level 
 HELDOUT_FRACTION = 0.25  # share of the recordings held out from calibration when one dataset serves both
 MIN_RECORDINGS_TO_SPLIT = 4  # below this, calibration and parity share the recordings (noted in the report)
 FALLBACK_EVAL_SPEC = "synthetic:heart?n=24&seed=7&rate={rate}"  # parity data for fp32 exports given no data
-
-
-@dataclass(frozen=True)
-class WindowBatch:
-    """Model-input windows with where they came from."""
-
-    x: np.ndarray  # (N, 1, frames, n_mels) float32
-    recording: np.ndarray  # (N,) int: index of the window's recording (0..n_recordings-1)
-    y: np.ndarray  # (N,) int: index of the recording's label in the model's labels, -1 if unknown
-    source: str  # dataset spec or description
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    @property
-    def n_recordings(self) -> int:
-        return int(np.unique(self.recording).size)
-
-    def take(self, n: int) -> "WindowBatch":
-        """The first ``n`` windows."""
-        return WindowBatch(self.x[:n], self.recording[:n], self.y[:n], self.source)
 
 
 def spread_recordings(dataset: Dataset, max_recordings: int, seed: int = 0) -> list[int]:
@@ -66,12 +46,15 @@ def spread_recordings(dataset: Dataset, max_recordings: int, seed: int = 0) -> l
     return sorted(chosen)
 
 
-def select_windows(dataset: Dataset, frontend: FrontendConfig, windowing: Windowing, labels: tuple[str, ...],
-                   n_windows: int, per_recording: int | None = None, seed: int = 0) -> WindowBatch:
-    """Up to ``n_windows`` windows of ``dataset`` cut with the model's front-end, spread over recordings/labels.
+def sample_windows(dataset: Dataset, frontend: FrontendConfig, windowing: Windowing, labels: tuple[str, ...],
+                   n_windows: int, per_recording: int | None = None, seed: int = 0) -> Windows:
+    """Up to ``n_windows`` model inputs (x: (N, 1, frames, n_mels)) of ``dataset`` cut with the model's front-end,
+    spread over recordings and labels.
 
-    ``per_recording`` windows come from each chosen recording (default: as few as reach ``n_windows``); ``y``
-    indexes ``labels`` (the model's classes).
+    ``per_recording`` windows come from each chosen recording (default: as few as reach ``n_windows``), evenly
+    spaced without its first and last windows (:func:`~acula_edge.windows.choose_windows` with ``skip_ends``).
+    ``y`` indexes ``labels`` (the model's classes); ``recording`` indexes the chosen recordings (``dataset`` of the
+    result), ``source`` is ``dataset``'s name.
     """
     if n_windows < 1:
         raise ExportError(f"need at least one window, asked for {n_windows}")
@@ -79,36 +62,23 @@ def select_windows(dataset: Dataset, frontend: FrontendConfig, windowing: Window
         raise ExportError(f"{dataset.name}: the dataset has no recordings")
     per = per_recording or max(1, math.ceil(n_windows / len(dataset)))
     chosen = spread_recordings(dataset, max(1, math.ceil(n_windows / per)), seed)
-    sub = dataset.subset(chosen, dataset.name)
-    # two extra evenly spaced windows, then drop the ends: a recording's first and last windows (onsets, clipping at
-    # the edges) are not what most of the recording looks like
-    ws = extract_windows(sub, frontend, windowing, labels=tuple(labels), pad=True,
-                         max_windows_per_recording=per + 2)
-    keep = []
+    ws = extract_windows(dataset.subset(chosen, dataset.name), frontend, windowing, labels=tuple(labels), pad=True,
+                         max_windows_per_recording=per, skip_ends=True)
+    # interleave recordings so that a prefix of the batch is still spread over recordings and labels
+    rank = np.zeros(len(ws), dtype=np.int64)
     for r in np.unique(ws.recording):
         idx = np.flatnonzero(ws.recording == r)
-        if idx.size > per:
-            idx = idx[np.unique(np.linspace(0, idx.size - 1, per + 2)[1:-1].round().astype(int))]
-        keep.append(idx)
-    kept = np.concatenate(keep)
-    recording = ws.recording[kept]
-    # interleave recordings so that a prefix of the batch is still spread over recordings and labels
-    rank = np.zeros(kept.size, dtype=np.int64)
-    for r in np.unique(recording):
-        idx = np.flatnonzero(recording == r)
         rank[idx] = np.arange(idx.size)
-    order = np.sort(np.lexsort((recording, rank))[:n_windows])
-    order = kept[order]
-    x = ws.x[order][:, None, :, :].astype(np.float32)
-    return WindowBatch(x=x, recording=ws.recording[order], y=ws.y[order], source=dataset.name)
+    kept = ws.take(np.sort(np.lexsort((ws.recording, rank))[:n_windows]))
+    return dataclasses.replace(kept, x=kept.x[:, None, :, :].astype(np.float32))
 
 
 @dataclass(frozen=True)
 class ExportData:
     """Windows an export uses: calibration (int8 only) and held-out parity windows."""
 
-    calibration: WindowBatch | None
-    evaluation: WindowBatch
+    calibration: Windows | None
+    evaluation: Windows
     held_out: bool  # True when the parity windows come from recordings the calibration did not use
     note: str = ""
 
@@ -146,8 +116,8 @@ def prepare_data(info: CheckpointInfo, precision: str | list[str], calib_data: s
         note = f"parity on {eval_data}"
     calibration = None
     if calib_set is not None and needs_calib:
-        calibration = select_windows(calib_set, *_cut(info), n_calib, seed=seed)
-    evaluation = select_windows(eval_set, *_cut(info), n_eval, per_recording=EVAL_WINDOWS_PER_RECORDING, seed=seed)
+        calibration = sample_windows(calib_set, *_cut(info), n_calib, seed=seed)
+    evaluation = sample_windows(eval_set, *_cut(info), n_eval, per_recording=EVAL_WINDOWS_PER_RECORDING, seed=seed)
     return ExportData(calibration, evaluation, held_out, note)
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from acula_edge.errors import ParityError
 from acula_edge.export.tolerances import Tolerance
 from acula_edge.runtime.aggregation import decide_scores
+from acula_edge.windows import recording_scores
 
 COSINE_EPS = 1e-12
 MIN_RECORDINGS_PER_CLASS = 10  # AUROC intervals on fewer recordings per class are reported, not gated
@@ -113,19 +114,15 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     return None if np.isnan(value) else value
 
 
-def recording_scores(prob_last: np.ndarray, recording: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(recording ids, score per recording): the mean over a recording's windows of P(last label)."""
-    recs = np.unique(recording)
-    return recs, np.array([prob_last[recording == r].mean() for r in recs])
-
-
 def recording_labels(recording: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The label index of each recording (sorted by id, as :func:`recording_scores`); -1 when unknown."""
+    """The label index of each recording (sorted by id, as :func:`~acula_edge.windows.recording_scores`); -1 when
+    unknown."""
     return np.array([y[recording == r][0] for r in np.unique(recording)])
 
 
 def recording_auroc(logits: np.ndarray, recording: np.ndarray, y: np.ndarray) -> float | None:
-    """Recording-level AUROC of a binary model: score = mean over windows of P(last label). None if undefined."""
+    """Recording-level AUROC of a binary model: score = mean over windows of P(last label), as the device forms it
+    (:func:`~acula_edge.windows.recording_scores`). None if undefined."""
     if logits.ndim != 2 or logits.shape[1] != 2:
         return None
     _, scores = recording_scores(probabilities(logits)[:, -1], recording)

@@ -75,9 +75,9 @@ def verify_bundle(bundle_dir: str | Path, data: str | None = None, checkpoint: s
                               f"manifest's recorded source {manifest.extra.get('source_checkpoint')!r} is not "
                               f"usable); without --data the bundle's reference set is checked")
         from acula_edge.data import load_dataset
-        from acula_edge.export.calibration import select_windows
+        from acula_edge.export.calibration import sample_windows
 
-        windows = select_windows(load_dataset(data), manifest.frontend, manifest.windowing, manifest.labels,
+        windows = sample_windows(load_dataset(data), manifest.frontend, manifest.windowing, manifest.labels,
                                  n_windows, per_recording=EVAL_WINDOWS_PER_RECORDING)
         x, recording, y = windows.x, windows.recording, windows.y
         reference = parity.torch_outputs(model, x, OUTPUT_NAMES)

@@ -86,7 +86,8 @@ def build_bundle(kind: str, out_dir: Path, preset_name: str = "heart", seed: int
 
     from acula_edge.checkpoint import CheckpointInfo
     from acula_edge.export.api import export_model
-    from acula_edge.export.calibration import ExportData, WindowBatch
+    from acula_edge.export.calibration import ExportData
+    from acula_edge.windows import Windows
 
     torch.set_num_threads(1)
     frontend, windowing = preset(preset_name)
@@ -100,9 +101,10 @@ def build_bundle(kind: str, out_dir: Path, preset_name: str = "heart", seed: int
                           frontend=frontend, windowing=windowing, labels=LABELS, embedding_dim=EMBED_DIM,
                           threshold=0.5, prompts=prompts)
 
-    def batch(n: int, s: int) -> WindowBatch:
+    def batch(n: int, s: int) -> Windows:
         x = calibration_windows(frontend, windowing, n=n, seed=s)
-        return WindowBatch(x, np.arange(n), np.arange(n) % len(LABELS), f"runtime_fixtures seed {s}")
+        return Windows(x, np.arange(n), np.zeros(n, np.int64), np.arange(n) % len(LABELS), LABELS,
+                       source=f"runtime_fixtures seed {s}")
 
     target, precision = kind.split("-")
     data = ExportData(calibration=batch(16, seed) if precision == "int8" else None, evaluation=batch(6, seed + 100),

@@ -19,7 +19,7 @@ from acula_edge.distill.probe import ProbeConfig, class_weights, fit_probe
 from acula_edge.distill.students import ARCHITECTURE, build_student
 from acula_edge.distill.teachers import (HFAudioTeacher, ModuleTeacher, PrecomputedTeacher, Teacher,
                                          TeacherOutputs, load_teacher, teacher_outputs)
-from acula_edge.distill.windows import extract_keyed, select_windows
+from acula_edge.windows import choose_windows, extract_windows
 
 FE, WIN = preset("heart")
 
@@ -117,7 +117,7 @@ def test_module_teacher_outputs_match_direct_forward_and_are_cached(tmp_path, da
     model = load_teacher(teacher_dir).module
     t = Counting(model, FE, WIN, labels=("normal", "abnormal"), identity="abc")
     out, path = teacher_outputs(t, data, FE, WIN, max_windows_per_recording=3, cache_dir=tmp_path)
-    w = extract_keyed(data, FE, WIN, max_windows_per_recording=3)
+    w = extract_windows(data, FE, WIN, max_windows_per_recording=3)
     assert out.record_ids.tolist() == w.record_ids.tolist() and out.window_index.tolist() == w.window_index.tolist()
     with torch.no_grad():
         e, lg = model(torch.from_numpy(w.x[:2])[:, None])
@@ -145,10 +145,10 @@ def test_embedding_only_module_teacher_has_no_logits(data):
 def test_student_windows_of_another_front_end_join_teacher_windows(data):
     fe4, win4 = preset("heart-4k")
     assert win4 == WIN
-    a = extract_keyed(data, FE, WIN, max_windows_per_recording=4)
-    b = extract_keyed(data, fe4, win4, max_windows_per_recording=4)
+    a = extract_windows(data, FE, WIN, max_windows_per_recording=4)
+    b = extract_windows(data, fe4, win4, max_windows_per_recording=4)
     assert a.keys() == b.keys()
-    assert select_windows(10, 3).tolist() == [0, 4, 9] and select_windows(2, 3).tolist() == [0, 1]
+    assert choose_windows(10, 3).tolist() == [0, 4, 9] and choose_windows(2, 3).tolist() == [0, 1]
 
 
 def test_transformers_ast_teacher_from_a_local_folder(tmp_path, data):
@@ -182,7 +182,7 @@ def test_transformers_classifier_with_its_own_feature_extractor(tmp_path, data):
     assert isinstance(t, HFAudioTeacher) and t.labels == ("normal", "abnormal")
     out = t.compute(data, FE, WIN, max_windows_per_recording=2)
     # the model heard 4 kHz audio windows, keyed like the student's log-mel windows
-    keys = extract_keyed(data, FE, WIN, max_windows_per_recording=2).keys()
+    keys = extract_windows(data, FE, WIN, max_windows_per_recording=2).keys()
     assert list(zip(out.record_ids.tolist(), out.window_index.tolist())) == keys
     assert out.embedding.shape == (len(keys), 16) and out.logits.shape == (len(keys), 2)
 
@@ -216,7 +216,7 @@ def test_teacher_base_class_is_abstract(data):
 
 def test_short_recording_gives_one_padded_window():
     rec = Recording("short", "normal", samples=np.zeros(100, np.float32), sample_rate=2000)
-    w = extract_keyed(Dataset("d", (rec,)), FE, WIN)
+    w = extract_windows(Dataset("d", (rec,)), FE, WIN)
     assert w.x.shape == (1, WIN.frames_per_window(FE), FE.n_mels) and w.window_index.tolist() == [0]
 
 

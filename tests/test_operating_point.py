@@ -94,7 +94,7 @@ def test_checkpoint_with_chooses_again_on_stored_validation_scores():
 def test_distill_chooses_on_validation_with_device_aggregation(tmp_path, one_torch_thread):
     from acula_edge.checkpoint import load_checkpoint
     from acula_edge.data import load_dataset
-    from acula_edge.distill.train import TrainConfig, recording_scores, split_validation, train_student
+    from acula_edge.distill.train import TrainConfig, score_recordings, split_validation, train_student
 
     cfg = TrainConfig(student="tiny", epochs=1, max_windows_per_recording=2, operating_point="sensitivity=0.8",
                       batch_size=16)
@@ -104,7 +104,7 @@ def test_distill_chooses_on_validation_with_device_aggregation(tmp_path, one_tor
     assert p.method == "sensitivity=0.8" and info.threshold == p.threshold
     assert p.chosen_on.startswith("validation split (groups of 'subset'")
     _, val, _ = split_validation(load_dataset("synthetic:heart?n=16&seed=2"), cfg)
-    scores = recording_scores(model, val, info.frontend, info.windowing, info.labels)[:, -1]
+    scores = score_recordings(model, val, info.frontend, info.windowing, info.labels)[:, -1]
     np.testing.assert_allclose(info.extra[VALIDATION_KEY]["score"], scores, atol=1e-6)
     y = np.array([r.label == LABELS[-1] for r in val])
     assert p == choose(y, np.asarray(info.extra[VALIDATION_KEY]["score"]), "sensitivity=0.8", p.chosen_on)
@@ -135,10 +135,11 @@ def test_classify_stream_and_bench_apply_the_manifest_operating_point(tmp_path, 
     from acula_edge.checkpoint import CheckpointInfo
     from acula_edge.data import Dataset, Recording
     from acula_edge.export.api import export_model
-    from acula_edge.export.calibration import ExportData, WindowBatch
+    from acula_edge.export.calibration import ExportData
     from acula_edge.errors import BundleError
     from acula_edge.manifest import Manifest, read_manifest
     from acula_edge.runtime.model import bundle_operating_point
+    from acula_edge.windows import Windows
     from runtime_fixtures import calibration_windows, tiny_model
 
     base = acula_edge.load(bundle_or_skip("onnx-fp32"), num_threads=1)
@@ -154,8 +155,8 @@ def test_classify_stream_and_bench_apply_the_manifest_operating_point(tmp_path, 
                           windowing=win, labels=LABELS, embedding_dim=base.manifest.output("embedding").shape[-1],
                           threshold=thr, operating_point=point)
     x = calibration_windows(fe, win, n=6, seed=100)
-    data = ExportData(calibration=None, evaluation=WindowBatch(x, np.arange(6), np.arange(6) % 2, "test"),
-                      held_out=True, note="test")
+    windows = Windows(x, np.arange(6), np.zeros(6, np.int64), np.arange(6) % 2, LABELS, source="test")
+    data = ExportData(calibration=None, evaluation=windows, held_out=True, note="test")
     bundle = tmp_path / "b"
     export_model(tiny_model(fe, win), info, bundle, "onnx", "fp32", data=data)
     assert read_manifest(bundle).operating_point == point and read_manifest(bundle).threshold == thr
