@@ -68,25 +68,29 @@ def bundles() -> list[Path]:
     return [bundle_or_skip("onnx-fp32"), bundle_or_skip("tflite-int8")]
 
 
-def test_hop_bench_windows_equal_the_offline_front_end(bundles):
-    from acula_edge.features import LogMel
+def test_hop_bench_times_the_session_path_and_its_windows_equal_the_offline_front_end(bundles):
+    from acula_edge.features import LogMel, normalise_window
     from acula_edge.runtime.model import load
 
     model = load(bundles[0], num_threads=1)
     calls = []
     run = model.backend.run
-    model.backend.run = lambda x: calls.append(1) or run(x)
+    model.backend.run = lambda x: calls.append(np.array(x)) or run(x)
     bench = HopBench(model, seed=3)
     assert calls == []  # the first inference is timed on a model that was never called
     bench.first_inference_ns()
     assert len(calls) == 1
-    for _ in range(70):  # past the end of the looped signal
-        bench.step()
+    steps = [bench.step() for _ in range(70)]  # past the end of the looped signal
+    # every hop ran the session (its first window, then one per hop) plus the model_switch call
+    assert bench.session.windows_done == 71 and len(calls) == 1 + 1 + 70 + 70
+    for st in steps:  # the stages are parts of the session's own push
+        assert 0 < st["frontend"] and 0 < st["model"] and st["hop"] == st["frontend"] + st["model"] <= st["session"]
     fed = np.concatenate([bench.signal[:bench.window],
                           np.take(bench.signal, np.arange(bench.window, bench.window + 70 * bench.hop),
                                   mode="wrap")])
-    expected = LogMel(model.frontend)(fed)[-model.frames_per_window:]
-    np.testing.assert_allclose(bench.frames, expected, rtol=1e-5, atol=1e-5)  # matmul batching: ULPs
+    expected = normalise_window(LogMel(model.frontend)(fed)[-model.frames_per_window:], model.frontend)
+    # the session's last model call (after each step's model_switch call) ran the last window of what was fed
+    np.testing.assert_allclose(calls[-1].reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)  # batching: ULPs
 
 
 def test_bench_latency_document_matches_the_schema(bundles):

@@ -9,13 +9,15 @@ step pushes one hop of a seeded test signal and times
   this is the first call after the other bundles ran, with this model's weights evicted from the CPU caches
   (what a device that alternates models pays); it also warms the caches, so the stages below are measured as on a
   device running this one model continuously;
+- ``session``: a :class:`~acula_edge.runtime.StreamSession` push of the hop (front-end, model, window quality
+  checks and the recording aggregate): what an application pays per hop. The stages below are parts of that same
+  push, timed by the session itself (:meth:`StreamSession.time_stages`), so the benchmark runs the application's
+  code and nothing beside it:
 - ``frontend``: the incremental log-mel (:class:`~acula_edge.features.LogMelStream`, only the new frames) and the
   window assembly (rolling frame buffer, window normalisation);
-- ``model``: the runtime on that window (:meth:`EdgeModel.run_window`: quantize, invoke, dequantize, softmax);
-- ``hop``: both, as one span;
-- ``session``: a full :class:`~acula_edge.runtime.StreamSession` push of the same hop (front-end, model, window
-  quality checks and the recording aggregate): what an application pays per hop;
-- ``hop_cpu``, ``session_cpu``: the same two spans in CPU time of this process (all its threads) instead of wall
+- ``model``: the model on that window (:meth:`EdgeModel.run_window`: quantize, invoke, dequantize, softmax);
+- ``hop``: front-end + model (``session`` minus ``hop`` is the quality checks and the aggregate);
+- ``hop_cpu``, ``session_cpu``: the same two in CPU time of this process (all its threads) instead of wall
   time. On a busy machine wall time includes the time the process waited for a core; CPU time does not, so it is
   the steadier figure there (with ``--threads`` > 1 it adds up the threads' work and exceeds wall time).
 
@@ -40,7 +42,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from acula_edge.errors import ConfigError
-from acula_edge.features import LogMelStream, normalise_window
 
 STAGES = ("model_switch", "frontend", "model", "hop", "session", "hop_cpu", "session_cpu")
 # A session keeps every window event of its recording; start a new "recording" (untimed) after this many hops.
@@ -103,9 +104,12 @@ def peak_rss_bytes() -> int:
 
 
 class HopBench:
-    """One loaded bundle stepped hop by hop (see the module docstring for what each stage covers)."""
+    """One loaded bundle stepped hop by hop through a :class:`~acula_edge.runtime.StreamSession`, the path an
+    application runs; the stage breakdown comes from the session's own timers (see the module docstring)."""
 
     def __init__(self, model: Any, seed: int = 0) -> None:
+        from acula_edge.windows import recording_windows
+
         self.model = model
         fe = model.frontend
         self.rate = model.sample_rate
@@ -114,11 +118,10 @@ class HopBench:
         # A loop of signal long enough that consecutive hops differ; read circularly.
         self.signal = test_signal(self.rate, (self.window + 64 * self.hop) / self.rate, fe.fmin, fe.fmax, seed)
         self._pos = 0
-        self.stream = LogMelStream(fe, model.logmel)
-        self.frames = np.zeros((model.frames_per_window, fe.n_mels), dtype=np.float32)
-        self.frames[:] = self.stream.push(self._take(self.window))  # the first window (untimed)
-        self._window = normalise_window(self.frames, fe)
+        # the first window, for the first inference and the model_switch call
+        self._window = recording_windows(self._take(self.window), fe, model.windowing, model.logmel)[0]
         self.session: Any = None  # started by the first step, so first_inference_ns sees a model never called
+        self._stages: dict[str, int] = {}
         self._session_hops = 0
 
     def _take(self, n: int) -> np.ndarray:
@@ -133,37 +136,33 @@ class HopBench:
         self.model.run_window(self._window)
         return time.perf_counter_ns() - t0
 
+    def _start(self) -> None:
+        self.session = self.model.stream(source="bench", keep_windows=False)
+        self.session.push(self.signal[:self.window], self.rate)
+        self._stages = self.session.time_stages()
+
     def step(self) -> dict[str, int]:
         """One hop: nanoseconds per stage."""
         if self.session is None:
-            self.session = self.model.stream(source="bench")
-            self.session.push(self.signal[:self.window], self.rate)
+            self._start()
         piece = self._take(self.hop)
-        fe = self.model.frontend
         ts = time.perf_counter_ns()
         self.model.run_window(self._window)
+        for name in self._stages:
+            self._stages[name] = 0
         c0 = time.process_time_ns()
         t0 = time.perf_counter_ns()
-        new = self.stream.push(piece)
-        k = min(new.shape[0], self.frames.shape[0])  # more new frames than a window when hop > window
-        if k:
-            self.frames[:-k] = self.frames[k:]
-            self.frames[-k:] = new[-k:]
-        window = self._window = normalise_window(self.frames, fe)
-        t1 = time.perf_counter_ns()
-        self.model.run_window(window)
-        t2 = time.perf_counter_ns()
-        c2 = time.process_time_ns()
         self.session.push(piece, self.rate)
-        t3 = time.perf_counter_ns()
-        c3 = time.process_time_ns()
+        t1 = time.perf_counter_ns()
+        c1 = time.process_time_ns()
+        st = self._stages
         self._session_hops += 1
-        if self._session_hops >= SESSION_RESET_HOPS:  # a new recording, so the session's window list stays small
-            self.session.reset()
-            self.session.push(self.signal[:self.window], self.rate)
+        if self._session_hops >= SESSION_RESET_HOPS:  # a new recording (untimed)
             self._session_hops = 0
-        return {"model_switch": t0 - ts, "frontend": t1 - t0, "model": t2 - t1, "hop": t2 - t0, "session": t3 - t2,
-                "hop_cpu": c2 - c0, "session_cpu": c3 - c2}
+            self._start()
+        return {"model_switch": t0 - ts, "frontend": st["frontend"], "model": st["model"],
+                "hop": st["frontend"] + st["model"], "session": t1 - t0,
+                "hop_cpu": st["frontend_cpu"] + st["model_cpu"], "session_cpu": c1 - c0}
 
 
 def round_order(round_index: int, n: int) -> list[int]:

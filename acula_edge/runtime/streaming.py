@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from typing import Iterator, Protocol, Union
 
 import numpy as np
@@ -98,7 +99,26 @@ class StreamSession:
         self._rows = np.zeros((self._ring, meter.width), dtype=np.float64)
         self._window_blocks = np.arange(meter.blocks_per_window)
         self._busy = threading.Lock()
+        # per-stage time, accumulated while on (time_stages): the latency benchmark's breakdown of a hop
+        self.stage_ns: dict[str, int] | None = None
         self.reset()
+
+    def time_stages(self) -> dict[str, int]:
+        """Accumulate from now on the time spent per stage, in nanoseconds, into the returned dict (the caller may
+        zero it between hops): "frontend" (incremental log-mel and window assembly) and "model" (the model on the
+        window: :meth:`EdgeModel.run_window`), each in wall time and in CPU time of the process ("..._cpu")."""
+        self.stage_ns = {"frontend": 0, "model": 0, "frontend_cpu": 0, "model_cpu": 0}
+        return self.stage_ns
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        timing = self.stage_ns
+        t0, c0 = time.perf_counter_ns(), time.process_time_ns()
+        try:
+            yield
+        finally:
+            timing[name] += time.perf_counter_ns() - t0
+            timing[name + "_cpu"] += time.process_time_ns() - c0
 
     @contextlib.contextmanager
     def _enter(self, what: str) -> Iterator[None]:
@@ -225,7 +245,11 @@ class StreamSession:
         self._plen += n
         self._total += n
         while self._total >= self._next * self._hs + self._ws:
-            self._frontend()
+            if self.stage_ns is None:
+                self._frontend()
+            else:
+                with self._stage("frontend"):
+                    self._frontend()
             self._emit(events)
 
     def _quality_blocks(self, piece: np.ndarray) -> None:
@@ -273,10 +297,19 @@ class StreamSession:
     def _emit(self, events: list[Event]) -> None:
         k = self._next
         f = k * self._hf - self._f0
-        window = normalise_window(self._frames[f:f + self._wf], self.model.frontend, out=self._window)
+        if self.stage_ns is None:
+            window = normalise_window(self._frames[f:f + self._wf], self.model.frontend, out=self._window)
+        else:
+            with self._stage("frontend"):
+                window = normalise_window(self._frames[f:f + self._wf], self.model.frontend, out=self._window)
         rows = self._rows[(k * self._meter.blocks_per_hop + self._window_blocks) % self._ring]
         power = None if self._bands is None else self._bands[f:f + self._wf].sum(axis=0).tolist()
-        event = self.model.score_window(k, window, self._meter.quality(rows, power))
+        quality = self._meter.quality(rows, power)
+        if self.stage_ns is None:
+            event = self.model.score_window(k, window, quality)
+        else:
+            with self._stage("model"):
+                event = self.model.score_window(k, window, quality)
         events.append(event)
         events.append(self._acc.add(event))
         self._next = k + 1
