@@ -276,6 +276,13 @@ class LoopResult:
     stopped_early: bool
 
 
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
+
 def run_training(task: LoopTask, cfg: LoopConfig, *, env: DistEnv, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, scheduler: Any, clip_params: list[torch.nn.Parameter],
                  state_path: Path, log: JsonlLog, resume: bool, start_record: dict[str, Any],
@@ -336,7 +343,9 @@ def run_training(task: LoopTask, cfg: LoopConfig, *, env: DistEnv, model: torch.
     from tqdm.auto import tqdm
 
     bar = tqdm(total=stop_at, initial=min(step, stop_at), desc=cfg.desc, unit="step", dynamic_ncols=True,
-               leave=False, file=sys.stderr, disable=not (cfg.progress and env.is_main and step < stop_at))
+               leave=False, file=sys.stderr,
+               # a bar needs a terminal: in a pipe or a CI log its redraws are one endless line of noise
+               disable=not (cfg.progress and env.is_main and step < stop_at and _is_terminal(sys.stderr)))
     last_loss = None
     t0, seen = time.perf_counter(), 0
     while step < stop_at and epoch < cfg.epochs and not stopped:

@@ -111,3 +111,15 @@ def test_a_fresh_run_clears_the_older_run_files(tmp_path):
     done, _ = _run(tmp_path, resume=False, run_files=(old,))
     assert done.step == 12 and not old.exists()
     assert [r["event"] for r in read_jsonl(tmp_path / "train_log.jsonl")].count("start") == 2
+
+
+def test_the_progress_bar_shows_on_a_terminal_only(tmp_path, capfd, monkeypatch):
+    import dataclasses
+    import sys
+
+    loop = dataclasses.replace(LOOP, progress=True)
+    _run(tmp_path / "pipe", loop)  # stderr is a pipe under pytest: no bar redraws in a log
+    assert "toy" not in capfd.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    _run(tmp_path / "tty", loop)
+    assert "toy" in capfd.readouterr().err  # the bar, with the loop's description
