@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 TARGETS = ("onnx", "tflite", "executorch")
+from acula_edge.runtime.streaming import STAGES  # noqa: E402  (what a hop is spent on, in report order)
 PRECISIONS = ("fp32", "int8")
 clock = time.process_time_ns
 
@@ -233,13 +234,19 @@ class HopPair:
         self.frames[:] = self.stream.push(self.signal[:self.window])
         self.session = model.stream(source="bench", keep_windows=False)
         self.session.push(self.signal[:self.window], self.rate)
+        # a twin session with its stage timers on: where the hop's time goes (its timers cost a little, so the
+        # hop / floor figures come from the untimed session above)
+        self.timed = model.stream(source="bench-stages", keep_windows=False)
+        self.timed.push(self.signal[:self.window], self.rate)
+        self.stages = self.timed.time_stages()
         self.k = 0
 
     def _piece(self) -> np.ndarray:
         k = self.k % self.n_hops
         if k == 0 and self.k:  # wrap: a new recording (untimed)
-            self.session.reset()
-            self.session.push(self.signal[:self.window], self.rate)
+            for session in (self.session, self.timed):
+                session.reset()
+                session.push(self.signal[:self.window], self.rate)
             self.stream.reset()
             self.frames[:] = self.stream.push(self.signal[:self.window])
         self.k += 1
@@ -261,13 +268,24 @@ class HopPair:
         self.session.push(piece, self.rate)
         return clock() - t0
 
+    def _breakdown(self, piece: np.ndarray) -> dict[str, int]:
+        for name in self.stages:
+            self.stages[name] = 0
+        t0 = clock()
+        self.timed.push(piece, self.rate)
+        total = clock() - t0
+        parts = {f"stage:{n}": self.stages[f"{n}_cpu"] for n in STAGES}
+        return {**parts, "stage:total": total}
+
     def step(self) -> dict[str, int]:
         piece = self._piece()
         if self.k % 2:  # alternate which of the two runs first (the second finds the model's weights in cache)
             floor = self._floor(piece)
-            return {"floor": floor, "hop": self._session(piece)}
-        hop = self._session(piece)
-        return {"floor": self._floor(piece), "hop": hop}
+            out = {"floor": floor, "hop": self._session(piece)}
+        else:
+            hop = self._session(piece)
+            out = {"floor": self._floor(piece), "hop": hop}
+        return {**out, **self._breakdown(piece)}
 
 
 # -- statistics ----------------------------------------------------------------------------------------------------
@@ -377,6 +395,19 @@ def report(doc: dict) -> str:
             if f"{k}|hop" in s:
                 lines.append(f"| {v} | {runtime.get(t, t)} | {med[k + '|floor']:.0f} | {med[k + '|hop']:.0f} | "
                              f"{ratio(k + '|hop', k + '|floor')} |")
+    lines += ["", "Where a session hop's CPU time goes (a twin session with its stage timers on, same rounds; medians "
+              "in µs; `other` = the timed push minus its stages: input checks, buffers, events, timer calls):", "",
+              "| model | runtime | front-end | quality | model | aggregate | other | timed push |",
+              "|---|---|---|---|---|---|---|---|"]
+    for v in variants:
+        for t in TARGETS:
+            k = f"{v}|{t}|int8|stream"
+            if f"{k}|stage:total" in s:
+                parts = [float(np.median(s[f"{k}|stage:{n}"])) / 1e3 for n in STAGES]
+                total = float(np.median(s[f"{k}|stage:total"])) / 1e3
+                other = float(np.median(s[f"{k}|stage:total"] - sum(s[f"{k}|stage:{n}"] for n in STAGES))) / 1e3
+                lines.append(f"| {v} | {runtime.get(t, t)} | " + " | ".join(f"{p:.0f}" for p in parts)
+                             + f" | {other:.0f} | {total:.0f} |")
     lines += ["", "Against the bars (medians of this run): " + "; ".join(verdicts(med, s, variants))]
     if doc.get("accuracy"):
         lines += accuracy_lines(doc["accuracy"])

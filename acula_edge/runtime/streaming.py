@@ -39,6 +39,11 @@ from acula_edge.runtime.results import ClassificationResult, RecordingUpdate, Wi
 
 Event = Union[WindowEvent, RecordingUpdate]
 
+# What a hop's time is spent on, as time_stages() reports it: the incremental log-mel and the window assembly; the
+# window's quality checks (per-block level statistics, the frames' band power); the model on the window
+# (EdgeModel.run_window: quantize, invoke, dequantize, softmax, checks); the running recording result.
+STAGES = ("frontend", "quality", "model", "aggregate")
+
 
 class WindowModel(Protocol):
     """What a session needs of its model (:class:`~acula_edge.runtime.model.EdgeModel` provides it); named here so
@@ -105,9 +110,8 @@ class StreamSession:
 
     def time_stages(self) -> dict[str, int]:
         """Accumulate from now on the time spent per stage, in nanoseconds, into the returned dict (the caller may
-        zero it between hops): "frontend" (incremental log-mel and window assembly) and "model" (the model on the
-        window: :meth:`EdgeModel.run_window`), each in wall time and in CPU time of the process ("..._cpu")."""
-        self.stage_ns = {"frontend": 0, "model": 0, "frontend_cpu": 0, "model_cpu": 0}
+        zero it between hops), per :data:`STAGES`, in wall time and in CPU time of the process ("..._cpu")."""
+        self.stage_ns = {f"{stage}{clock}": 0 for stage in STAGES for clock in ("", "_cpu")}
         return self.stage_ns
 
     @contextlib.contextmanager
@@ -240,17 +244,20 @@ class StreamSession:
     def _feed(self, piece: np.ndarray, events: list[Event]) -> None:
         """Append at most one hop of samples; score every window now complete."""
         n = piece.shape[0]
-        self._quality_blocks(piece)
+        self._timed("quality", self._quality_blocks, piece)
         self._pending[self._plen:self._plen + n] = piece
         self._plen += n
         self._total += n
         while self._total >= self._next * self._hs + self._ws:
-            if self.stage_ns is None:
-                self._frontend()
-            else:
-                with self._stage("frontend"):
-                    self._frontend()
+            self._timed("frontend", self._frontend)
             self._emit(events)
+
+    def _timed(self, stage: str, fn, *args):
+        """``fn(*args)``, its time added to ``stage`` when stage timing is on (:meth:`time_stages`)."""
+        if self.stage_ns is None:
+            return fn(*args)
+        with self._stage(stage):
+            return fn(*args)
 
     def _quality_blocks(self, piece: np.ndarray) -> None:
         """Add ``piece`` to the quality statistics: one stats row per completed block."""
@@ -294,24 +301,21 @@ class StreamSession:
             self._bands[self._flen:self._flen + new.shape[0] - fskip] = pooled[fskip:]
         self._flen += new.shape[0] - fskip
 
+    def _window_quality(self, k: int, f: int) -> WindowQuality:
+        """Quality of window ``k`` (its frames start at ``_frames[f]``) from the blocks' and frames' statistics."""
+        rows = self._rows[(k * self._meter.blocks_per_hop + self._window_blocks) % self._ring]
+        power = None if self._bands is None else self._bands[f:f + self._wf].sum(axis=0).tolist()
+        return self._meter.quality(rows, power)
+
     def _emit(self, events: list[Event]) -> None:
         k = self._next
         f = k * self._hf - self._f0
-        if self.stage_ns is None:
-            window = normalise_window(self._frames[f:f + self._wf], self.model.frontend, out=self._window)
-        else:
-            with self._stage("frontend"):
-                window = normalise_window(self._frames[f:f + self._wf], self.model.frontend, out=self._window)
-        rows = self._rows[(k * self._meter.blocks_per_hop + self._window_blocks) % self._ring]
-        power = None if self._bands is None else self._bands[f:f + self._wf].sum(axis=0).tolist()
-        quality = self._meter.quality(rows, power)
-        if self.stage_ns is None:
-            event = self.model.score_window(k, window, quality)
-        else:
-            with self._stage("model"):
-                event = self.model.score_window(k, window, quality)
+        window = self._timed("frontend", normalise_window, self._frames[f:f + self._wf], self.model.frontend,
+                             self._window)
+        quality = self._timed("quality", self._window_quality, k, f)
+        event = self._timed("model", self.model.score_window, k, window, quality)
         events.append(event)
-        events.append(self._acc.add(event))
+        events.append(self._timed("aggregate", self._acc.add, event))
         self._next = k + 1
         # Drop the frames the next window no longer needs.
         fdrop = min(self._next * self._hf - self._f0, self._flen)
