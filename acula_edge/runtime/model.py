@@ -108,15 +108,22 @@ class EdgeModel:
     def run_window(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A normalised log-mel window (frames, n_mels), float32 -> (embedding (D,), probabilities (C,)), float32.
 
-        The samples were checked where they entered (finite); what can still go wrong here is a front-end overflow
-        (audio far beyond full scale) or a corrupt model, so the one check is on the sums of the input and the
-        outputs (a NaN or Inf anywhere makes its sum non-finite), and the slower search for the culprit runs only
-        then."""
+        A window from outside the SDK is checked here (finite); the SDK's own windows come from a front-end that
+        cannot make a non-finite value out of finite samples (checked where they entered), so :meth:`score_window`
+        skips that pass over the window."""
         x = window.reshape(self._input_shape)
+        if not math.isfinite(float(x.sum())):
+            raise AudioError("a log-mel window is not finite: the audio's magnitude is beyond what the front-end can "
+                             "represent (full scale is 1.0); check the input's scaling")
+        return self._run(x)
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model on window ``x`` (input-shaped). One check on the sums of the outputs (a NaN or Inf anywhere
+        makes its sum non-finite); the slower search for the culprit runs only then."""
         emb, logits = self.backend.run(x)
         values = logits.tolist()
-        if not math.isfinite(float(x.sum()) + float(emb.sum()) + sum(values)):
-            if not np.isfinite(x).all():  # a front-end overflow, not the model file's fault
+        if not math.isfinite(float(emb.sum()) + sum(values)):
+            if not np.isfinite(x).all():  # a window from a front-end overflow, not the model file's fault
                 raise AudioError("a log-mel window is not finite: the audio's magnitude is beyond what the "
                                  "front-end can represent (full scale is 1.0); check the input's scaling")
             # A corrupt weight (a flipped exponent bit under a recomputed checksum) would otherwise give NaN
@@ -126,8 +133,9 @@ class EdgeModel:
         return emb, _softmax(values)
 
     def score_window(self, index: int, window: np.ndarray, quality: WindowQuality) -> WindowEvent:
-        """Run window ``index`` (normalised log-mel ``window``) and return its event with ``quality``."""
-        emb, probs = self.run_window(window)
+        """Run window ``index`` (normalised log-mel ``window`` from the SDK's front-end) and return its event with
+        ``quality``."""
+        emb, probs = self._run(window.reshape(self._input_shape))
         start = index * self.windowing.hop_s
         return WindowEvent(index=index, start_s=start, end_s=start + self.windowing.window_s, labels=self.labels,
                            probabilities=probs, embedding=emb, quality=quality)

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from acula_edge.features import LogMel, SpectrumBands
 from acula_edge.frontend import FrontendConfig
 from acula_edge.runtime.results import WindowQuality
-
-# Samples per pass of the block statistics over a whole recording (float64 work arrays of 8 B per sample).
-STATS_CHUNK_SAMPLES = 1 << 16
 
 FLAGS = ("silence", "clipping", "too_loud", "dc_offset", "noise")
 
@@ -86,32 +84,32 @@ class BlockQuality:
         self.frames_per_hop = int(hop_samples) // frontend.hop_length
         self.bands = SpectrumBands.between(frontend, int(cfg.flatness_bands))  # None: flatness not measured
         self.flatness_available = self.bands is not None
-        self.width = 3  # columns of a block's stats row: sum, sum of squares, clipped count
 
-    def stats(self, x: np.ndarray) -> np.ndarray:
-        """(n_blocks, 3) float64 statistics of ``x`` (float32, a whole number of blocks)."""
-        blocks = x.reshape(-1, self.block)
-        out = np.empty((blocks.shape[0], self.width), dtype=np.float64)
-        step = max(1, STATS_CHUNK_SAMPLES // self.block)  # a whole recording in chunks: bounded work arrays
-        for start in range(0, blocks.shape[0], step):
-            part, rows = blocks[start:start + step], out[start:start + step]
-            wide = part.astype(np.float64)
-            rows[:, 0] = wide.sum(axis=1)
-            rows[:, 1] = np.einsum("ij,ij->i", wide, wide)
-            magnitude = np.abs(part)
-            clipped = magnitude.max(axis=1) >= self.cfg.clip_level
-            rows[:, 2] = 0.0
-            if clipped.any():  # rare: count only in the blocks that reach full scale
-                rows[clipped, 2] = np.count_nonzero(magnitude[clipped] >= self.cfg.clip_level, axis=1)
+    def stats(self, x: np.ndarray) -> list[tuple[float, float, float]]:
+        """Per block of ``x`` (float32, a whole number of blocks): (sum, sum of squares, clipped-sample count), in
+        Python floats (float64). One block at a time, the same arithmetic for a stream's hop and a whole recording;
+        four numpy reductions per block and no array allocated but the block in float64."""
+        clip = self.cfg.clip_level
+        out = []
+        for block in x.reshape(-1, self.block):
+            wide = block.astype(np.float64)
+            clipped = 0.0
+            if block.max() >= clip or block.min() <= -clip:  # rare: count only in a block that reaches full scale
+                clipped = float(np.count_nonzero(np.abs(block) >= clip))
+            out.append((float(wide.sum()), float(wide.dot(wide)), clipped))
         return out
 
-    def quality(self, rows: np.ndarray, band_power: list[float] | None) -> WindowQuality:
-        """The quality of the window made of the blocks whose statistics are ``rows`` (blocks_per_window, 3) and
-        whose frames' pooled power sums to ``band_power`` (None: flatness not measured)."""
-        total = rows.sum(axis=0).tolist()
-        n = rows.shape[0] * self.block
+    def quality(self, rows: Sequence[tuple[float, float, float]], band_power: list[float] | None) -> WindowQuality:
+        """The quality of the window made of the blocks whose statistics are ``rows`` (blocks_per_window of
+        :meth:`stats`' tuples) and whose frames' pooled power sums to ``band_power`` (None: flatness not measured)."""
+        total = total_sq = clipped = 0.0
+        for s, sq, c in rows:
+            total += s
+            total_sq += sq
+            clipped += c
+        n = len(rows) * self.block
         flat = _flatness(band_power) if band_power is not None else float("nan")
-        return assess(total[1] / n, total[2] / n, total[0] / n, flat, self.cfg)
+        return assess(total_sq / n, clipped / n, total / n, flat, self.cfg)
 
     def windows(self, x: np.ndarray, n_windows: int, frame_bands: np.ndarray | None) -> list[WindowQuality]:
         """Quality of windows 0..n_windows-1 of a whole recording ``x`` (float32 at the model's rate), given its

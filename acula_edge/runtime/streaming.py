@@ -38,6 +38,7 @@ from acula_edge.runtime.site_shift import FeatureAccumulator, SiteDescription
 from acula_edge.runtime.results import ClassificationResult, RecordingUpdate, WindowEvent, WindowQuality
 
 Event = Union[WindowEvent, RecordingUpdate]
+FRAME_ROOM_HOPS = 6  # hops of frames the session's frame buffer holds beyond what the next window needs
 
 # What a hop's time is spent on, as time_stages() reports it: the incremental log-mel and the window assembly; the
 # window's quality checks (per-block level statistics, the frames' band power); the model on the window
@@ -92,7 +93,10 @@ class StreamSession:
         self._wf, self._hf = m.frames_per_window, m.frames_per_hop
         # Rolling buffers, preallocated: after each piece (<= one hop) at most one window + two hops are held.
         self._pending = np.zeros(self._ws + 2 * self._hs, dtype=np.float32)  # not yet given to the front-end
-        self._frames = np.zeros((self._wf + 2 * self._hf + 2, m.frontend.n_mels), dtype=np.float32)
+        # Frames: at most one window + two hops are held; the room beyond lets the valid frames move forward for
+        # several hops before they are copied back to the start (one copy every few hops, not every hop).
+        self._frames = np.zeros((self._wf + (2 + FRAME_ROOM_HOPS) * self._hf + 2, m.frontend.n_mels),
+                                dtype=np.float32)
         self._window = np.zeros((self._wf, m.frontend.n_mels), dtype=np.float32)  # the normalised window
         # each frame's pooled power (quality: spectral flatness), row for row beside _frames
         self._spectrum = m.meter.bands
@@ -101,8 +105,7 @@ class StreamSession:
         meter = self._meter = m.meter
         self._block = np.zeros(meter.block, dtype=np.float32)
         self._ring = meter.blocks_per_window + meter.blocks_per_hop + 1
-        self._rows = np.zeros((self._ring, meter.width), dtype=np.float64)
-        self._window_blocks = np.arange(meter.blocks_per_window)
+        self._rows: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * self._ring
         self._busy = threading.Lock()
         # per-stage time, accumulated while on (time_stages): the latency benchmark's breakdown of a hop
         self.stage_ns: dict[str, int] | None = None
@@ -150,8 +153,9 @@ class StreamSession:
         self._blen = 0  # samples in the partial quality block
         self._nblocks = 0  # quality blocks completed (absolute index of the next one)
         self._plen = 0  # valid samples in _pending
-        self._f0 = 0  # absolute index of _frames[0]
-        self._flen = 0  # valid frames in _frames
+        self._fs = 0  # where the valid frames start in _frames
+        self._f0 = 0  # absolute index of _frames[_fs]
+        self._flen = 0  # valid frames in _frames, from _fs
         self._next = 0  # index of the next window to score
         self._finished = False
         self._rate: int | None = None  # input rate, fixed by the first push
@@ -263,8 +267,7 @@ class StreamSession:
         """Add ``piece`` to the quality statistics: one stats row per completed block."""
         g, i, n = self._block.shape[0], 0, piece.shape[0]
         if not self._blen and n == g:  # the usual piece: one whole block (a hop of one block)
-            self._rows[self._nblocks % self._ring] = self._meter.stats(piece)[0]
-            self._nblocks += 1
+            self._store(self._meter.stats(piece))
             return
         if self._blen:
             i = min(g - self._blen, n)
@@ -281,7 +284,7 @@ class StreamSession:
         self._block[:n - i] = piece[i:]
         self._blen = n - i
 
-    def _store(self, rows: np.ndarray) -> None:
+    def _store(self, rows: list[tuple[float, float, float]]) -> None:
         for row in rows:
             self._rows[self._nblocks % self._ring] = row
             self._nblocks += 1
@@ -296,20 +299,28 @@ class StreamSession:
             self._shift.push(new)
         fabs = self._fe.frames_emitted - new.shape[0]  # absolute index of new[0]
         fskip = min(max(self._f0 - fabs, 0), new.shape[0])
-        self._frames[self._flen:self._flen + new.shape[0] - fskip] = new[fskip:]
+        n = new.shape[0] - fskip
+        if self._fs + self._flen + n > self._frames.shape[0]:  # out of room: the valid frames back to the start
+            self._frames[:self._flen] = self._frames[self._fs:self._fs + self._flen]
+            if self._bands is not None:
+                self._bands[:self._flen] = self._bands[self._fs:self._fs + self._flen]
+            self._fs = 0
+        end = self._fs + self._flen
+        self._frames[end:end + n] = new[fskip:]
         if self._bands is not None:
-            self._bands[self._flen:self._flen + new.shape[0] - fskip] = pooled[fskip:]
-        self._flen += new.shape[0] - fskip
+            self._bands[end:end + n] = pooled[fskip:]
+        self._flen += n
 
     def _window_quality(self, k: int, f: int) -> WindowQuality:
         """Quality of window ``k`` (its frames start at ``_frames[f]``) from the blocks' and frames' statistics."""
-        rows = self._rows[(k * self._meter.blocks_per_hop + self._window_blocks) % self._ring]
+        first = k * self._meter.blocks_per_hop
+        rows = [self._rows[(first + j) % self._ring] for j in range(self._meter.blocks_per_window)]
         power = None if self._bands is None else self._bands[f:f + self._wf].sum(axis=0).tolist()
         return self._meter.quality(rows, power)
 
     def _emit(self, events: list[Event]) -> None:
         k = self._next
-        f = k * self._hf - self._f0
+        f = self._fs + k * self._hf - self._f0
         window = self._timed("frontend", normalise_window, self._frames[f:f + self._wf], self.model.frontend,
                              self._window)
         quality = self._timed("quality", self._window_quality, k, f)
@@ -319,9 +330,7 @@ class StreamSession:
         self._next = k + 1
         # Drop the frames the next window no longer needs.
         fdrop = min(self._next * self._hf - self._f0, self._flen)
-        self._frames[:self._flen - fdrop] = self._frames[fdrop:self._flen]
-        if self._bands is not None:
-            self._bands[:self._flen - fdrop] = self._bands[fdrop:self._flen]
+        self._fs += fdrop
         self._flen -= fdrop
-        # The buffer now starts at the next window (later frames before it, if any, are skipped on arrival).
+        # The valid frames now start at the next window (later frames before it, if any, are skipped on arrival).
         self._f0 = self._next * self._hf
