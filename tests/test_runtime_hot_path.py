@@ -137,6 +137,20 @@ def test_dequantize_returns_a_new_array():
     assert q.dtype == np.float32
 
 
+@pytest.mark.parametrize("kind", ["onnx-fp32", "tflite-fp32"])
+def test_runtimes_said_to_return_fresh_outputs_do(kind):
+    """Float outputs of these runtimes are not copied again: the next call must not change what one returned."""
+    model = acula_edge.load(rf.bundle_or_skip(kind), num_threads=1)
+    assert model.backend.fresh_outputs
+    rng = np.random.default_rng(0)
+    first = rng.standard_normal(model.manifest.inputs[0].shape).astype(np.float32)
+    emb, logits = model.backend.run(first)
+    kept = emb.copy(), logits.copy()
+    model.backend.run(rng.standard_normal(first.shape).astype(np.float32))
+    np.testing.assert_array_equal(emb, kept[0])
+    np.testing.assert_array_equal(logits, kept[1])
+
+
 def test_softmax_is_float32_and_matches_float64():
     logits = np.array([3.0, -1.5, 80.0], np.float32)
     p = softmax(logits)

@@ -39,10 +39,11 @@ def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return np.clip(q, lo, hi).astype(spec.dtype)
 
 
-def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """The output ``q`` as a new float32 array, using ``spec``'s scale and zero point for integer outputs."""
+def dequantize(q: np.ndarray, spec: TensorSpec, fresh: bool = False) -> np.ndarray:
+    """The output ``q`` as a float32 array of its own, using ``spec``'s scale and zero point for integer outputs.
+    ``fresh``: ``q`` is already an array nobody else holds (a float one is then returned as it is)."""
     if spec.dtype == "float32":
-        return np.array(q, dtype=np.float32)
+        return np.asarray(q, dtype=np.float32) if fresh else np.array(q, dtype=np.float32)
     out = np.subtract(q, spec.zero_point, dtype=np.float32)  # an int zero point: exact in float32
     out *= np.float32(spec.scale)
     return out
@@ -83,6 +84,9 @@ class Backend:
 
     #: whether ``_invoke`` may run in several threads at once
     thread_safe = False
+    #: whether ``_invoke`` returns new arrays each call (not views of the runtime's buffers, which the next call
+    #: overwrites): float outputs then need no copy
+    fresh_outputs = False
     #: whether the runtime can crash the process (abort, segfault) on a bad model or setting instead of raising:
     #: such bundles are first loaded and run once in a child process (:mod:`acula_edge.runtime.probe`)
     needs_probe = False
@@ -140,12 +144,17 @@ class Backend:
         """One float32 window (1, 1, frames, n_mels) -> float32 (embedding (D,), logits (C,)), new arrays."""
         if self._quantizer is None and self.thread_safe:
             emb, logits = self._invoke(np.ascontiguousarray(window, dtype=np.float32))
-            return dequantize(emb, self.embedding_spec).reshape(-1), dequantize(logits, self.logits_spec).reshape(-1)
+            return self._outputs(emb, logits)
         with self._lock:
             x = np.ascontiguousarray(window, dtype=np.float32) if self._quantizer is None else self._quantizer(window)
             emb, logits = self._invoke(x)
             # copied before the lock is released: a runtime may hand out views of its own output buffers
-            return dequantize(emb, self.embedding_spec).reshape(-1), dequantize(logits, self.logits_spec).reshape(-1)
+            return self._outputs(emb, logits)
+
+    def _outputs(self, emb: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fresh = self.fresh_outputs
+        return (dequantize(emb, self.embedding_spec, fresh).reshape(-1),
+                dequantize(logits, self.logits_spec, fresh).reshape(-1))
 
 
 def _check_tensor(source: Path, what: str, shape: Sequence[Any], dtype: str, spec: TensorSpec) -> None:

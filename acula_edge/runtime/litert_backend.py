@@ -38,6 +38,8 @@ class LiteRTBackend(Backend):
     The interpreter is not re-entrant, so calls are serialised by the base class lock.
     """
 
+    fresh_outputs = True  # get_tensor() returns a copy of the output tensor
+
     def __init__(self, path: Path, manifest: Manifest, num_threads: int | None = None,
                  data: bytes | None = None) -> None:
         super().__init__(path, manifest, num_threads, data)

@@ -17,6 +17,7 @@ class OnnxBackend(Backend):
     """``onnxruntime.InferenceSession``; ``num_threads`` sets ``intra_op_num_threads`` (inter-op stays 1)."""
 
     thread_safe = True  # InferenceSession.run may be called from several threads
+    fresh_outputs = True  # run() returns new arrays
 
     def __init__(self, path: Path, manifest: Manifest, num_threads: int | None = None,
                  data: bytes | None = None) -> None:
