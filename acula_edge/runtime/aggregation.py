@@ -144,8 +144,9 @@ class RecordingAccumulator:
         self._hysteresis.reset()
         self.windows: list[WindowEvent] = []
         self.n_windows = 0
+        # embedding sums of the included and of the excluded windows (all = both: one addition per window)
         self._emb_included: np.ndarray | None = None
-        self._emb_all: np.ndarray | None = None
+        self._emb_excluded: np.ndarray | None = None
 
     @property
     def aggregation(self) -> str:
@@ -166,10 +167,11 @@ class RecordingAccumulator:
         if self.keep_windows:
             self.windows.append(event)
         self._all.update(event.probabilities)
-        self._emb_all = _add_into(self._emb_all, event.embedding)
         if event.included:
             self._included.update(event.probabilities)
             self._emb_included = _add_into(self._emb_included, event.embedding)
+        else:
+            self._emb_excluded = _add_into(self._emb_excluded, event.embedding)
         p, raw = self._current()
         if self.threshold is None:  # multi-class: the most probable label, no hysteresis on one probability
             stable = raw
@@ -185,7 +187,7 @@ class RecordingAccumulator:
         if self._included.count:
             emb = self._emb_included / self._included.count
         else:
-            emb = self._emb_all / self.n_windows
+            emb = self._emb_excluded / self.n_windows  # no window included: every window is an excluded one
         return ClassificationResult(labels=self.labels, probabilities=p, decision=decision,
                                     threshold=self.threshold, embedding=emb.astype(np.float32),
                                     windows=tuple(self.windows), n_windows=self.n_windows,
