@@ -216,3 +216,44 @@ def test_linked_memory_adds_up_and_only_model_ops_are_linked(firmware, bundle, t
                         check=True).stdout
     assert "tflite::Register_CONV_2D()" in nm
     assert "tflite::Register_SOFTMAX()" not in nm and "tflite::Register_LSTM" not in nm  # ops the model lacks
+
+
+LOOP_C = r"""
+#include <stdlib.h>
+/* argv[1] iterations of a 6-instruction loop (cbz, add, eor, sub, nop, b) */
+int main(int argc, char **argv) {
+    unsigned n = argc > 1 ? (unsigned)atoi(argv[1]) : 0u, acc = 0u;
+    __asm__ volatile("1: cbz %0, 2f\n add %1, %1, %0\n eor %1, %1, #3\n sub %0, %0, #1\n nop\n b 1b\n2:\n"
+                     : "+l"(n), "+r"(acc));
+    return (int)(acc & 1u);
+}
+"""
+
+
+def test_instruction_count_per_block_is_exact_on_a_known_loop(toolchain, tmp_path):
+    from acula_edge.export.firmware.emulate import Firmware, count_instructions
+
+    (tmp_path / "loop.c").write_text(LOOP_C)
+    elf = tmp_path / "loop.elf"
+    subprocess.run([toolchain.gcc, "-mcpu=cortex-m4", "-mthumb", "-Os", "--specs=rdimon.specs",
+                    str(tmp_path / "loop.c"), "-o", str(elf)], check=True)
+    fw = Firmware(elf, tmp_path / "loop.map", "cortex-m4", "none", "float")
+    # same argument length, so the start-up (atoi included) executes the same instructions
+    counts = {arg: count_instructions(fw, [arg], toolchain) for arg in ("001000", "100000")}
+    assert counts["100000"] - counts["001000"] == 6 * (100000 - 1000)
+    for arg, n in counts.items():
+        assert count_instructions(fw, [arg], toolchain, per_instruction=True) == n, arg
+
+
+def test_instruction_count_per_block_equals_per_instruction_on_the_model(firmware, bundle, recordings, toolchain,
+                                                                         tmp_path):
+    from acula_edge.export.firmware.emulate import count_instructions
+    from acula_edge.manifest import read_manifest
+
+    manifest = read_manifest(bundle)
+    python_windows(manifest, recordings[0][1])[:1].tofile(tmp_path / "w.i8")
+    fw = firmware("float")
+    args = ["windows", str(tmp_path / "w.i8"), str(tmp_path / "out.i8")]
+    fast = count_instructions(fw, args, toolchain)
+    assert fast == count_instructions(fw, args, toolchain, per_instruction=True)
+    assert fast > 1_000_000  # start-up + one window of the fixture model, not an empty log
