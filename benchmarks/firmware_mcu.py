@@ -11,7 +11,8 @@ For every tflm bundle (e.g. the students of benchmarks/firmware_students.py): wr
   deepest stack reached (painted stack), against the 256 KiB / 128 KiB reference MCU;
 - agreement: the int8 outputs of the MCU build vs the Python ``tflite_micro`` interpreter on ``--windows`` windows
   of real held-out recordings (PhysioNet subset b);
-- instructions: guest instructions executed under qemu-arm (its exec log, one line per instruction), for the model
+- instructions: guest instructions executed under qemu-arm (its logs: instructions per translated block x
+  executions of the block, ``emulate.count_instructions``), for the model
   per window (a run on one window minus a run on none) and, for the first bundle, for the C front-end per model hop
   of audio (float and Q15 builds; the front-end alone on one hop minus none); turned into a time at
   ``--clock-mhz`` assuming one cycle per instruction (an estimate, see the notes).
@@ -193,7 +194,8 @@ def render(rows: list[dict], args: argparse.Namespace, command: str, seconds: fl
     out += ["", "### Agreement with the Python TFLM interpreter, and instructions per window", "",
             f"Identical = share of int8 output values (embedding + logits) equal to the `tflite_micro` Python "
             f"interpreter's on the same int8 windows. Instructions: guest instructions executed under qemu-arm "
-            f"(exec log, one line per instruction). Time at {args.clock_mhz:g} MHz = instructions / clock, i.e. "
+            f"(QEMU's in_asm + exec logs: instructions of each translated block x its executions; equal to the "
+            f"one-line-per-instruction log on the checks in tests/test_firmware_qemu.py). Time at {args.clock_mhz:g} MHz = instructions / clock, i.e. "
             "**an estimate assuming one cycle per instruction**, not a measurement on silicon.", "",
             "| bundle | build | windows | identical | max diff (steps) | model: instructions / window | "
             f"est. ms @ {args.clock_mhz:g} MHz | front-end: instructions / hop (1 s of audio) | est. ms / hop |",
@@ -223,8 +225,8 @@ def main() -> None:
     ap.add_argument("--clock-mhz", type=float, default=168.0)
     ap.add_argument("--no-instructions", action="store_true")
     ap.add_argument("--reference-counts", type=int, default=99,
-                    help="count instructions of the non-CMSIS-NN builds for the first N bundles only (slow: the "
-                         "reference kernels execute several times more instructions, each logged)")
+                    help="count instructions of the non-CMSIS-NN builds for the first N bundles only (slower: the "
+                         "reference kernels execute ~20x more instructions)")
     ap.add_argument("--work", default="/tmp/acula-firmware-mcu")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS_firmware.md"))
     ap.add_argument("--json", default=None, help="also write the raw figures here")
