@@ -131,10 +131,16 @@ def _run(fw: Firmware, args: Sequence[str], tools: Toolchain) -> str:
         proc = subprocess.run(_qemu_cmd(fw, args, tools), capture_output=True, text=True, timeout=QEMU_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
         raise ExportError(f"{fw.elf} did not finish under qemu-arm within {QEMU_TIMEOUT_S} s") from e
-    if proc.returncode != 0 or "error:" in proc.stdout:
-        raise ExportError(f"{fw.elf} {' '.join(args)} failed under qemu-arm (exit {proc.returncode}): "
-                          f"{(proc.stdout + proc.stderr).strip()[-500:]}")
+    _check_exit(fw, args, proc.returncode, proc.stdout, proc.stderr)
     return proc.stdout
+
+
+def _check_exit(fw: Firmware, args: Sequence[str], code: int, stdout: str, stderr: str) -> None:
+    """ExportError unless the run exited 0 with no error line and nothing on stderr: TFLM reports kernel errors
+    there (its DebugLog), some of which do not fail Invoke() (a kernel that returns without writing its output)."""
+    if code != 0 or "error:" in stdout or stderr.strip():
+        raise ExportError(f"{fw.elf} {' '.join(args)} failed under qemu-arm (exit {code}): "
+                          f"{(stdout + stderr).strip()[-500:]}")
 
 
 def _stats(stdout: str) -> RunStats:
@@ -337,9 +343,7 @@ def count_instructions(fw: Firmware, args: Sequence[str], toolchain: Toolchain |
                 except OSError:
                     pass
             reader.join(timeout=600)
-    if proc.returncode != 0 or b"error:" in out:
-        raise ExportError(f"{fw.elf} {' '.join(args)} failed under qemu-arm (exit {proc.returncode}): "
-                          f"{(out + err).decode(errors='replace').strip()[-500:]}")
+    _check_exit(fw, args, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
     if failed:
         raise failed[0]
     if not counted:
