@@ -174,3 +174,29 @@ def test_instruction_count_refuses_a_log_it_cannot_read():
         untranslated.finish()
     with pytest.raises(ExportError, match="unexpected line in qemu-arm's execution log: b'qemu: unhandled"):
         _TbCounter().feed(b"qemu: unhandled signal 11\n")
+
+
+def _make_value(folder: Path, variable: str, *make_args: str) -> str:
+    out = subprocess.run(["make", "-s", "-C", str(folder), f"--eval=show: ; @echo $({variable})", "show",
+                          "TFLM_DIR=/nonexistent", *make_args], capture_output=True, text=True, check=True).stdout
+    return out.strip()
+
+
+def test_makefile_links_the_reference_transpose_for_models_with_one(bundle, tmp_path):
+    from acula_edge.export.firmware.project import model_reference_kernels
+
+    assert model_reference_kernels(["CONV_2D", "TRANSPOSE", "RESHAPE", "TRANSPOSE"]) == ["transpose"]
+    assert model_reference_kernels(["CONV_2D", "MEAN"]) == []
+    project = write_project(bundle, tmp_path / "fw")
+    assert "TRANSPOSE" not in read_manifest(bundle).extra["ops"]
+    text = (project.folder / "Makefile").read_text()
+    assert "@MODEL_REFERENCE_KERNELS@" not in text and "\nMODEL_REFERENCE_KERNELS :=\n" in text
+    assert _make_value(project.folder, "LINKED_REFERENCE_KERNELS") == ""
+    # a model with a TRANSPOSE (as write_project writes it for one): its reference kernel with CMSIS-NN only
+    (project.folder / "Makefile").write_text(text.replace("\nMODEL_REFERENCE_KERNELS :=\n",
+                                                          "\nMODEL_REFERENCE_KERNELS := transpose\n"))
+    assert _make_value(project.folder, "LINKED_REFERENCE_KERNELS") == "transpose"
+    assert _make_value(project.folder, "LINKED_REFERENCE_KERNELS", "REFERENCE_KERNELS=conv transpose") == \
+        "conv transpose"
+    assert _make_value(project.folder, "LINKED_REFERENCE_KERNELS", "OPTIMIZED_KERNEL_DIR=") == ""
+    assert "build/cortex-m4-cmsis_nn-float/reference_transpose.o" in _make_value(project.folder, "OBJS").split()

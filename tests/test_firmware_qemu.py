@@ -257,3 +257,50 @@ def test_instruction_count_per_block_equals_per_instruction_on_the_model(firmwar
     fast = count_instructions(fw, args, toolchain)
     assert fast == count_instructions(fw, args, toolchain, per_instruction=True)
     assert fast > 1_000_000  # start-up + one window of the fixture model, not an empty log
+
+
+@pytest.fixture(scope="module")
+def student_bundle(tmp_path_factory):
+    """The tflm bundle of a small seeded distill/ student: export writes its 1-channel stem as space-to-depth,
+    a 5-D TRANSPOSE (as in the tiny / small / small-mcu students)."""
+    torch = pytest.importorskip("torch")
+    from runtime_fixtures import EMBED_DIM, LABELS, build_bundle
+
+    from acula_edge.distill.students import ARCHITECTURE, DSCNNStudent, StudentConfig
+
+    torch.manual_seed(0)
+    cfg = StudentConfig(channels=(8, 16), strides=((4, 2), (2, 2)), stem_kernel=(5, 3), embedding_dim=EMBED_DIM,
+                        num_classes=len(LABELS))
+    return build_bundle("tflm-int8", tmp_path_factory.mktemp("student") / "bundle", model=DSCNNStudent(cfg).eval(),
+                        architecture=ARCHITECTURE, model_config=cfg.to_dict())
+
+
+def test_space_to_depth_student_on_mcu_is_bit_identical_and_avoids_cmsis_nn_transpose(student_bundle, recordings,
+                                                                                      tflm, toolchain, tmp_path):
+    from acula_edge.errors import ExportError
+    from acula_edge.export.firmware.emulate import build, run_windows
+    from acula_edge.export.firmware.project import write_project
+    from acula_edge.manifest import read_manifest
+
+    manifest = read_manifest(student_bundle)
+    assert "TRANSPOSE" in manifest.extra["ops"]
+    project = write_project(student_bundle, tmp_path / "project")
+    makefile = project.folder / "Makefile"
+    text = makefile.read_text()
+    assert "\nMODEL_REFERENCE_KERNELS := transpose\n" in text
+    x = np.concatenate([python_windows(manifest, pcm) for _, pcm in recordings[:2]])
+    # CMSIS-NN's own int8 TRANSPOSE (<= 4 dims) fails on the 5-D one; TFLM's Invoke() still returns OK, only the
+    # debug log (stderr) says so, and the run must fail on it rather than return an unwritten output.
+    makefile.write_text(text.replace("\nMODEL_REFERENCE_KERNELS := transpose\n", "\nMODEL_REFERENCE_KERNELS :=\n"))
+    fw = build(project.folder, tflm, "cortex-m4", "cmsis_nn", "float", toolchain=toolchain)
+    with pytest.raises(ExportError, match=r"cmsis_nn/transpose.cc:\d+ size <= 4 was not true"):
+        run_windows(fw, manifest, x, toolchain=toolchain)
+    makefile.write_text(text)  # as written: TFLM's reference transpose ahead of the CMSIS-NN library
+    fw = build(project.folder, tflm, "cortex-m4", "cmsis_nn", "float", toolchain=toolchain)
+    run = run_windows(fw, manifest, x, toolchain=toolchain)
+    emb, logits = python_tflm(student_bundle, manifest, x)
+    np.testing.assert_array_equal(run.embedding, emb)
+    np.testing.assert_array_equal(run.logits, logits)
+    nm = subprocess.run([toolchain.size[:-len("size")] + "nm", "-C", str(fw.elf)], capture_output=True, text=True,
+                        check=True).stdout
+    assert "arm_transpose_s8" not in nm and "tflite::Register_TRANSPOSE()" in nm

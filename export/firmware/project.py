@@ -102,8 +102,8 @@ def write_project(bundle: str | Path, out: str | Path) -> FirmwareProject:
         atomic.write_bytes(dst / name, (FIRMWARE_DIR / name).read_bytes())
         files.append(name)
     makefile = (FIRMWARE_DIR / MAKEFILE_TEMPLATE).read_text()
-    atomic.write_bytes(dst / "Makefile", makefile.replace(
-        "@MODEL_REFERENCE_KERNELS@", " ".join(model_reference_kernels(manifest.extra.get("ops") or ()))).encode())
+    kernels = "".join(f" {k}" for k in model_reference_kernels(manifest.extra.get("ops") or ()))
+    atomic.write_bytes(dst / "Makefile", makefile.replace(" @MODEL_REFERENCE_KERNELS@", kernels).encode())
     files.append("Makefile")
     atomic.write_json(dst / DESCRIPTION, {
         "bundle": str(src.resolve()), "model_sha256": manifest.model_sha256, "resolver_ops": list(ops),
