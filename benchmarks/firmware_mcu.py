@@ -128,7 +128,7 @@ def measure(index: int, bundle: Path, args: argparse.Namespace, tools, tree: Pat
         library = "cmsis_nn" if kernels == REFERENCE_OPS else kernels
         toolchain.build_library(tree, args.arch, library, toolchain=tools)
         fw = emulate.build(project.folder, tree, args.arch, library, frontend, toolchain=tools,
-                           reference_ops=manifest.extra["ops"] if kernels == REFERENCE_OPS else ())
+                           reference_ops=manifest.extra["ops"] if kernels == REFERENCE_OPS else (), libc=args.libc)
         run = emulate.run_windows(fw, manifest, x, toolchain=tools)
         got = np.concatenate([run.embedding, run.logits], axis=1)
         mem = memory.firmware_memory(fw, tools, stack_used=run.stats.stack_used)
@@ -164,7 +164,7 @@ def render(rows: list[dict], args: argparse.Namespace, command: str, seconds: fl
            f"{os.popen(tools.gcc + ' -dumpfullversion').read().strip()}, QEMU "
            f"{'.'.join(map(str, tools.qemu_version))} (qemu-arm user mode, semihosting), TFLM kit "
            f"{Path(args.kit).name} (TFLM + CMSIS-NN at its pinned commits), `TARGET=cortex_m_qemu` flags "
-           "(-Os, soft float)",
+           f"(-Os, soft float), C library {args.libc} (`--specs={emulate.LIBCS[args.libc]}`)",
            f"- bundles: {', '.join(r['bundle'] for r in rows)}; agreement on {args.windows} windows of held-out "
            "PhysioNet subset-b recordings", ""]
     out += ["### Memory of the linked ELF (float front-end), against 256 KiB flash / 128 KiB RAM", "",
@@ -221,6 +221,8 @@ def main() -> None:
                     choices=[*toolchain.KERNELS, REFERENCE_OPS],
                     help=f"kernel builds with the float front-end; {REFERENCE_OPS}: TFLM's reference kernels of the "
                          "model's ops linked ahead of the CMSIS-NN library; reference: a reference-kernel library")
+    ap.add_argument("--libc", default="newlib", choices=list(emulate.LIBCS),
+                    help="nano: newlib-nano (smaller stdio; memory and agreement only, its printf has no floats)")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--clock-mhz", type=float, default=168.0)
     ap.add_argument("--no-instructions", action="store_true")

@@ -44,6 +44,9 @@ CMSIS_NN_KERNEL_FILES = {
     "UNIDIRECTIONAL_SEQUENCE_LSTM": "unidirectional_sequence_lstm",
 }
 PIPE_BYTES = 1 << 20  # the instruction log's FIFO (Linux's default limit for a user)
+# C library -> the Makefile's SPECS (gcc --specs=...): newlib as TFLM's cortex_m_qemu target links it, or
+# newlib-nano, as firmware usually does; both with semihosting (rdimon) for the emulator's file I/O
+LIBCS = {"newlib": "rdimon.specs", "nano": "nano.specs --specs=rdimon.specs"}
 QEMU_TIMEOUT_S = 1800  # one emulated run; the reference kernels under the instruction log are the slowest
 
 
@@ -92,23 +95,27 @@ def reference_kernels(ops: Sequence[str]) -> list[str]:
 
 def build(project: str | Path, tflm: str | Path, arch: str = "cortex-m4", kernels: str = "cmsis_nn",
           frontend: str = "float", toolchain: Toolchain | None = None, jobs: int = 2,
-          reference_ops: Sequence[str] = ()) -> Firmware:
+          reference_ops: Sequence[str] = (), libc: str = "newlib") -> Firmware:
     """``make`` the project in ``project`` against the TFLM tree ``tflm`` (library already built); returns the ELF.
 
     ``reference_ops``: TFLite ops (e.g. the model's) whose reference kernels replace the library's optimized ones
-    (the Makefile's REFERENCE_KERNELS). Builds into ``project/build/<arch>-<kernels>-<frontend>/``. Raises
-    ExportError with the compiler's message.
+    (the Makefile's REFERENCE_KERNELS). ``libc``: one of LIBCS ("nano": newlib-nano's smaller stdio and malloc,
+    whose printf has no floating point; the harness then prints probabilities as blanks, so use it for memory and
+    the model alone). Builds into ``project/build/<arch>-<kernels>-<frontend>[-nano]/``. Raises ExportError with
+    the compiler's message.
     """
     if frontend not in FRONTENDS:
         raise ExportError(f"unknown front-end build {frontend!r}; choose one of {FRONTENDS}")
+    if libc not in LIBCS:
+        raise ExportError(f"unknown C library {libc!r}; choose one of {tuple(LIBCS)}")
     tools = toolchain or find_toolchain()
     prefix = tools.gcc[:-len("gcc")]
     folder = Path(project)
     stems = reference_kernels(reference_ops)
     label = f"{kernels}+reference-ops" if stems else kernels
-    build_dir = Path("build") / f"{arch}-{label}-{frontend}"
+    build_dir = Path("build") / f"{arch}-{label}-{frontend}{'' if libc == 'newlib' else '-' + libc}"
     cmd = ["make", f"-j{jobs}", f"TFLM_DIR={Path(tflm).resolve()}", *make_args(arch, kernels), f"FRONTEND={frontend}",
-           f"CROSS={prefix}", f"BUILD={build_dir}", f"REFERENCE_KERNELS={' '.join(stems)}"]
+           f"CROSS={prefix}", f"BUILD={build_dir}", f"REFERENCE_KERNELS={' '.join(stems)}", f"SPECS={LIBCS[libc]}"]
     proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-15:]
