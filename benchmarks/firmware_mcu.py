@@ -195,8 +195,9 @@ def render(rows: list[dict], args: argparse.Namespace, command: str, seconds: fl
             f"Identical = share of int8 output values (embedding + logits) equal to the `tflite_micro` Python "
             f"interpreter's on the same int8 windows. Instructions: guest instructions executed under qemu-arm "
             f"(QEMU's in_asm + exec logs: instructions of each translated block x its executions; equal to the "
-            f"one-line-per-instruction log on the checks in tests/test_firmware_qemu.py). Time at {args.clock_mhz:g} MHz = instructions / clock, i.e. "
-            "**an estimate assuming one cycle per instruction**, not a measurement on silicon.", "",
+            f"one-line-per-instruction log on the checks in tests/test_firmware_qemu.py). Time at "
+            f"{args.clock_mhz:g} MHz = instructions / clock, i.e. **an estimate assuming one cycle per "
+            "instruction**, not a measurement on silicon.", "",
             "| bundle | build | windows | identical | max diff (steps) | model: instructions / window | "
             f"est. ms @ {args.clock_mhz:g} MHz | front-end: instructions / hop (1 s of audio) | est. ms / hop |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]

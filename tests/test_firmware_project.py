@@ -170,7 +170,8 @@ def test_instruction_count_refuses_a_log_it_cannot_read():
 
     untranslated = _TbCounter()
     untranslated.feed(b"Trace 0: 0x7fc4cc000100 [00800400/0000000000008114/00000000/00000200] \n")
-    with pytest.raises(ExportError, match=r"executes a block at 0x7fc4cc000100 \(.*/0000000000008114/.*\) it never translated"):
+    with pytest.raises(ExportError,
+                       match=r"executes a block at 0x7fc4cc000100 \(.*/0000000000008114/.*\) it never translated"):
         untranslated.finish()
     with pytest.raises(ExportError, match="unexpected line in qemu-arm's execution log: b'qemu: unhandled"):
         _TbCounter().feed(b"qemu: unhandled signal 11\n")
