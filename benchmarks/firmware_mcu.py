@@ -11,7 +11,8 @@ For every tflm bundle (e.g. the students of benchmarks/firmware_students.py): wr
   deepest stack reached (painted stack), against the 256 KiB / 128 KiB reference MCU;
 - agreement: the int8 outputs of the MCU build vs the Python ``tflite_micro`` interpreter on ``--windows`` windows
   of real held-out recordings (PhysioNet subset b);
-- instructions: guest instructions executed under qemu-arm (its exec log, one line per instruction), for the model
+- instructions: guest instructions executed under qemu-arm (its logs: instructions per translated block x
+  executions of the block, ``emulate.count_instructions``), for the model
   per window (a run on one window minus a run on none) and, for the first bundle, for the C front-end per model hop
   of audio (float and Q15 builds; the front-end alone on one hop minus none); turned into a time at
   ``--clock-mhz`` assuming one cycle per instruction (an estimate, see the notes).
@@ -127,7 +128,7 @@ def measure(index: int, bundle: Path, args: argparse.Namespace, tools, tree: Pat
         library = "cmsis_nn" if kernels == REFERENCE_OPS else kernels
         toolchain.build_library(tree, args.arch, library, toolchain=tools)
         fw = emulate.build(project.folder, tree, args.arch, library, frontend, toolchain=tools,
-                           reference_ops=manifest.extra["ops"] if kernels == REFERENCE_OPS else ())
+                           reference_ops=manifest.extra["ops"] if kernels == REFERENCE_OPS else (), libc=args.libc)
         run = emulate.run_windows(fw, manifest, x, toolchain=tools)
         got = np.concatenate([run.embedding, run.logits], axis=1)
         mem = memory.firmware_memory(fw, tools, stack_used=run.stats.stack_used)
@@ -163,7 +164,7 @@ def render(rows: list[dict], args: argparse.Namespace, command: str, seconds: fl
            f"{os.popen(tools.gcc + ' -dumpfullversion').read().strip()}, QEMU "
            f"{'.'.join(map(str, tools.qemu_version))} (qemu-arm user mode, semihosting), TFLM kit "
            f"{Path(args.kit).name} (TFLM + CMSIS-NN at its pinned commits), `TARGET=cortex_m_qemu` flags "
-           "(-Os, soft float)",
+           f"(-Os, soft float), C library {args.libc} (`--specs={emulate.LIBCS[args.libc]}`)",
            f"- bundles: {', '.join(r['bundle'] for r in rows)}; agreement on {args.windows} windows of held-out "
            "PhysioNet subset-b recordings", ""]
     out += ["### Memory of the linked ELF (float front-end), against 256 KiB flash / 128 KiB RAM", "",
@@ -193,8 +194,10 @@ def render(rows: list[dict], args: argparse.Namespace, command: str, seconds: fl
     out += ["", "### Agreement with the Python TFLM interpreter, and instructions per window", "",
             f"Identical = share of int8 output values (embedding + logits) equal to the `tflite_micro` Python "
             f"interpreter's on the same int8 windows. Instructions: guest instructions executed under qemu-arm "
-            f"(exec log, one line per instruction). Time at {args.clock_mhz:g} MHz = instructions / clock, i.e. "
-            "**an estimate assuming one cycle per instruction**, not a measurement on silicon.", "",
+            f"(QEMU's in_asm + exec logs: instructions of each translated block x its executions; equal to the "
+            f"one-line-per-instruction log on the checks in tests/test_firmware_qemu.py). Time at "
+            f"{args.clock_mhz:g} MHz = instructions / clock, i.e. **an estimate assuming one cycle per "
+            "instruction**, not a measurement on silicon.", "",
             "| bundle | build | windows | identical | max diff (steps) | model: instructions / window | "
             f"est. ms @ {args.clock_mhz:g} MHz | front-end: instructions / hop (1 s of audio) | est. ms / hop |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -219,12 +222,14 @@ def main() -> None:
                     choices=[*toolchain.KERNELS, REFERENCE_OPS],
                     help=f"kernel builds with the float front-end; {REFERENCE_OPS}: TFLM's reference kernels of the "
                          "model's ops linked ahead of the CMSIS-NN library; reference: a reference-kernel library")
+    ap.add_argument("--libc", default="newlib", choices=list(emulate.LIBCS),
+                    help="nano: newlib-nano (smaller stdio; memory and agreement only, its printf has no floats)")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--clock-mhz", type=float, default=168.0)
     ap.add_argument("--no-instructions", action="store_true")
     ap.add_argument("--reference-counts", type=int, default=99,
-                    help="count instructions of the non-CMSIS-NN builds for the first N bundles only (slow: the "
-                         "reference kernels execute several times more instructions, each logged)")
+                    help="count instructions of the non-CMSIS-NN builds for the first N bundles only (slower: the "
+                         "reference kernels execute ~20x more instructions)")
     ap.add_argument("--work", default="/tmp/acula-firmware-mcu")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS_firmware.md"))
     ap.add_argument("--json", default=None, help="also write the raw figures here")

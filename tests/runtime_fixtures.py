@@ -80,8 +80,10 @@ def calibration_windows(frontend: FrontendConfig, windowing: Windowing, n: int =
     return np.stack(out)[:, None].copy()  # copy: a None axis has stride 0, which ExecuTorch export rejects
 
 
-def build_bundle(kind: str, out_dir: Path, preset_name: str = "heart", seed: int = 0) -> Path:
-    """Export a tiny bundle of ``kind`` (see KINDS) to ``out_dir`` with acula_edge.export (parity-gated)."""
+def build_bundle(kind: str, out_dir: Path, preset_name: str = "heart", seed: int = 0, model=None,
+                 architecture: str = "tests.runtime_fixtures:Tiny", model_config: dict | None = None) -> Path:
+    """Export a tiny bundle of ``kind`` (see KINDS) to ``out_dir`` with acula_edge.export (parity-gated); ``model``
+    (embedding EMBED_DIM, len(LABELS) logits; default :func:`tiny_model`) with its ``architecture`` and config."""
     import torch
 
     from acula_edge.checkpoint import CheckpointInfo
@@ -91,13 +93,13 @@ def build_bundle(kind: str, out_dir: Path, preset_name: str = "heart", seed: int
 
     torch.set_num_threads(1)
     frontend, windowing = preset(preset_name)
-    model = tiny_model(frontend, windowing, seed)
+    model = tiny_model(frontend, windowing, seed) if model is None else model
     rng = np.random.default_rng(seed + 1)
     emb = rng.standard_normal((len(PROMPT_TEXTS), EMBED_DIM))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     prompts = Prompts(texts=PROMPT_TEXTS, embeddings=tuple(tuple(float(v) for v in r) for r in emb),
                       labels=("normal", "abnormal", ""))
-    info = CheckpointInfo(kind="student", architecture="tests.runtime_fixtures:Tiny", model_config={},
+    info = CheckpointInfo(kind="student", architecture=architecture, model_config=dict(model_config or {}),
                           frontend=frontend, windowing=windowing, labels=LABELS, embedding_dim=EMBED_DIM,
                           threshold=0.5, prompts=prompts)
 

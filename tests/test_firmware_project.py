@@ -119,3 +119,85 @@ def test_find_toolchain_names_what_is_missing_and_rejects_old_qemu(tmp_path, mon
         (tmp_path / name).chmod(0o755)
     with pytest.raises(ExportError, match="is QEMU 7.2.0, which aborts on Cortex-M binaries; QEMU >= 8 is needed"):
         find_toolchain()
+
+
+# A qemu-arm 10 `-d in_asm,exec,nochain` log in its real format (lines as QEMU writes them): block A (3
+# instructions) runs twice, block B (2) once, then B's host code is reused for a re-translated block C (4) after a
+# code-buffer flush, C runs twice and one entry into C is stopped before its first instruction.
+TB_LOG = "\n".join([
+    '----------------',
+    'IN: ',
+    '0x00008114:  2016       movs     r0, #0x16',
+    '0x00008116:  a130       adr      r1, #0xc0',
+    '0x00008118:  beab       bkpt     #0xab',
+    '',
+    'Trace 0: 0x7fc4cc000100 [00800400/0000000000008114/00000000/00000200] ',
+    'Trace 0: 0x7fc4cc000100 [00800400/0000000000008114/00000000/00000200] ',
+    '----------------',
+    'IN: ',
+    '0x0000811a:  482f       ldr      r0, [pc, #0xbc]',
+    '0x0000811c:  d001       beq      #0x8126',
+    '',
+    'Trace 0: 0x7fc4cc000240 [00800400/000000000000811a/00000000/00000200] ',
+    '----------------',
+    'IN: ',
+    '0x00008200:  bf08       it       eq',
+    '0x00008202:  2100       moveq    r1, #0',
+    '0x00008204:  468b       mov      fp, r1',
+    '0x00008206:  4770       bx       lr',
+    '',
+    'Trace 0: 0x7fc4cc000240 [00800400/0000000000008200/00000000/00000200] ',
+    'Trace 0: 0x7fc4cc000240 [00800400/0000000000008200/00000000/00000200] ',
+    'Trace 0: 0x7fc4cc000240 [00800400/0000000000008200/00000000/00000200] ',
+    'Stopped execution of TB chain before 0x7fc4cc000240 [00008200] ',
+    '',
+]).encode()  # QEMU ends 'IN: <symbol>' and Trace lines with a space (no symbol in a stripped ELF)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, len(TB_LOG)])
+def test_instruction_count_from_the_block_log_in_any_chunking(chunk):
+    from acula_edge.export.firmware.emulate import _TbCounter
+
+    counter = _TbCounter()
+    for i in range(0, len(TB_LOG), chunk):
+        counter.feed(TB_LOG[i:i + chunk])
+    assert counter.finish() == 2 * 3 + 1 * 2 + 2 * 4
+    assert counter.blocks == 5
+
+
+def test_instruction_count_refuses_a_log_it_cannot_read():
+    from acula_edge.export.firmware.emulate import _TbCounter
+
+    untranslated = _TbCounter()
+    untranslated.feed(b"Trace 0: 0x7fc4cc000100 [00800400/0000000000008114/00000000/00000200] \n")
+    with pytest.raises(ExportError,
+                       match=r"executes a block at 0x7fc4cc000100 \(.*/0000000000008114/.*\) it never translated"):
+        untranslated.finish()
+    with pytest.raises(ExportError, match="unexpected line in qemu-arm's execution log: b'qemu: unhandled"):
+        _TbCounter().feed(b"qemu: unhandled signal 11\n")
+
+
+def _make_value(folder: Path, variable: str, *make_args: str) -> str:
+    out = subprocess.run(["make", "-s", "-C", str(folder), f"--eval=show: ; @echo $({variable})", "show",
+                          "TFLM_DIR=/nonexistent", *make_args], capture_output=True, text=True, check=True).stdout
+    return out.strip()
+
+
+def test_makefile_links_the_reference_transpose_for_models_with_one(bundle, tmp_path):
+    from acula_edge.export.firmware.project import model_reference_kernels
+
+    assert model_reference_kernels(["CONV_2D", "TRANSPOSE", "RESHAPE", "TRANSPOSE"]) == ["transpose"]
+    assert model_reference_kernels(["CONV_2D", "MEAN"]) == []
+    project = write_project(bundle, tmp_path / "fw")
+    assert "TRANSPOSE" not in read_manifest(bundle).extra["ops"]
+    text = (project.folder / "Makefile").read_text()
+    assert "@MODEL_REFERENCE_KERNELS@" not in text and "\nMODEL_REFERENCE_KERNELS :=\n" in text
+    assert _make_value(project.folder, "LINKED_REFERENCE_KERNELS") == ""
+    # a model with a TRANSPOSE (as write_project writes it for one): its reference kernel with CMSIS-NN only
+    (project.folder / "Makefile").write_text(text.replace("\nMODEL_REFERENCE_KERNELS :=\n",
+                                                          "\nMODEL_REFERENCE_KERNELS := transpose\n"))
+    assert _make_value(project.folder, "LINKED_REFERENCE_KERNELS") == "transpose"
+    assert _make_value(project.folder, "LINKED_REFERENCE_KERNELS", "REFERENCE_KERNELS=conv transpose") == \
+        "conv transpose"
+    assert _make_value(project.folder, "LINKED_REFERENCE_KERNELS", "OPTIMIZED_KERNEL_DIR=") == ""
+    assert "build/cortex-m4-cmsis_nn-float/reference_transpose.o" in _make_value(project.folder, "OBJS").split()

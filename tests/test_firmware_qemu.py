@@ -216,3 +216,91 @@ def test_linked_memory_adds_up_and_only_model_ops_are_linked(firmware, bundle, t
                         check=True).stdout
     assert "tflite::Register_CONV_2D()" in nm
     assert "tflite::Register_SOFTMAX()" not in nm and "tflite::Register_LSTM" not in nm  # ops the model lacks
+
+
+LOOP_C = r"""
+#include <stdlib.h>
+/* argv[1] iterations of a 6-instruction loop (cbz, add, eor, sub, nop, b) */
+int main(int argc, char **argv) {
+    unsigned n = argc > 1 ? (unsigned)atoi(argv[1]) : 0u, acc = 0u;
+    __asm__ volatile("1: cbz %0, 2f\n add %1, %1, %0\n eor %1, %1, #3\n sub %0, %0, #1\n nop\n b 1b\n2:\n"
+                     : "+l"(n), "+r"(acc));
+    return (int)(acc & 1u);
+}
+"""
+
+
+def test_instruction_count_per_block_is_exact_on_a_known_loop(toolchain, tmp_path):
+    from acula_edge.export.firmware.emulate import Firmware, count_instructions
+
+    (tmp_path / "loop.c").write_text(LOOP_C)
+    elf = tmp_path / "loop.elf"
+    subprocess.run([toolchain.gcc, "-mcpu=cortex-m4", "-mthumb", "-Os", "--specs=rdimon.specs",
+                    str(tmp_path / "loop.c"), "-o", str(elf)], check=True)
+    fw = Firmware(elf, tmp_path / "loop.map", "cortex-m4", "none", "float")
+    # same argument length, so the start-up (atoi included) executes the same instructions
+    counts = {arg: count_instructions(fw, [arg], toolchain) for arg in ("001000", "100000")}
+    assert counts["100000"] - counts["001000"] == 6 * (100000 - 1000)
+    for arg, n in counts.items():
+        assert count_instructions(fw, [arg], toolchain, per_instruction=True) == n, arg
+
+
+def test_instruction_count_per_block_equals_per_instruction_on_the_model(firmware, bundle, recordings, toolchain,
+                                                                         tmp_path):
+    from acula_edge.export.firmware.emulate import count_instructions
+    from acula_edge.manifest import read_manifest
+
+    manifest = read_manifest(bundle)
+    python_windows(manifest, recordings[0][1])[:1].tofile(tmp_path / "w.i8")
+    fw = firmware("float")
+    args = ["windows", str(tmp_path / "w.i8"), str(tmp_path / "out.i8")]
+    fast = count_instructions(fw, args, toolchain)
+    assert fast == count_instructions(fw, args, toolchain, per_instruction=True)
+    assert fast > 1_000_000  # start-up + one window of the fixture model, not an empty log
+
+
+@pytest.fixture(scope="module")
+def student_bundle(tmp_path_factory):
+    """The tflm bundle of a small seeded distill/ student: export writes its 1-channel stem as space-to-depth,
+    a 5-D TRANSPOSE (as in the tiny / small / small-mcu students)."""
+    torch = pytest.importorskip("torch")
+    from runtime_fixtures import EMBED_DIM, LABELS, build_bundle
+
+    from acula_edge.distill.students import ARCHITECTURE, DSCNNStudent, StudentConfig
+
+    torch.manual_seed(0)
+    cfg = StudentConfig(channels=(8, 16), strides=((4, 2), (2, 2)), stem_kernel=(5, 3), embedding_dim=EMBED_DIM,
+                        num_classes=len(LABELS))
+    return build_bundle("tflm-int8", tmp_path_factory.mktemp("student") / "bundle", model=DSCNNStudent(cfg).eval(),
+                        architecture=ARCHITECTURE, model_config=cfg.to_dict())
+
+
+def test_space_to_depth_student_on_mcu_is_bit_identical_and_avoids_cmsis_nn_transpose(student_bundle, recordings,
+                                                                                      tflm, toolchain, tmp_path):
+    from acula_edge.errors import ExportError
+    from acula_edge.export.firmware.emulate import build, run_windows
+    from acula_edge.export.firmware.project import write_project
+    from acula_edge.manifest import read_manifest
+
+    manifest = read_manifest(student_bundle)
+    assert "TRANSPOSE" in manifest.extra["ops"]
+    project = write_project(student_bundle, tmp_path / "project")
+    makefile = project.folder / "Makefile"
+    text = makefile.read_text()
+    assert "\nMODEL_REFERENCE_KERNELS := transpose\n" in text
+    x = np.concatenate([python_windows(manifest, pcm) for _, pcm in recordings[:2]])
+    # CMSIS-NN's own int8 TRANSPOSE (<= 4 dims) fails on the 5-D one; TFLM's Invoke() still returns OK, only the
+    # debug log (stderr) says so, and the run must fail on it rather than return an unwritten output.
+    makefile.write_text(text.replace("\nMODEL_REFERENCE_KERNELS := transpose\n", "\nMODEL_REFERENCE_KERNELS :=\n"))
+    fw = build(project.folder, tflm, "cortex-m4", "cmsis_nn", "float", toolchain=toolchain)
+    with pytest.raises(ExportError, match=r"cmsis_nn/transpose.cc:\d+ size <= 4 was not true"):
+        run_windows(fw, manifest, x, toolchain=toolchain)
+    makefile.write_text(text)  # as written: TFLM's reference transpose ahead of the CMSIS-NN library
+    fw = build(project.folder, tflm, "cortex-m4", "cmsis_nn", "float", toolchain=toolchain)
+    run = run_windows(fw, manifest, x, toolchain=toolchain)
+    emb, logits = python_tflm(student_bundle, manifest, x)
+    np.testing.assert_array_equal(run.embedding, emb)
+    np.testing.assert_array_equal(run.logits, logits)
+    nm = subprocess.run([toolchain.size[:-len("size")] + "nm", "-C", str(fw.elf)], capture_output=True, text=True,
+                        check=True).stdout
+    assert "arm_transpose_s8" not in nm and "tflite::Register_TRANSPOSE()" in nm

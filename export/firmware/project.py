@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from acula_edge import atomic
 from acula_edge.errors import BundleError, ExportError
@@ -28,6 +29,16 @@ MAKEFILE_TEMPLATE = "acula_fw.mk"
 DESCRIPTION = "firmware.json"  # marks a folder this module wrote (it may then be overwritten)
 BUNDLE_SOURCES = (HEADER_FILE, SOURCE_FILE, FRONTEND_HEADER)
 OUTPUT_NAMES = ("embedding", "logits")  # the model contract the app relies on (see acula_edge.manifest)
+
+
+# TFLite ops whose CMSIS-NN kernel gives wrong results on some of our models -> TFLM kernel file stem of the
+# reference kernel the project links instead (why: see the Makefile template's MODEL_REFERENCE_KERNELS)
+CMSIS_NN_AVOIDED = {"TRANSPOSE": "transpose"}
+
+
+def model_reference_kernels(ops: Sequence[str]) -> list[str]:
+    """Stems of the reference kernels a project for a model with TFLite ``ops`` links instead of CMSIS-NN's."""
+    return sorted({CMSIS_NN_AVOIDED[op] for op in ops if op in CMSIS_NN_AVOIDED})
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,9 @@ def write_project(bundle: str | Path, out: str | Path) -> FirmwareProject:
     for name in APP_SOURCES:
         atomic.write_bytes(dst / name, (FIRMWARE_DIR / name).read_bytes())
         files.append(name)
-    atomic.write_bytes(dst / "Makefile", (FIRMWARE_DIR / MAKEFILE_TEMPLATE).read_bytes())
+    makefile = (FIRMWARE_DIR / MAKEFILE_TEMPLATE).read_text()
+    kernels = "".join(f" {k}" for k in model_reference_kernels(manifest.extra.get("ops") or ()))
+    atomic.write_bytes(dst / "Makefile", makefile.replace(" @MODEL_REFERENCE_KERNELS@", kernels).encode())
     files.append("Makefile")
     atomic.write_json(dst / DESCRIPTION, {
         "bundle": str(src.resolve()), "model_sha256": manifest.model_sha256, "resolver_ops": list(ops),
