@@ -50,27 +50,17 @@ class LogMel:
         self._cols = np.asarray(cols, dtype=np.intp)
         self._weights = np.asarray(weights, dtype=np.float64)
         self._starts = np.asarray(starts, dtype=np.intp)
-        self._with_bands: dict[SpectrumBands, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-    def _tables_with(self, bands: SpectrumBands) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The filterbank's gather tables followed by one run of weight 1 per pooled band: the mel bands and the
-        pooled power come out of the same reduceat (each run is summed on its own, so the mel values are the ones
-        the filterbank alone gives, bit for bit)."""
-        if bands not in self._with_bands:
-            extra = np.arange(bands.lo, bands.lo + bands.count * bands.per_band, dtype=np.intp)
-            self._with_bands[bands] = (
-                np.concatenate([self._cols, extra]), np.concatenate([self._weights, np.ones(extra.size)]),
-                np.concatenate([self._starts, self._cols.size + bands.per_band * np.arange(bands.count)]))
-        return self._with_bands[bands]
 
     def frames_to_logmel(self, frames: np.ndarray) -> np.ndarray:
         """Log-mel of framed audio, shape (n, win_length) -> (n, n_mels). The waveform representation returns the
         frames themselves (float32)."""
         return self._frames(frames, None)[0]
 
-    def frames_with_bands(self, frames: np.ndarray, bands: SpectrumBands) -> tuple[np.ndarray, np.ndarray | None]:
+    def frames_with_bands(self, frames: np.ndarray,
+                          bands: SpectrumBands | None) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`frames_to_logmel` and, from the same power spectra, each frame's power pooled into ``bands``
-        (n, bands.count) float64 (None for the waveform representation, which computes no spectrum). The quality
+        (n, bands.count) float64 (None without ``bands``, and for the waveform representation, which computes no
+        spectrum). The quality
         checks take a window's spectral flatness from these, so the stream runs no FFT of its own."""
         return self._frames(frames, bands)
 
@@ -94,15 +84,10 @@ class LogMel:
         spec = np.fft.rfft(frames * self.window, n=cfg.n_fft, axis=1)
         power = spec.real * spec.real
         power += spec.imag * spec.imag
-        if bands is not None and cfg.power == 2.0:  # one gather and reduceat for both
-            cols, weights, starts = self._tables_with(bands)
-            both = np.add.reduceat(power[:, cols] * weights, starts, axis=1)
-            mel, pooled = both[:, :cfg.n_mels], both[:, cfg.n_mels:]
-        else:
-            pooled = None if bands is None else bands.pool(power)
-            if cfg.power == 1.0:
-                np.sqrt(power, out=power)
-            mel = np.add.reduceat(power[:, self._cols] * self._weights, self._starts, axis=1)
+        pooled = None if bands is None else bands.pool(power)
+        if cfg.power == 1.0:
+            np.sqrt(power, out=power)
+        mel = np.add.reduceat(power[:, self._cols] * self._weights, self._starts, axis=1)
         if cfg.log_offset:
             mel += cfg.log_offset
         np.maximum(mel, cfg.log_floor, out=mel)
@@ -241,8 +226,7 @@ class LogMelStream:
         frames = np.lib.stride_tricks.as_strided(
             buf, shape=(n, cfg.win_length), strides=(buf.strides[0] * cfg.hop_length, buf.strides[0]),
             writeable=False)
-        out, pooled = self.logmel.frames_with_bands(frames, bands) if bands is not None else \
-            (self.logmel.frames_to_logmel(frames), None)
+        out, pooled = self.logmel.frames_with_bands(frames, bands)
         consumed = n * cfg.hop_length
         remaining = self._len - consumed
         buf[:remaining] = buf[consumed:self._len].copy()

@@ -54,44 +54,58 @@ clock = time.process_time_ns
 
 # -- raw runtime calls ------------------------------------------------------------------------------------------
 
-def raw_runner(path: Path, x: np.ndarray) -> Callable[[], Any]:
-    """A no-argument callable running the model file once on ``x`` (float32 window) with the runtime's own API,
-    1 thread; integer inputs are quantized once, here, not per call."""
+def _open(path: Path) -> Any:
+    """The model file on its runtime with the runtime's own API, 1 thread: an onnxruntime session, an allocated
+    LiteRT interpreter or an ExecuTorch method."""
     suffix = path.suffix
     if suffix == ".onnx":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        feed = {sess.get_inputs()[0].name: x}
-        return lambda: sess.run(None, feed)
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     if suffix == ".tflite":
         from ai_edge_litert.interpreter import Interpreter
 
         it = Interpreter(model_path=str(path), num_threads=1)
         it.allocate_tensors()
-        d = it.get_input_details()[0]
-        q = x
-        if d["dtype"] != np.float32:
-            scale, zp = d["quantization"]
-            q = np.clip(np.rint(x / scale) + zp, -128, 127).astype(d["dtype"])
-        q = q.reshape(d["shape"])
-        outs = [o["index"] for o in it.get_output_details()]
-
-        def run() -> Any:
-            it.set_tensor(d["index"], q)
-            it.invoke()
-            return [it.get_tensor(i) for i in outs]
-        return run
+        return it
     if suffix == ".pte":
-        import torch
         from executorch.runtime import Runtime
 
-        method = Runtime.get().load_program(str(path)).load_method("forward")
-        t = torch.from_numpy(x.copy())
-        return lambda: method.execute([t])
+        return Runtime.get().load_program(str(path)).load_method("forward")
     raise ValueError(f"unknown model file type {path}")
+
+
+def _litert_input(detail: dict, x: np.ndarray) -> np.ndarray:
+    """A float window as the interpreter's input tensor: quantized (round, saturate) when the model takes int8."""
+    if detail["dtype"] != np.float32:
+        scale, zp = detail["quantization"]
+        x = np.clip(np.rint(x / scale) + zp, -128, 127).astype(detail["dtype"])
+    return x.reshape(detail["shape"])
+
+
+def raw_runner(path: Path, x: np.ndarray) -> Callable[[], Any]:
+    """A no-argument callable running the model file once on ``x`` (float32 window) with the runtime's own API,
+    1 thread; integer inputs are quantized once, here, not per call."""
+    handle = _open(path)
+    if path.suffix == ".onnx":
+        feed = {handle.get_inputs()[0].name: x}
+        return lambda: handle.run(None, feed)
+    if path.suffix == ".tflite":
+        d = handle.get_input_details()[0]
+        q = _litert_input(d, x)
+        outs = [o["index"] for o in handle.get_output_details()]
+
+        def run() -> Any:
+            handle.set_tensor(d["index"], q)
+            handle.invoke()
+            return [handle.get_tensor(i) for i in outs]
+        return run
+    import torch
+
+    t = torch.from_numpy(x.copy())
+    return lambda: handle.execute([t])
 
 
 def window_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -102,43 +116,27 @@ def window_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
         e = np.exp(z - z.max())
         return e / e.sum()
 
-    suffix = path.suffix
-    if suffix == ".onnx":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return lambda w: softmax(sess.run(["logits"], {name: w})[0][0])
-    if suffix == ".tflite":
-        from ai_edge_litert.interpreter import Interpreter
-
-        it = Interpreter(model_path=str(path), num_threads=1)
-        it.allocate_tensors()
-        d = it.get_input_details()[0]
-        out = [o for o in it.get_output_details() if o["shape"][-1] == min(o["shape"][-1] for o in
-                                                                              it.get_output_details())][0]
+    handle = _open(path)
+    if path.suffix == ".onnx":
+        name = handle.get_inputs()[0].name
+        return lambda w: softmax(handle.run(["logits"], {name: w})[0][0])
+    if path.suffix == ".tflite":
+        d = handle.get_input_details()[0]
+        outs = handle.get_output_details()
+        out = min(outs, key=lambda o: o["shape"][-1])  # the logits: the narrower output
 
         def run(w: np.ndarray) -> np.ndarray:
-            if d["dtype"] != np.float32:
-                scale, zp = d["quantization"]
-                w = np.clip(np.rint(w / scale) + zp, -128, 127).astype(d["dtype"])
-            it.set_tensor(d["index"], w.reshape(d["shape"]))
-            it.invoke()
-            z = it.get_tensor(out["index"])[0]
+            handle.set_tensor(d["index"], _litert_input(d, w))
+            handle.invoke()
+            z = handle.get_tensor(out["index"])[0]
             if out["dtype"] != np.float32:
                 scale, zp = out["quantization"]
                 z = (z.astype(np.float32) - zp) * scale
             return softmax(z)
         return run
-    if suffix == ".pte":
-        import torch
-        from executorch.runtime import Runtime
+    import torch
 
-        method = Runtime.get().load_program(str(path)).load_method("forward")
-        return lambda w: softmax(method.execute([torch.from_numpy(w)])[1].numpy()[0])
-    raise ValueError(f"unknown model file type {path}")
+    return lambda w: softmax(handle.execute([torch.from_numpy(w)])[1].numpy()[0])
 
 
 # -- bundles ------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from acula_edge.manifest import Prompts
 from acula_edge.operating_point import VALIDATION_KEY, OperatingPoint, argmax_rule, choose, fixed, parse_method
 from acula_edge.training import (STATE_NAME, DistEnv, LoopConfig, StepResult, barrier, init_distributed, open_log,
                                  run_training, seed_everything, unwrap, warmup_cosine, wrap_ddp)
-from acula_edge.windows import Windows, extract_windows, recording_scores, recording_windows
+from acula_edge.windows import Windows, extract_windows, frame_windows, recording_scores, recording_windows
 from acula_edge.distill.adversary import SiteAdversary, ramp
 from acula_edge.distill.augment import AugmentConfig, Augmenter
 from acula_edge.distill.device_sim import DeviceSimConfig, simulated_copies
@@ -285,18 +285,20 @@ def score_recordings(model: torch.nn.Module, dataset: Dataset, fe: FrontendConfi
     aggregation). ``head``: maps the model's window embeddings to logits in place of its own (e.g. a linear
     probe)."""
     from acula_edge.features import LogMel
-    from acula_edge.runtime.quality import QualityConfig, window_quality
+    from acula_edge.runtime.quality import BlockQuality, QualityConfig
 
-    logmel, quality = LogMel(fe), QualityConfig()
+    logmel = LogMel(fe)
     ws, hs = win.window_samples(fe), win.hop_samples(fe)
+    meter = BlockQuality(fe, ws, hs, QualityConfig())  # the device's quality checks, as EdgeModel.prepare runs them
     out = np.zeros((len(dataset), len(labels)), dtype=np.float64)
     for r, rec in enumerate(dataset):
         x = rec.load(fe.sample_rate, min_samples=ws, pad=True)
-        windows = recording_windows(x, fe, win, logmel)
+        frames, bands = logmel.with_bands(x, meter.bands)  # one front-end pass gives the windows and the flatness
+        windows = recording_windows(x, fe, win, logmel) if fe.center else frame_windows(frames, fe, win)
         emb, logits = predict(model, windows, device=device)
         if head is not None:
             logits = head(emb)
-        ok = np.array([window_quality(x[k * hs:k * hs + ws], fe, quality).ok for k in range(windows.shape[0])])
+        ok = np.array([q.ok for q in meter.windows(x, windows.shape[0], bands)])
         out[r] = recording_scores(softmax(logits).astype(np.float32), np.zeros(len(ok), dtype=np.int64), ok)[1][0]
     return out
 

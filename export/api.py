@@ -17,13 +17,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from acula_edge import atomic
+from acula_edge.bench.fingerprint import usable_cpus
 from acula_edge.checkpoint import CheckpointInfo, load_checkpoint, weights_sha256
 from acula_edge.errors import ExportError
 from acula_edge.export import bundle, parity
 from acula_edge.export.calibration import DEFAULT_CALIB_WINDOWS, DEFAULT_EVAL_WINDOWS, ExportData, prepare_data
 from acula_edge.export.registry import CALIBRATION_METHODS, OUTPUT_NAMES, ExportJob, get_target, targets
 from acula_edge.export.tolerances import Tolerance
-from acula_edge.manifest import Manifest, read_manifest, write_manifest
+from acula_edge.manifest import Manifest, write_manifest
 from acula_edge.operating_point import checkpoint_with
 
 PRECISIONS = {"none": "fp32", "fp32": "fp32", "int8": "int8"}  # --quantize value -> bundle precision
@@ -167,13 +168,6 @@ def progress_line(name: str, dest: str | Path, seconds: float, manifest: Manifes
     return f"{name:<16} {'ok':<7} {seconds:6.1f} s  {size:>10}  {', '.join(figures)}{note}  -> {dest}"
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def plan_lanes(names: list[str], jobs: int) -> list[list[str]]:
     """Split targets over up to ``jobs`` processes ("lanes") of about equal declared export cost.
 
@@ -184,13 +178,8 @@ def plan_lanes(names: list[str], jobs: int) -> list[list[str]]:
     groups: dict[str, list[str]] = {}
     for name in names:
         root = get_target(name).reuses
-        groups.setdefault(root if root in names else name, [])
-    for name in names:
-        root = get_target(name).reuses
-        root = root if root in names else name
-        if name != root:
-            groups[root].append(name)
-    groups = {root: [root, *members] for root, members in groups.items()}
+        groups.setdefault(root if root in names else name, []).append(name)
+    groups = {root: sorted(members, key=lambda n: n != root) for root, members in groups.items()}  # root first
     cost = {root: sum(get_target(n).export_cost for n in members) for root, members in groups.items()}
     lanes: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(groups))))]
     loads = [0.0] * len(lanes)
@@ -227,6 +216,7 @@ class _Outcome:
     name: str
     dest: str
     seconds: float
+    manifest: Manifest | None = None  # the written bundle's (None: refused)
     error: ExportError | None = None
 
 
@@ -245,7 +235,7 @@ def _run_lane(job: _LaneJob, model: Any = None, progress: Callable[[str], None] 
                                     source_path=job.source_path)
         except ExportError as e:
             error = e
-        outcome = _Outcome(name, str(dest), time.perf_counter() - start, error)
+        outcome = _Outcome(name, str(dest), time.perf_counter() - start, manifest, error)
         outcomes.append(outcome)
         if progress:
             progress(progress_line(f"{name}-{job.precision}", dest, outcome.seconds, manifest, error=error))
@@ -282,7 +272,7 @@ def export_targets(checkpoint_dir: str | Path, out: str | Path, names: list[str]
     written, failed = {}, {}
     for o in sorted(outcomes, key=lambda o: names.index(o.name)):
         if o.error is None:
-            written[o.dest] = read_manifest(o.dest)
+            written[o.dest] = o.manifest
         else:
             failed[o.dest] = o.error
     return written, failed
@@ -304,13 +294,12 @@ def _run_lanes(jobs: list[_LaneJob], model: Any, progress: Callable[[str], None]
             try:
                 lane = future.result()
             except concurrent.futures.process.BrokenProcessPool as e:
-                lane = [_Outcome(n, str(job.dest(n)), 0.0, ExportError(
+                lane = [_Outcome(n, str(job.dest(n)), 0.0, None, ExportError(
                     f"the worker process exporting {n} died ({e}); nothing was written for it. Run the export "
                     f"again with --jobs 1 to see its output in this process")) for n in job.names]
             for o in lane:
                 if progress:
-                    manifest = read_manifest(o.dest) if o.error is None else None
-                    progress(progress_line(f"{o.name}-{job.precision}", o.dest, o.seconds, manifest, error=o.error))
+                    progress(progress_line(f"{o.name}-{job.precision}", o.dest, o.seconds, o.manifest, error=o.error))
             outcomes += lane
     return outcomes
 

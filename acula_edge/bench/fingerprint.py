@@ -67,12 +67,17 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return out
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else every logical core)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def fingerprint() -> dict[str, Any]:
     """The machine description stored in every benchmark JSON."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
+    usable = usable_cpus()
     try:
         load = [round(v, 2) for v in os.getloadavg()]  # other work on the machine while measuring
     except (AttributeError, OSError):

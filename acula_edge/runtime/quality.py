@@ -99,16 +99,19 @@ class BlockQuality:
             out.append((float(wide.sum()), float(wide.dot(wide)), clipped))
         return out
 
-    def quality(self, rows: Sequence[tuple[float, float, float]], band_power: list[float] | None) -> WindowQuality:
+    def quality(self, rows: Sequence[tuple[float, float, float]], frame_bands: np.ndarray | None) -> WindowQuality:
         """The quality of the window made of the blocks whose statistics are ``rows`` (blocks_per_window of
-        :meth:`stats`' tuples) and whose frames' pooled power sums to ``band_power`` (None: flatness not measured)."""
+        :meth:`stats`' tuples) and of the frames whose pooled power is ``frame_bands`` (the window's frames, each
+        row one frame's bands; None: flatness not measured)."""
         total = total_sq = clipped = 0.0
         for s, sq, c in rows:
             total += s
             total_sq += sq
             clipped += c
         n = len(rows) * self.block
-        flat = _flatness(band_power) if band_power is not None else float("nan")
+        flat = float("nan")
+        if frame_bands is not None and self.flatness_available:
+            flat = _flatness(frame_bands.sum(axis=0).tolist())
         return assess(total_sq / n, clipped / n, total / n, flat, self.cfg)
 
     def windows(self, x: np.ndarray, n_windows: int, frame_bands: np.ndarray | None) -> list[WindowQuality]:
@@ -119,13 +122,8 @@ class BlockQuality:
         n_blocks = (n_windows - 1) * self.blocks_per_hop + self.blocks_per_window
         rows = self.stats(np.ascontiguousarray(x[:n_blocks * self.block], dtype=np.float32))
         bh, bw, fh, fw = self.blocks_per_hop, self.blocks_per_window, self.frames_per_hop, self.frames_per_window
-        out = []
-        for k in range(n_windows):
-            power = None
-            if frame_bands is not None and self.flatness_available:
-                power = frame_bands[k * fh:k * fh + fw].sum(axis=0).tolist()
-            out.append(self.quality(rows[k * bh:k * bh + bw], power))
-        return out
+        return [self.quality(rows[k * bh:k * bh + bw], None if frame_bands is None else frame_bands[k * fh:k * fh + fw])
+                for k in range(n_windows)]
 
 
 def assess(mean_square: float, clip: float, dc: float, flat: float, cfg: QualityConfig) -> WindowQuality:

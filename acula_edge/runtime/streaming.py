@@ -266,9 +266,6 @@ class StreamSession:
     def _quality_blocks(self, piece: np.ndarray) -> None:
         """Add ``piece`` to the quality statistics: one stats row per completed block."""
         g, i, n = self._block.shape[0], 0, piece.shape[0]
-        if not self._blen and n == g:  # the usual piece: one whole block (a hop of one block)
-            self._store(self._meter.stats(piece))
-            return
         if self._blen:
             i = min(g - self._blen, n)
             self._block[self._blen:self._blen + i] = piece[:i]
@@ -315,8 +312,7 @@ class StreamSession:
         """Quality of window ``k`` (its frames start at ``_frames[f]``) from the blocks' and frames' statistics."""
         first = k * self._meter.blocks_per_hop
         rows = [self._rows[(first + j) % self._ring] for j in range(self._meter.blocks_per_window)]
-        power = None if self._bands is None else self._bands[f:f + self._wf].sum(axis=0).tolist()
-        return self._meter.quality(rows, power)
+        return self._meter.quality(rows, None if self._bands is None else self._bands[f:f + self._wf])
 
     def _emit(self, events: list[Event]) -> None:
         k = self._next
