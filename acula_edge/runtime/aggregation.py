@@ -64,8 +64,12 @@ class Aggregator:
         self.count = 0
         self._acc: list[float] | None = None  # Python floats (float64): a head has a few classes
 
-    def update(self, p: np.ndarray) -> None:
+    def update(self, p: np.ndarray | list[float]) -> None:
         values = p.tolist() if isinstance(p, np.ndarray) else [float(v) for v in p]
+        self.add(values)
+
+    def add(self, values: list[float]) -> None:
+        """:meth:`update` with the probabilities already as Python floats (the accumulator's per-window path)."""
         if self._acc is None:
             self._acc = values
         elif self.name == "mean":
@@ -81,7 +85,8 @@ class Aggregator:
         if self._acc is None:
             return None
         if self.name == "mean":
-            return np.array([a / self.count for a in self._acc], dtype=np.float32)
+            n = self.count
+            return np.array([a / n for a in self._acc], dtype=np.float32)
         return np.array(self._acc, dtype=np.float32)
 
 
@@ -166,9 +171,10 @@ class RecordingAccumulator:
         self.n_windows += 1
         if self.keep_windows:
             self.windows.append(event)
-        self._all.update(event.probabilities)
+        values = event.probabilities.tolist()
+        self._all.add(values)
         if event.included:
-            self._included.update(event.probabilities)
+            self._included.add(values)
             self._emb_included = _add_into(self._emb_included, event.embedding)
         else:
             self._emb_excluded = _add_into(self._emb_excluded, event.embedding)

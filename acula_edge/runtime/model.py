@@ -122,7 +122,9 @@ class EdgeModel:
         makes its sum non-finite); the slower search for the culprit runs only then."""
         emb, logits = self.backend.run(x)
         values = logits.tolist()
-        if not math.isfinite(float(emb.sum()) + sum(values)):
+        # emb.emb is NaN or Inf when any value is (or, harmlessly, when a huge one overflows: the search decides)
+        if not math.isfinite(float(emb @ emb) + sum(values)) and not (np.isfinite(emb).all()
+                                                                       and all(map(math.isfinite, values))):
             if not np.isfinite(x).all():  # a window from a front-end overflow, not the model file's fault
                 raise AudioError("a log-mel window is not finite: the audio's magnitude is beyond what the "
                                  "front-end can represent (full scale is 1.0); check the input's scaling")

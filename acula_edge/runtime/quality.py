@@ -44,7 +44,9 @@ def _flatness(pooled: list[float]) -> float:
     if mean <= 0.0:
         return 0.0
     floor = mean * 1e-12
-    return math.exp(sum(math.log(max(v, floor)) for v in pooled) / len(pooled)) / mean
+    if min(pooled) < floor:  # rare (a band with no power): floor those bands only
+        pooled = [max(v, floor) for v in pooled]
+    return math.exp(sum(map(math.log, pooled)) / len(pooled)) / mean
 
 
 def spectral_flatness(x: np.ndarray, frontend: FrontendConfig, bands: int) -> float:
@@ -84,19 +86,29 @@ class BlockQuality:
         self.frames_per_hop = int(hop_samples) // frontend.hop_length
         self.bands = SpectrumBands.between(frontend, int(cfg.flatness_bands))  # None: flatness not measured
         self.flatness_available = self.bands is not None
+        self._ones = np.ones(self.frames_per_window)
+        self._block_ones = np.ones(self.block)
+
+    def _frame_sum(self, frame_bands: np.ndarray) -> np.ndarray:
+        """The sum over a window's frames of their pooled power (bands,): a vector-matrix product, a third of the
+        cost of numpy's sum over the frame axis for a window's ~200 x 16 values."""
+        n = frame_bands.shape[0]
+        return (self._ones if n == self._ones.shape[0] else np.ones(n)) @ frame_bands
 
     def stats(self, x: np.ndarray) -> list[tuple[float, float, float]]:
         """Per block of ``x`` (float32, a whole number of blocks): (sum, sum of squares, clipped-sample count), in
         Python floats (float64). One block at a time, the same arithmetic for a stream's hop and a whole recording;
         four numpy reductions per block and no array allocated but the block in float64."""
-        clip = self.cfg.clip_level
+        clip, g, ones = self.cfg.clip_level, self.block, self._block_ones
         out = []
-        for block in x.reshape(-1, self.block):
+        for i in range(0, x.shape[0] - g + 1, g):
+            block = x[i:i + g]
             wide = block.astype(np.float64)
             clipped = 0.0
             if block.max() >= clip or block.min() <= -clip:  # rare: count only in a block that reaches full scale
                 clipped = float(np.count_nonzero(np.abs(block) >= clip))
-            out.append((float(wide.sum()), float(wide.dot(wide)), clipped))
+            # sums as dot products (BLAS): a third of the cost of numpy's pairwise sum for a block
+            out.append((float(ones @ wide), float(wide @ wide), clipped))
         return out
 
     def quality(self, rows: Sequence[tuple[float, float, float]], frame_bands: np.ndarray | None) -> WindowQuality:
@@ -111,7 +123,7 @@ class BlockQuality:
         n = len(rows) * self.block
         flat = float("nan")
         if frame_bands is not None and self.flatness_available:
-            flat = _flatness(frame_bands.sum(axis=0).tolist())
+            flat = _flatness(self._frame_sum(frame_bands).tolist())
         return assess(total_sq / n, clipped / n, total / n, flat, self.cfg)
 
     def windows(self, x: np.ndarray, n_windows: int, frame_bands: np.ndarray | None) -> list[WindowQuality]:

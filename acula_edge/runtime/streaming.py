@@ -127,22 +127,21 @@ class StreamSession:
             timing[name] += time.perf_counter_ns() - t0
             timing[name + "_cpu"] += time.process_time_ns() - c0
 
-    @contextlib.contextmanager
-    def _enter(self, what: str) -> Iterator[None]:
-        """The session's guard: held for the whole call; a second thread gets a clear error, not corrupt state."""
+    def _guarded(self, what: str, call, *args):
+        """``call(*args)`` holding the session's guard; a second thread gets a clear error, not corrupt state. (A
+        plain lock, not a context manager: this runs on every push, and a generator-based one cost a few µs.)"""
         if not self._busy.acquire(blocking=False):
             raise ConfigError(f"{self.source}: StreamSession.{what}() was called while another thread was inside "
                               f"this session; a session holds one recording's state: give each thread its own "
                               f"session (model.stream()) or serialise the calls")
         try:
-            yield
+            return call(*args)
         finally:
             self._busy.release()
 
     def reset(self) -> None:
         """Forget the current recording; the session can take a new one."""
-        with self._enter("reset"):
-            self._reset()
+        self._guarded("reset", self._reset)
 
     def _reset(self) -> None:
         self._fe.reset()
@@ -178,8 +177,7 @@ class StreamSession:
 
         Returns the events that became ready, oldest first (possibly none).
         """
-        with self._enter("push"):
-            return self._push(samples, sample_rate)
+        return self._guarded("push", self._push, samples, sample_rate)
 
     def _push(self, samples: np.ndarray, sample_rate: int) -> list[Event]:
         if self._finished:
@@ -195,11 +193,18 @@ class StreamSession:
         elif rate != self._rate:
             raise AudioError(f"{self.source}: this session's input is at {self._rate} Hz, got a chunk at {rate} Hz; "
                              f"one recording has one rate (reset() to start another)")
-        x = to_mono_float(samples, self.source)
-        # one sum finds a NaN or Inf (float32 samples cannot overflow a float64 sum); the search runs only then
-        if x.shape[0] and not math.isfinite(x.sum(dtype=np.float64)):
-            bad = int(np.flatnonzero(~np.isfinite(x))[0])
-            raise AudioError(f"{self.source}: sample {self._n_in + bad} is NaN or Inf; the input is corrupt")
+        if (type(samples) is np.ndarray and samples.dtype == np.float32 and samples.ndim == 1
+                and samples.flags.c_contiguous):
+            x = samples  # the common case (mono float32), already what to_mono_float would give
+        else:
+            x = to_mono_float(samples, self.source)
+        # One dot product finds a NaN or Inf (it propagates into x.x); the search runs only then, and a finite but
+        # huge chunk whose x.x overflows float32 passes it.
+        if x.shape[0] and not math.isfinite(x.dot(x)):
+            bad = np.flatnonzero(~np.isfinite(x))
+            if bad.shape[0]:
+                raise AudioError(f"{self.source}: sample {self._n_in + int(bad[0])} is NaN or Inf; the input is "
+                                 f"corrupt")
         self._n_in += x.shape[0]
         if self._resampler is not None:
             x = self._resampler.push(x)
@@ -216,8 +221,7 @@ class StreamSession:
         Windows completed only now (the resampler's last samples, or the padding) are in the summary and, as
         events, in :attr:`tail_events`.
         """
-        with self._enter("finish"):
-            return self._finish()
+        return self._guarded("finish", self._finish)
 
     def _finish(self) -> ClassificationResult:
         if self._finished:
