@@ -112,12 +112,14 @@ def float_boundary(data: bytes) -> bytes:
     input feeding a QUANTIZE op (to the old int8 tensor, same scale / zero point) placed first, each int8 output a
     DEQUANTIZE op to a new float32 output placed last; the subgraph's and the signature's inputs / outputs point to
     the new tensors (same signature keys, same tensor names; the int8 ones get ``_int8``). Float32 I/O tensors (a
-    student whose input normalisation stayed float) are left as they are, so the rewrite of its output is the model.
+    student whose input normalisation stayed float) are left as they are; a model with float I/O only comes back
+    unchanged.
 
-    Why: with int8 I/O the SDK quantizes the window and dequantizes the outputs in numpy (~60 us a window, several
-    array passes); the QUANTIZE / DEQUANTIZE ops run inside the XNNPACK partition with the rest of the graph. This is
-    what TFLite's own converter emits for ``inference_input_type=float32``; a rewrite of the converted bytes (not a
-    second conversion) keeps one conversion for both the ``tflite`` and the ``tflm`` (int8 I/O) bundles.
+    Why: with int8 I/O the SDK quantizes the window and dequantizes the outputs in numpy (50-60 us a window
+    measured, several array passes); the QUANTIZE / DEQUANTIZE ops run inside the XNNPACK partition with the rest of
+    the graph. This is what TFLite's own converter emits for ``inference_input_type=float32``; a rewrite of the
+    converted bytes (not a second conversion) keeps one conversion for both the ``tflite`` and the ``tflm`` (int8
+    I/O) bundles.
     """
     from ai_edge_litert import schema_py_generated as fb
     from ai_edge_litert.tools import flatbuffer_utils
@@ -130,6 +132,7 @@ def float_boundary(data: bytes) -> bytes:
     def opcode(builtin: int, version: int) -> int:
         for i, code in enumerate(model.operatorCodes):
             if flatbuffer_utils.get_builtin_code_from_operator_code(code) == builtin:
+                code.version = max(code.version, version)  # the op's kernel version must cover the new use too
                 return i
         code = fb.OperatorCodeT()
         code.builtinCode = builtin
@@ -246,7 +249,8 @@ def describe(path: Path) -> dict[str, Any]:
 
 
 def findings(desc: dict[str, Any], precision: str) -> list[str]:
-    """Problems to report at export time: float tensors in a full-int8 model, layout TRANSPOSEs."""
+    """Problems to report at export time: float tensors inside a full-int8 model (``describe`` leaves the float
+    boundary out), layout TRANSPOSEs."""
     found = []
     if precision == "int8" and desc["float_tensors"]:
         shown = [n[-60:] for n in desc["float_tensors"][:5]]
