@@ -34,7 +34,12 @@ def _cache_root() -> Path:
 
     import inspect
 
+    import acula_edge.export
+
     src = "".join(inspect.getsource(f) for f in (tiny_model, calibration_windows, heart_like, build_bundle))
+    # and the exporter's code: a bundle written by an older exporter (say, before the tflite int8 model got its
+    # float boundary) must not pass for one of this version
+    src += "".join(f.read_text() for f in sorted(Path(acula_edge.export.__file__).parent.rglob("*.py")))
     from acula_edge.manifest import SCHEMA_VERSION
 
     key = hashlib.sha256((src + torch.__version__ + f"manifest v{SCHEMA_VERSION}").encode()).hexdigest()[:12]

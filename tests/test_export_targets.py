@@ -137,14 +137,74 @@ def test_round_trip_parity(bundles, target, precision):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["tflite", "tflm"])
-def test_full_int8_tflite_has_int8_io_and_no_float_tensors(bundles, target):
+def test_full_int8_tflite_has_no_float_tensor_inside(bundles, target):
+    """tflm: int8 input and outputs (the firmware quantizes); tflite: the same int8 graph behind a float32
+    boundary, QUANTIZE first and DEQUANTIZE last, the int8 scales kept in extra["int8_io"]."""
+    from acula_edge.export.targets.tflite import describe
+
     out, manifest = bundles(target, "int8")
-    for spec in (*manifest.inputs, *manifest.outputs):
-        assert spec.dtype == "int8" and spec.scale > 0 and -128 <= spec.zero_point <= 127
+    desc = describe(out / "model.tflite")
+    if target == "tflm":
+        for spec in (*manifest.inputs, *manifest.outputs):
+            assert spec.dtype == "int8" and spec.scale > 0 and -128 <= spec.zero_point <= 127
+        assert "QUANTIZE" not in desc["ops"] and "DEQUANTIZE" not in desc["ops"]
+    else:
+        assert {(s.dtype, s.scale, s.zero_point) for s in (*manifest.inputs, *manifest.outputs)} == \
+            {("float32", None, None)}
+        assert desc["ops"][0] == "QUANTIZE" and desc["ops"][-2:] == ["DEQUANTIZE", "DEQUANTIZE"]
+        assert desc["ops"].count("QUANTIZE") == 1 and desc["ops"].count("DEQUANTIZE") == 2
+        tflm = bundles("tflm", "int8")[1]
+        assert manifest.extra["int8_io"] == {s.name: {"scale": s.scale, "zero_point": s.zero_point}
+                                             for s in (*tflm.inputs, *tflm.outputs)}
+    assert desc["float_tensors"] == []  # the float boundary is not a float tensor left inside
     assert manifest.extra["findings"] == []  # no float tensor, no TRANSPOSE for a 1-channel NCHW input
     (fit,) = manifest.extra["output_range"]  # the embedding's int8 range, fitted on the calibration windows
     assert fit["output"] == "embedding" and fit["windows"] == 32
     assert fit["calibration_cosine"]["chosen"] >= fit["calibration_cosine"]["observer"]
+
+
+@pytest.mark.slow
+def test_tflite_float_boundary_runs_the_int8_graph_in_one_xnnpack_partition(bundles):
+    """The tflite int8 model = the tflm (int8 I/O) model + QUANTIZE / DEQUANTIZE: on the stored held-out windows
+    its float outputs equal the int8 model's outputs (input quantized in numpy, outputs dequantized) to float
+    rounding, and with LiteRT's default delegate the whole graph is one XNNPACK partition."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from acula_edge.export.targets.tflite import describe, float_boundary
+    from acula_edge.runtime.backends import dequantize, quantize
+
+    out, manifest = bundles("tflite", "int8")
+    tflm_out, tflm = bundles("tflm", "int8")
+    int8_bytes, float_bytes = (tflm_out / "model.tflite").read_bytes(), (out / "model.tflite").read_bytes()
+    assert float_boundary(int8_bytes) == float_bytes and float_boundary(float_bytes) == float_bytes
+    fp32 = describe(bundles("tflite", "fp32")[0] / "model.tflite")
+    assert "serving_default_args_0" in fp32["float_tensors"]  # a float input not read by a QUANTIZE still counts
+    runs = {}
+    for name, data in (("int8", int8_bytes), ("float", float_bytes)):
+        it = Interpreter(model_content=data, num_threads=1)
+        it.allocate_tensors()
+        nodes = it._get_ops_details()
+        delegates = [n for n in nodes if n["op_name"] == "DELEGATE"]
+        assert len(delegates) == 1 and list(delegates[0]["outputs"]) == [o["index"] for o in
+                                                                          it.get_output_details()]
+        assert it.get_input_details()[0]["index"] in delegates[0]["inputs"]
+        runs[name] = it
+    with np.load(out / "reference.npz", allow_pickle=False) as ref:
+        windows = ref["input"]
+    worst = {"embedding": 0.0, "logits": 0.0}
+    for x in windows:
+        q = quantize(x[None], tflm.inputs[0])
+        runs["int8"].set_tensor(runs["int8"].get_input_details()[0]["index"], q)
+        runs["int8"].invoke()
+        runs["float"].set_tensor(runs["float"].get_input_details()[0]["index"], x[None])
+        runs["float"].invoke()
+        for spec, a, b in zip(tflm.outputs, runs["int8"].get_output_details(), runs["float"].get_output_details()):
+            assert b["dtype"] == np.float32
+            diff = np.abs(dequantize(runs["int8"].get_tensor(a["index"]), spec) - runs["float"].get_tensor(b["index"]))
+            worst[spec.name] = max(worst[spec.name], float(diff.max() / spec.scale))
+    # measured 0 steps: XNNPACK quantizes as round(x * (1/scale)) half to even, numpy round(x / scale); the two
+    # differ only on a value within float rounding of a half step (none in real windows), by one input step
+    assert worst == {"embedding": 0.0, "logits": 0.0}
 
 
 @pytest.mark.slow
@@ -166,6 +226,7 @@ def test_onnx_and_executorch_int8_keep_float_io_and_report_delegation(bundles):
 
 @pytest.mark.slow
 def test_tflm_bundle_has_measured_arena_and_compiling_c_files(bundles, tmp_path):
+    from acula_edge.export.targets.tflite import float_boundary
     from acula_edge.export.targets.tflm import interpreter
 
     out, manifest = bundles("tflm", "int8")
@@ -174,7 +235,9 @@ def test_tflm_bundle_has_measured_arena_and_compiling_c_files(bundles, tmp_path)
     interpreter(out / "model.tflite", measured)  # allocates at the measured size...
     with pytest.raises(RuntimeError):  # ...and not 64 bytes below it
         interpreter(out / "model.tflite", measured - 64)
-    assert (out / "model.tflite").read_bytes() == bundles("tflite", "int8")[0].joinpath("model.tflite").read_bytes()
+    # the int8 conversion itself (int8 I/O); the tflite bundle wraps the same bytes in a float boundary
+    assert float_boundary((out / "model.tflite").read_bytes()) == \
+        bundles("tflite", "int8")[0].joinpath("model.tflite").read_bytes()
     header = (out / "model_data.h").read_text()
     assert f"#define ACULA_MODEL_ARENA_BYTES {manifest.extra['arena_bytes']}u" in header
     assert f"#define ACULA_MODEL_INPUT_ZERO_POINT ({manifest.inputs[0].zero_point})" in header

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,11 +44,36 @@ def test_backend_matches_pytorch(kind):
     np.testing.assert_allclose(probs, softmax(model.backend.run(windows[:1])[1]), atol=1e-7)
 
 
-def test_int8_tflite_input_is_quantized_with_the_manifest_scale():
+def test_int8_tflite_bundle_takes_float_and_quantizes_in_the_graph():
     bundle = rf.bundle_or_skip("tflite-int8")
     model = acula_edge.load(bundle)
+    assert {s.dtype for s in (*model.manifest.inputs, *model.manifest.outputs)} == {"float32"}
+    assert model.backend._quantizer is None  # no numpy quantize per window
+    window = rf.calibration_windows(model.frontend, model.windowing, n=1, seed=3)
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(bundle / model.manifest.model_file))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], window)
+    it.invoke()
+    lg_spec = model.manifest.output("logits")
+    raw = [it.get_tensor(o["index"]) for o in it.get_output_details() if tuple(o["shape"]) == lg_spec.shape][0]
+    _, logits = model.backend.run(window)
+    np.testing.assert_array_equal(logits, raw.reshape(-1))
+
+
+def test_int8_io_tflite_bundle_still_loads_and_is_quantized_with_the_manifest_scale(tmp_path):
+    """A tflite bundle from before the float boundary (int8 input and outputs): the SDK quantizes the window and
+    dequantizes the outputs with the manifest's scales, and gets what the float-boundary bundle gets."""
+    new = rf.bundle_or_skip("tflite-int8")
+    tflm = rf.bundle_or_skip("tflm-int8")  # the same int8 conversion, int8 I/O
+    bundle = rf.copy_bundle(new, tmp_path / "old")
+    shutil.copyfile(tflm / "model.tflite", bundle / "model.tflite")
+    int8 = json.loads((tflm / "manifest.json").read_text())
+    rf.reseal(bundle, inputs=int8["inputs"], outputs=int8["outputs"])
+    model = acula_edge.load(bundle)
     spec = model.manifest.inputs[0]
-    assert spec.dtype == "int8" and spec.scale > 0
+    assert spec.dtype == "int8" and spec.scale > 0 and model.backend._quantizer is not None
     window = rf.calibration_windows(model.frontend, model.windowing, n=1, seed=3)
     # the same window quantized by hand and run on a bare interpreter
     from ai_edge_litert.interpreter import Interpreter
@@ -57,12 +83,14 @@ def test_int8_tflite_input_is_quantized_with_the_manifest_scale():
     q = np.clip(np.rint(window / spec.scale) + spec.zero_point, -128, 127).astype(np.int8)
     it.set_tensor(it.get_input_details()[0]["index"], q)
     it.invoke()
-    outs = it.get_output_details()
     lg_spec = model.manifest.output("logits")
-    raw = [it.get_tensor(o["index"]) for o in outs if tuple(o["shape"]) == tuple(lg_spec.shape)][0]
+    raw = [it.get_tensor(o["index"]) for o in it.get_output_details() if tuple(o["shape"]) == lg_spec.shape][0]
     expected = (raw.astype(np.float32) - lg_spec.zero_point) * lg_spec.scale
-    _, logits = model.backend.run(window)
+    emb, logits = model.backend.run(window)
     np.testing.assert_array_equal(logits, expected.reshape(-1))
+    new_emb, new_logits = acula_edge.load(new).backend.run(window)
+    np.testing.assert_array_equal(logits, new_logits)
+    np.testing.assert_array_equal(emb, new_emb)
 
 
 def test_quantize_dequantize_round_trip_and_saturation():

@@ -1,10 +1,10 @@
 """Backends: one small class per runtime, behind a registry keyed by ``manifest.target``.
 
 A backend runs one log-mel window, float32 (1, 1, frames, n_mels), and returns float32 ``(embedding (D,),
-logits (C,))``. Integer input/output tensors (full-int8 TFLite/TFLM) are quantized and dequantized here from the
-manifest's :class:`~acula_edge.manifest.TensorSpec` (real = scale * (q - zero_point)), so callers always pass
-float log-mel. Adding a target means adding one module with a :class:`Backend` subclass, named by its export
-:class:`~acula_edge.export.registry.Target`.
+logits (C,))``. Integer input/output tensors (TFLM, and tflite int8 bundles exported before their float boundary)
+are quantized and dequantized here from the manifest's :class:`~acula_edge.manifest.TensorSpec` (real = scale *
+(q - zero_point)), so callers always pass float log-mel. Adding a target means adding one module with a
+:class:`Backend` subclass, named by its export :class:`~acula_edge.export.registry.Target`.
 
 Backends are safe to share between threads: runtimes whose interpreter is not re-entrant (LiteRT, ExecuTorch,
 TFLM) serialise :meth:`Backend.run` with a lock; onnxruntime sessions are thread-safe and run concurrently.

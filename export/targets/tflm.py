@@ -1,6 +1,7 @@
 """TFLite Micro: the full-int8 TFLite model, as a file and as C source, with its measured tensor arena.
 
-The bundle holds ``model.tflite`` (the same full-int8 conversion as the ``tflite`` target), ``model_data.h`` /
+The bundle holds ``model.tflite`` (the full-int8 conversion of the ``tflite`` target, with int8 input and outputs:
+the ``tflite`` bundle wraps the same bytes in a float boundary), ``model_data.h`` /
 ``model_data.c`` (the model as a 16-byte aligned ``const uint8_t`` array plus the constants firmware needs: input
 and output shapes and int8 scale / zero point, labels, threshold, and the ops to register in a
 ``MicroMutableOpResolver``) and, from :mod:`acula_edge.export.firmware.header`, ``frontend_params.h`` for the C
