@@ -96,7 +96,7 @@ class BlockQuality:
         return (self._ones if n == self._ones.shape[0] else np.ones(n)) @ frame_bands
 
     def stats(self, x: np.ndarray) -> list[tuple[float, float, float]]:
-        """Per block of ``x`` (float32, a whole number of blocks): (sum, sum of squares, clipped-sample count), in
+        """Per block of ``x`` (float32, a whole number of blocks): (sum, sum of squares, clipped-sample count), as
         Python floats (float64). One block at a time, the same arithmetic for a stream's hop and a whole recording;
         four numpy reductions per block and no array allocated but the block in float64."""
         clip, g, ones = self.cfg.clip_level, self.block, self._block_ones
@@ -107,7 +107,7 @@ class BlockQuality:
             clipped = 0.0
             if block.max() >= clip or block.min() <= -clip:  # rare: count only in a block that reaches full scale
                 clipped = float(np.count_nonzero(np.abs(block) >= clip))
-            # sums as dot products (BLAS): a third of the cost of numpy's pairwise sum for a block
+            # sums as float64 dot products (BLAS): a third of the cost of numpy's pairwise sum of a block
             out.append((float(ones @ wide), float(wide @ wide), clipped))
         return out
 
