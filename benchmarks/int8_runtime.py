@@ -160,7 +160,8 @@ def build_bundles(work: Path, variant: str) -> dict[tuple[str, str], Path]:
     # plain-stem: hide for_export, so export writes the 1-channel stem conv as trained
     model = torch.nn.Sequential(student).eval() if form == "plain-stem" else student
     info = CheckpointInfo(kind="student", architecture=ARCHITECTURE, model_config=student.config_dict(),
-                          frontend=fe, windowing=win, labels=("normal", "abnormal"), embedding_dim=128)
+                          frontend=fe, windowing=win, labels=("normal", "abnormal"), embedding_dim=128,
+                          extra=site_description(fe))
     out = {}
     for target in TARGETS:
         for precision in PRECISIONS:
@@ -173,6 +174,19 @@ def build_bundles(work: Path, variant: str) -> dict[tuple[str, str], Path]:
                              tolerance=tolerance_for(target, precision).scaled(0.0))
             out[(target, precision)] = dest
     return out
+
+
+def site_description(fe: Any) -> dict[str, Any]:
+    """A checkpoint ``extra`` with the description of training audio trained students carry (here of 24 synthetic
+    heart recordings), so a streaming session accumulates the site-shift statistics as it does for a real bundle."""
+    from acula_edge.features import LogMel
+    from acula_edge.runtime import site_shift
+    from acula_edge.synthetic import generate
+
+    logmel = LogMel(fe)
+    feats = np.stack([site_shift.recording_features(logmel(r.samples))
+                      for r in generate("heart", n=24, seed=0, sample_rate=fe.sample_rate)])
+    return {site_shift.DESCRIPTION_KEY: site_shift.describe(feats).to_dict()}
 
 
 def calibration_windows(n: int = 32) -> np.ndarray:

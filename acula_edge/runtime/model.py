@@ -112,7 +112,9 @@ class EdgeModel:
         cannot make a non-finite value out of finite samples (checked where they entered), so :meth:`score_window`
         skips that pass over the window."""
         x = window.reshape(self._input_shape)
-        if not math.isfinite(float(x.sum())):
+        flat = x.reshape(-1)
+        # one dot product finds a NaN or Inf (a finite window whose x.x overflows float32 is told apart by the search)
+        if not math.isfinite(float(flat @ flat)) and not np.isfinite(flat).all():
             raise AudioError("a log-mel window is not finite: the audio's magnitude is beyond what the front-end can "
                              "represent (full scale is 1.0); check the input's scaling")
         return self._run(x)

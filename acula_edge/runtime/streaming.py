@@ -155,6 +155,7 @@ class StreamSession:
         self._fs = 0  # where the valid frames start in _frames
         self._f0 = 0  # absolute index of _frames[_fs]
         self._flen = 0  # valid frames in _frames, from _fs
+        self._shifted = 0  # frames before this row of _frames are counted in the site-shift statistics
         self._next = 0  # index of the next window to score
         self._finished = False
         self._rate: int | None = None  # input rate, fixed by the first push
@@ -244,6 +245,10 @@ class StreamSession:
                 self._feed(zeros[start:start + self._hs], tail)
         self.tail_events = tail
         self._finished = True
+        self._flush_shift()
+        if self._shift is not None and self._plen:  # the samples after the last window: their frames count too,
+            self._shift.push(self._fe.push(self._pending[:self._plen]))  # as in offline classify, for any chunking
+            self._plen = 0
         return self.model.with_site_shift(self._acc.result(duration_s=duration, source=self.source),
                                           None if self._shift is None else self._shift.features())
 
@@ -296,21 +301,32 @@ class StreamSession:
             return
         new, pooled = self._fe.push_with_bands(self._pending[:self._plen], self._spectrum)
         self._plen = 0
-        if self._shift is not None:
-            self._shift.push(new)
         fabs = self._fe.frames_emitted - new.shape[0]  # absolute index of new[0]
         fskip = min(max(self._f0 - fabs, 0), new.shape[0])
         n = new.shape[0] - fskip
+        if fskip and self._shift is not None:  # frames no window needs (a hop longer than the window): counted now
+            self._shift.push(new[:fskip])
         if self._fs + self._flen + n > self._frames.shape[0]:  # out of room: the valid frames back to the start
+            self._flush_shift()
             self._frames[:self._flen] = self._frames[self._fs:self._fs + self._flen]
             if self._bands is not None:
                 self._bands[:self._flen] = self._bands[self._fs:self._fs + self._flen]
             self._fs = 0
+            self._shifted = self._flen
         end = self._fs + self._flen
         self._frames[end:end + n] = new[fskip:]
         if self._bands is not None:
             self._bands[end:end + n] = pooled[fskip:]
         self._flen += n
+
+    def _flush_shift(self) -> None:
+        """Add the stored frames not yet counted to the site-shift statistics. Frames stay in the buffer until it
+        runs out of room, so they are counted then, several hops at a time (the statistics are sums: the order
+        does not matter), and at the end of the recording."""
+        end = self._fs + self._flen
+        if self._shift is not None and end > self._shifted:
+            self._shift.push(self._frames[self._shifted:end])
+        self._shifted = end
 
     def _window_quality(self, k: int, f: int) -> WindowQuality:
         """Quality of window ``k`` (its frames start at ``_frames[f]``) from the blocks' and frames' statistics."""
