@@ -57,22 +57,28 @@ class LogMel:
         frames themselves (float32)."""
         return self._frames(frames, None)[0]
 
-    def frames_with_bands(self, frames: np.ndarray,
-                          bands: SpectrumBands | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def frames_with_bands(self, frames: np.ndarray, bands: SpectrumBands | None,
+                          out: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray,
+                                                                                           np.ndarray | None]:
         """:meth:`frames_to_logmel` and, from the same power spectra, each frame's power pooled into ``bands``
         (n, bands.count) float64 (None without ``bands``, and for the waveform representation, which computes no
-        spectrum). The quality
-        checks take a window's spectral flatness from these, so the stream runs no FFT of its own."""
-        return self._frames(frames, bands)
+        spectrum). The quality checks take a window's spectral flatness from these, so the stream runs no FFT of its
+        own. ``out``: arrays of at least n rows (float32 frames, float64 pooled power or None) to write the results
+        into (a stream's own buffers, so nothing is copied there); the results are then views of them."""
+        return self._frames(frames, bands, out)
 
     def correct(self, logmel: np.ndarray) -> np.ndarray:
         """A correction applied to the finished log-mel frames (none here; see site_shift.CorrectedLogMel)."""
         return logmel
 
-    def _frames(self, frames: np.ndarray, bands: SpectrumBands | None) -> tuple[np.ndarray, np.ndarray | None]:
-        cfg = self.cfg
+    def _frames(self, frames: np.ndarray, bands: SpectrumBands | None,
+                out: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        cfg, n = self.cfg, frames.shape[0]
         if cfg.representation == "waveform":
-            return np.array(frames, dtype=np.float32), None
+            if out is None:
+                return np.array(frames, dtype=np.float32), None
+            out[0][:n] = frames
+            return out[0][:n], None
         if cfg.remove_dc or cfg.preemphasis:
             frames = frames.astype(np.float64)
             if cfg.remove_dc:
@@ -85,18 +91,22 @@ class LogMel:
         spec = np.fft.rfft(frames * self.window, n=cfg.n_fft, axis=1)
         power = spec.real * spec.real
         power += spec.imag * spec.imag
-        pooled = None if bands is None else bands.pool(power)
+        pooled = None if bands is None else bands.pool(power, None if out is None else out[1][:n])
         if cfg.power == 1.0:
             np.sqrt(power, out=power)
         mel = np.add.reduceat(power[:, self._cols] * self._weights, self._starts, axis=1)
         if cfg.log_offset:
             mel += cfg.log_offset
         np.maximum(mel, cfg.log_floor, out=mel)
-        out = np.log(mel).astype(np.float32)
+        # the log in float64, rounded to float32 as it is written
+        dest = np.log(mel, out=np.empty(mel.shape, dtype=np.float32) if out is None else out[0][:n])
         if cfg.normalisation == "global":
-            out -= np.float32(cfg.norm_mean)
-            out /= np.float32(cfg.norm_std)
-        return self.correct(out), pooled
+            dest -= np.float32(cfg.norm_mean)
+            dest /= np.float32(cfg.norm_std)
+        logmel = self.correct(dest)
+        if logmel is not dest:
+            dest[...] = logmel
+        return dest, pooled
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         return self.with_bands(samples, None)[0]
@@ -152,13 +162,14 @@ class SpectrumBands:
         """(count * per_band, count) float64: 1 where a bin belongs to a band (each bin in one band)."""
         return np.kron(np.eye(self.count), np.ones((self.per_band, 1)))
 
-    def pool(self, power: np.ndarray) -> np.ndarray:
-        """(n, n_fft // 2 + 1) power -> (n, count) float64: the summed power of each band.
+    def pool(self, power: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(n, n_fft // 2 + 1) power -> (n, count) float64 (written into ``out`` when given): the summed power of
+        each band.
 
         One matrix product with the 0/1 band matrix: for a hop's frames it costs a fifth of a reshape and a sum over
         the bins of each band (a reduction over a short inner axis), and it is far below BLAS's threading
         threshold (about 50 x 96 x 16 multiply-adds for the heart preset)."""
-        return power[:, self.lo:self.lo + self.per_band * self.count] @ self._pooling
+        return np.matmul(power[:, self.lo:self.lo + self.per_band * self.count], self._pooling, out=out)
 
 
 def normalise_window(window: np.ndarray, cfg: FrontendConfig, out: np.ndarray | None = None) -> np.ndarray:
@@ -224,9 +235,15 @@ class LogMelStream:
         """Append float samples (at cfg.sample_rate); return the new frames, shape (k, n_mels), k >= 0."""
         return self.push_with_bands(samples, None)[0]
 
-    def push_with_bands(self, samples: np.ndarray,
-                        bands: SpectrumBands | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """:meth:`push`, and (``bands`` given) the new frames' pooled power (:meth:`LogMel.frames_with_bands`)."""
+    def frames_for(self, n_samples: int) -> int:
+        """How many frames a push of ``n_samples`` samples would return."""
+        return self.cfg.num_frames(self._len + n_samples)
+
+    def push_with_bands(self, samples: np.ndarray, bands: SpectrumBands | None,
+                        out: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray,
+                                                                                          np.ndarray | None]:
+        """:meth:`push`, and (``bands`` given) the new frames' pooled power (:meth:`LogMel.frames_with_bands`,
+        which also says what ``out`` is: buffers of at least :meth:`frames_for` rows)."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         need = self._len + x.shape[0]
         if need > self._buf.shape[0]:
@@ -242,10 +259,10 @@ class LogMelStream:
             empty = None if bands is None or cfg.representation == "waveform" else np.zeros((0, bands.count))
             return np.zeros((0, cfg.n_mels), dtype=np.float32), empty
         buf = self._buf
-        out, pooled = self.logmel.frames_with_bands(self._framed[:n], bands)
+        logmel, pooled = self.logmel.frames_with_bands(self._framed[:n], bands, out)
         consumed = n * cfg.hop_length
         remaining = self._len - consumed
         buf[:remaining] = buf[consumed:self._len].copy()
         self._len = remaining
         self.frames_emitted += n
-        return out, pooled
+        return logmel, pooled

@@ -299,14 +299,8 @@ class StreamSession:
         """Run the incremental front-end on the pending samples; keep the frames the next windows need."""
         if not self._plen:
             return
-        new, pooled = self._fe.push_with_bands(self._pending[:self._plen], self._spectrum)
-        self._plen = 0
-        fabs = self._fe.frames_emitted - new.shape[0]  # absolute index of new[0]
-        fskip = min(max(self._f0 - fabs, 0), new.shape[0])
-        n = new.shape[0] - fskip
-        if fskip and self._shift is not None:  # frames no window needs (a hop longer than the window): counted now
-            self._shift.push(new[:fskip])
-        if self._fs + self._flen + n > self._frames.shape[0]:  # out of room: the valid frames back to the start
+        if self._fs + self._flen + self._fe.frames_for(self._plen) > self._frames.shape[0]:
+            # out of room: the valid frames back to the start
             self._flush_shift()
             self._frames[:self._flen] = self._frames[self._fs:self._fs + self._flen]
             if self._bands is not None:
@@ -314,10 +308,15 @@ class StreamSession:
             self._fs = 0
             self._shifted = self._flen
         end = self._fs + self._flen
-        self._frames[end:end + n] = new[fskip:]
-        if self._bands is not None:
-            self._bands[end:end + n] = pooled[fskip:]
-        self._flen += n
+        # the front-end writes the new frames (and their pooled power) straight into the buffers, after the valid ones
+        new, _ = self._fe.push_with_bands(self._pending[:self._plen], self._spectrum,
+                                          (self._frames[end:], None if self._bands is None else self._bands[end:]))
+        self._plen = 0
+        # Frames before the next window's first (a hop longer than the window) are dropped at once; being in the
+        # buffer, they still count in the site-shift statistics (_flush_shift). Only possible with no valid frame.
+        fskip = min(max(self._f0 - (self._fe.frames_emitted - new.shape[0]), 0), new.shape[0])
+        self._fs += fskip
+        self._flen += new.shape[0] - fskip
 
     def _flush_shift(self) -> None:
         """Add the stored frames not yet counted to the site-shift statistics. Frames stay in the buffer until it
