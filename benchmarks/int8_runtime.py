@@ -21,7 +21,7 @@ one step of every row, starting at a rotating row, so the load of a shared machi
   the incremental front-end on the same hop + window assembly + the model call with the runtime's own API
   (the window quantized when the model takes int8, the logits read back and turned into probabilities: the least
   any streaming implementation must do to give a probability per hop; ``window_runner``); once right after the
-  round's other rows and once as a burst of consecutive hops (``hop:steady``, ``floor:steady``), see HopPair.
+  round's other rows, and in a second run as bursts of consecutive hops (``hop:steady``, ``floor:steady``), see HopPair.
 
 Times are CPU time of the process (``time.process_time_ns``), medians over rounds; the report also gives the 90 %
 interval of each ratio from a bootstrap over rounds.
@@ -232,10 +232,11 @@ def paired(**fns: Callable[[], Any]) -> Callable[[], dict[str, int]]:
 class HopPair:
     """A StreamSession hop and its floor on the same loaded bundle, alternating inside one step.
 
-    Each step times one hop of each right after the other rows of the round ran (``hop``, ``floor``: the caches hold
-    other models' data, as on a device that does other work between hops), then a burst of ``burst`` consecutive
-    hops of each (``hop:steady``, ``floor:steady``: the mean of all but the burst's first hop, a device streaming
-    one recording with nothing else running)."""
+    :meth:`step` times one hop of each right after the other rows of the round ran (``hop``, ``floor``: the caches
+    hold other models' data, as on a device that does other work between hops); :meth:`steady_step` a burst of
+    ``burst`` consecutive hops of each (``hop:steady``, ``floor:steady``: the mean of all but the burst's first
+    hop, a device streaming one recording with nothing else running), measured in a run of its own so the bursts
+    do not change what the other rows find in the caches."""
 
     def __init__(self, model: Any, raw: Callable[[np.ndarray], np.ndarray], burst: int = 4) -> None:
         self.burst = burst
@@ -310,13 +311,14 @@ class HopPair:
         else:
             hop = self._session(piece)
             out = {"floor": self._floor(piece), "hop": hop}
-        out.update(self._breakdown(piece))
-        if self.burst > 1:
-            k = self.k
-            order = [("floor:steady", self._floor), ("hop:steady", self._session)]
-            for name, run in order if k % 2 else order[::-1]:
-                self.k = k  # the same stretch of the signal for both
-                out[name] = self._steady(run)
+        return {**out, **self._breakdown(piece)}
+
+    def steady_step(self) -> dict[str, int]:
+        k, out = self.k, {}
+        order = [("floor:steady", self._floor), ("hop:steady", self._session)]
+        for name, run in order if k % 2 else order[::-1]:  # alternate which burst runs first
+            self.k = k  # the same stretch of the signal for both
+            out[name] = self._steady(run)
         return out
 
 
@@ -422,7 +424,8 @@ def report(doc: dict) -> str:
               "turned into probabilities, `window_runner`). `after other rows`: one hop each, timed right after "
               "the round's other rows ran (caches hold other models' data, as on a device doing other work "
               "between hops); `steady`: the mean of 3 consecutive hops each after a first, untimed one (a device "
-              "streaming one recording with nothing else running):", "",
+              "streaming one recording with nothing else running), in a second interleaved run of "
+              f"{doc.get('steady_rounds', '?')} rounds over the hop rows only:", "",
               "| model | runtime | floor µs | session hop µs | hop / floor (after other rows) | steady floor µs | "
               "steady hop µs | hop / floor (steady) |", "|---|---|---|---|---|---|---|---|"]
     for v in variants:
@@ -571,12 +574,16 @@ def main() -> None:
     date = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
     load_avg = os.getloadavg()[0]
     samples, elapsed, rounds = measure_interleaved(steps, warmup=20, runs=args.rounds, min_seconds=args.seconds)
+    # the steady hops: a run of their own (bursts of hops would change what the rows above find in the caches)
+    steady, steady_s, steady_rounds = measure_interleaved([hops[k].steady_step for k in hop_keys], warmup=5,
+                                                          runs=args.rounds, min_seconds=args.seconds / 3)
     series = {}
-    for name, runs in zip(names, samples):
+    for name, runs in (*zip(names, samples), *zip(names[-len(hop_keys):], steady)):
         for key in runs[0]:
             series[name if key == "t" else f"{name}|{key}"] = [r[key] for r in runs]
     doc = {"command": "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
            "date": date, "cpu": cpu_flags(), "load_average": load_avg, "rounds": rounds, "seconds": elapsed,
+           "steady_rounds": steady_rounds, "steady_seconds": steady_s,
            "affinity": sorted(os.sched_getaffinity(0)), "meta": meta,
            "medians_us": {k: float(np.median(v)) / 1e3 for k, v in series.items()}, "samples_ns": series}
     Path(args.json).write_text(json.dumps(doc) + "\n")
