@@ -167,6 +167,51 @@ def test_a_non_finite_window_is_blamed_on_the_audio():
         model.run_window(window)
 
 
+def test_huge_finite_values_are_not_taken_for_nan_and_stay_quiet():
+    """The finiteness checks sum in float64, which float32 values cannot overflow: a finite window or chunk of
+    absurd magnitude is not refused as NaN or Inf, and no overflow warning reaches the user."""
+    import warnings
+
+    model = acula_edge.load(rf.bundle_or_skip("onnx-fp32"), num_threads=1)
+    window = np.zeros((model.frames_per_window, model.frontend.n_mels), np.float32)
+    window[0, :2] = (3e38, 3e38)  # finite; their float32 sum would overflow
+    session = model.stream()
+    loud = np.zeros(model.window_samples, np.float32)
+    loud[10:12] = 3e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning fails the test
+        model.run_window(window)
+        session.push(loud[:100], FE.sample_rate)
+    bad = loud.copy()
+    bad[150] = np.nan
+    with pytest.raises(AudioError, match="sample 150 is NaN or Inf"):
+        session.push(bad[100:], FE.sample_rate)
+
+
+def test_stream_front_end_writes_into_given_buffers():
+    """A session's front-end writes new frames and their band power into the session's own buffers (no copy); the
+    values equal those it returns without buffers."""
+    from acula_edge.features import LogMel, LogMelStream
+
+    meter = BlockQuality(FE, W, H, QualityConfig())
+    x = _recording(3.0, seed=1)
+    plain, into = LogMelStream(FE), LogMelStream(FE)
+    frames = np.full((200, FE.n_mels), np.nan, np.float32)
+    bands = np.full((200, meter.bands.count), np.nan)
+    at = 0
+    for chunk in (x[:700], x[700:3000], x[3000:]):
+        want, want_bands = plain.push_with_bands(chunk, meter.bands)
+        n = into.frames_for(chunk.shape[0])
+        got, got_bands = into.push_with_bands(chunk, meter.bands, (frames[at:], bands[at:]))
+        assert got.shape[0] == n == want.shape[0]
+        assert np.shares_memory(got, frames) and np.shares_memory(got_bands, bands)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_bands, want_bands)
+        at += n
+    np.testing.assert_array_equal(frames[:at], LogMel(FE)(x)[:at])
+    assert np.isnan(frames[at:]).all()  # nothing written beyond the new frames
+
+
 def test_executorch_num_threads_sizes_the_threadpool_once_per_process():
     """The first load sizes ExecuTorch's process-wide pool; a later, different request warns and is not applied
     (resizing after a program is loaded crashed the runtime). A fresh process, so no earlier test has loaded one."""

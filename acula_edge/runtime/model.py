@@ -112,9 +112,7 @@ class EdgeModel:
         cannot make a non-finite value out of finite samples (checked where they entered), so :meth:`score_window`
         skips that pass over the window."""
         x = window.reshape(self._input_shape)
-        flat = x.reshape(-1)
-        # one dot product finds a NaN or Inf (a finite window whose x.x overflows float32 is told apart by the search)
-        if not math.isfinite(float(flat @ flat)) and not np.isfinite(flat).all():
+        if not math.isfinite(float(x.sum(dtype=np.float64))):  # float32 values cannot overflow a float64 sum
             raise AudioError("a log-mel window is not finite: the audio's magnitude is beyond what the front-end can "
                              "represent (full scale is 1.0); check the input's scaling")
         return self._run(x)
@@ -124,9 +122,7 @@ class EdgeModel:
         makes its sum non-finite); the slower search for the culprit runs only then."""
         emb, logits = self.backend.run(x)
         values = logits.tolist()
-        # emb.emb is NaN or Inf when any value is (or, harmlessly, when a huge one overflows: the search decides)
-        if not math.isfinite(float(emb @ emb) + sum(values)) and not (np.isfinite(emb).all()
-                                                                       and all(map(math.isfinite, values))):
+        if not math.isfinite(float(emb.sum(dtype=np.float64)) + sum(values)):
             if not np.isfinite(x).all():  # a window from a front-end overflow, not the model file's fault
                 raise AudioError("a log-mel window is not finite: the audio's magnitude is beyond what the "
                                  "front-end can represent (full scale is 1.0); check the input's scaling")

@@ -199,13 +199,10 @@ class StreamSession:
             x = samples  # the common case (mono float32), already what to_mono_float would give
         else:
             x = to_mono_float(samples, self.source)
-        # One dot product finds a NaN or Inf (it propagates into x.x); the search runs only then, and a finite but
-        # huge chunk whose x.x overflows float32 passes it.
-        if x.shape[0] and not math.isfinite(x.dot(x)):
-            bad = np.flatnonzero(~np.isfinite(x))
-            if bad.shape[0]:
-                raise AudioError(f"{self.source}: sample {self._n_in + int(bad[0])} is NaN or Inf; the input is "
-                                 f"corrupt")
+        # one sum finds a NaN or Inf (float32 samples cannot overflow a float64 sum); the search runs only then
+        if x.shape[0] and not math.isfinite(x.sum(dtype=np.float64)):
+            bad = int(np.flatnonzero(~np.isfinite(x))[0])
+            raise AudioError(f"{self.source}: sample {self._n_in + bad} is NaN or Inf; the input is corrupt")
         self._n_in += x.shape[0]
         if self._resampler is not None:
             x = self._resampler.push(x)
