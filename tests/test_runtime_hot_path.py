@@ -137,7 +137,7 @@ def test_dequantize_returns_a_new_array():
     assert q.dtype == np.float32
 
 
-@pytest.mark.parametrize("kind", ["onnx-fp32", "tflite-fp32"])
+@pytest.mark.parametrize("kind", ["onnx-fp32", "tflite-fp32", "executorch-fp32"])
 def test_runtimes_said_to_return_fresh_outputs_do(kind):
     """Float outputs of these runtimes are not copied again: the next call must not change what one returned."""
     model = acula_edge.load(rf.bundle_or_skip(kind), num_threads=1)
@@ -149,6 +149,23 @@ def test_runtimes_said_to_return_fresh_outputs_do(kind):
     model.backend.run(rng.standard_normal(first.shape).astype(np.float32))
     np.testing.assert_array_equal(emb, kept[0])
     np.testing.assert_array_equal(logits, kept[1])
+
+
+@pytest.mark.parametrize("kind", ["onnx-fp32", "tflite-fp32", "executorch-fp32"])
+def test_a_read_only_window_runs_quietly_and_alike(kind):
+    """Offline windows are read-only views of the recording's frames; a runtime that wraps the input without a copy
+    (ExecuTorch) must neither warn about it nor give other outputs than for a writable copy."""
+    import warnings
+
+    model = acula_edge.load(rf.bundle_or_skip(kind), num_threads=1)
+    window = np.random.default_rng(2).standard_normal(model.manifest.inputs[0].shape[2:]).astype(np.float32)
+    frozen = window.copy()
+    frozen.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = model.run_window(frozen)
+    for a, b in zip(got, model.run_window(window)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_softmax_is_float32_and_matches_float64():
