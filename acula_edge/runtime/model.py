@@ -122,7 +122,7 @@ class EdgeModel:
         makes its sum non-finite); the slower search for the culprit runs only then."""
         emb, logits = self.backend.run(x)
         values = logits.tolist()
-        if not math.isfinite(float(emb.sum(dtype=np.float64)) + sum(values)):
+        if not math.isfinite(float(emb.sum()) + sum(values)):
             if not np.isfinite(x).all():  # a window from a front-end overflow, not the model file's fault
                 raise AudioError("a log-mel window is not finite: the audio's magnitude is beyond what the "
                                  "front-end can represent (full scale is 1.0); check the input's scaling")
