@@ -115,6 +115,40 @@ def test_streamed_quality_equals_offline_for_any_chunking():
             assert a.quality.flatness == pytest.approx(b.quality.flatness, rel=1e-5)
 
 
+@pytest.mark.parametrize("hop_s", [1.0, 6.0])
+def test_streamed_windows_equal_offline_when_hops_skip_frames(tmp_path, hop_s):
+    """With a hop longer than the window, frames between windows are computed but belong to no window; the session
+    drops them on arrival. Windows, quality and probabilities still equal offline classify for any chunking."""
+    import json
+
+    from acula_edge.features import LogMel
+    from acula_edge.runtime import site_shift
+
+    bundle = rf.copy_bundle(rf.bundle_or_skip("onnx-fp32"), tmp_path / "b")
+    # with a description of training audio, so the session also keeps the site-shift statistics of every frame
+    feats = np.stack([site_shift.recording_features(LogMel(FE)(_recording(6.0, seed=s))) for s in range(4)])
+    extra = json.loads((bundle / "manifest.json").read_text())["extra"]
+    extra[site_shift.DESCRIPTION_KEY] = site_shift.describe(feats).to_dict()
+    rf.reseal(bundle, windowing={"window_s": 4.0, "hop_s": hop_s}, extra=extra)
+    model = acula_edge.load(bundle, num_threads=1)
+    assert model.site is not None
+    x = _recording(40.0, seed=4)
+    offline = model.classify(x, FE.sample_rate)
+    assert len(offline.windows) == 1 + int((40.0 - 4.0) // hop_s)
+    for chunk in (333, 7000):
+        session = model.stream()
+        for i in range(0, x.shape[0], chunk):
+            session.push(x[i:i + chunk], FE.sample_rate)
+        streamed = session.finish()
+        assert len(streamed.windows) == len(offline.windows)
+        for a, b in zip(streamed.windows, offline.windows):
+            assert a.quality.flags == b.quality.flags
+            assert a.quality.flatness == pytest.approx(b.quality.flatness, rel=1e-5)
+            np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+        np.testing.assert_allclose(streamed.probabilities, offline.probabilities, atol=1e-5)
+        assert streamed.site_shift == offline.site_shift  # every frame counted once, skipped ones included
+
+
 def test_preallocated_quantizer_equals_quantize():
     spec = TensorSpec("x", (1, 1, 4, 3), "int8", 0.05, -3)
     q = backends._Quantizer(spec)
