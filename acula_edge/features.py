@@ -263,7 +263,7 @@ class LogMelStream:
         logmel, pooled = self.logmel.frames_with_bands(self._framed[:n], bands, out)
         consumed = n * cfg.hop_length
         remaining = self._len - consumed
-        buf[:remaining] = buf[consumed:self._len].copy()
+        buf[:remaining] = buf[consumed:self._len]  # numpy copies overlapping ranges correctly
         self._len = remaining
         self.frames_emitted += n
         return logmel, pooled

@@ -179,13 +179,11 @@ def build_bundles(work: Path, variant: str) -> dict[tuple[str, str], Path]:
 def site_description(fe: Any) -> dict[str, Any]:
     """A checkpoint ``extra`` with the description of training audio trained students carry (here of 24 synthetic
     heart recordings), so a streaming session accumulates the site-shift statistics as it does for a real bundle."""
-    from acula_edge.features import LogMel
     from acula_edge.runtime import site_shift
     from acula_edge.synthetic import generate
 
-    logmel = LogMel(fe)
-    feats = np.stack([site_shift.recording_features(logmel(r.samples))
-                      for r in generate("heart", n=24, seed=0, sample_rate=fe.sample_rate)])
+    feats = site_shift.features_of((r.samples for r in generate("heart", n=24, seed=0, sample_rate=fe.sample_rate)),
+                                   fe)
     return {site_shift.DESCRIPTION_KEY: site_shift.describe(feats).to_dict()}
 
 

@@ -42,7 +42,7 @@ from acula_edge.frontend import preset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from int8_runtime import BEGIN, END, splice  # noqa: E402
+from int8_runtime import BEGIN, END  # noqa: E402
 TARGETS = (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8"), ("executorch", "fp32"),
            ("executorch", "int8"), ("tflm", "int8"))
 
@@ -207,6 +207,9 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
+FRONTEND_HEADING = "## Front-end (numpy log-mel)"  # where this script's part of the results file starts
+
+
 def write_report(path: Path, command: str, frontends: list[dict], bundles: list[dict], date: str = "",
                  load: float | None = None) -> None:
     import numpy
@@ -217,7 +220,7 @@ def write_report(path: Path, command: str, frontends: list[dict], bundles: list[
         f"- machine: {machine()}; numpy {numpy.__version__}; 1 runtime thread, OPENBLAS_NUM_THREADS="
         f"{os.environ.get('OPENBLAS_NUM_THREADS')}; load average at start "
         f"{os.getloadavg()[0] if load is None else load:.1f} (shared machine)",
-        "", "## Front-end (numpy log-mel)", "",
+        "", FRONTEND_HEADING, "",
         "CPU time per call, median / 10th percentile of interleaved repeats.", "",
         "| preset | offline ms per audio s | per model hop: incremental µs | recompute window µs | ratio "
         "(bound) | per live push: incremental µs | recompute window µs | ratio | per STFT hop (1 frame): "
@@ -253,9 +256,15 @@ def write_report(path: Path, command: str, frontends: list[dict], bundles: list[
                      f"{b['quality_ms_per_window']:.3f} |")
     lines += ["", "## Reading", ""] + notes(frontends, bundles)
     kept = path.read_text() if path.is_file() else ""
-    path.write_text("\n".join(lines) + "\n")
-    if BEGIN in kept and END in kept:  # benchmarks/int8_runtime.py's section stays
-        splice(path, kept.split(BEGIN, 1)[1].split(END, 1)[0])
+    text = "\n".join(lines) + "\n"
+    if BEGIN in kept and END in kept:
+        # benchmarks/int8_runtime.py's section stays, with the hand-written notes after it (up to this script's part)
+        start = kept.index(BEGIN)
+        stop = kept.find("\n" + FRONTEND_HEADING, start)
+        block = kept[start:stop if stop >= 0 else len(kept)].rstrip("\n")
+        cut = text.find("\n## ")
+        text = text[:cut + 1] + "\n" + block + "\n\n" + text[cut + 1:]
+    path.write_text(text)
 
 
 def notes(frontends: list[dict], bundles: list[dict]) -> list[str]:

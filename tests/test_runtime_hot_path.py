@@ -121,12 +121,11 @@ def test_streamed_windows_equal_offline_when_hops_skip_frames(tmp_path, hop_s):
     drops them on arrival. Windows, quality and probabilities still equal offline classify for any chunking."""
     import json
 
-    from acula_edge.features import LogMel
     from acula_edge.runtime import site_shift
 
     bundle = rf.copy_bundle(rf.bundle_or_skip("onnx-fp32"), tmp_path / "b")
     # with a description of training audio, so the session also keeps the site-shift statistics of every frame
-    feats = np.stack([site_shift.recording_features(LogMel(FE)(_recording(6.0, seed=s))) for s in range(4)])
+    feats = site_shift.features_of((_recording(6.0, seed=s) for s in range(4)), FE)
     extra = json.loads((bundle / "manifest.json").read_text())["extra"]
     extra[site_shift.DESCRIPTION_KEY] = site_shift.describe(feats).to_dict()
     rf.reseal(bundle, windowing={"window_s": 4.0, "hop_s": hop_s}, extra=extra)

@@ -57,11 +57,7 @@ def spectral_flatness(x: np.ndarray, frontend: FrontendConfig, bands: int) -> fl
     shape (heart, lung sounds) clearly lower. Returns 0.0 for an all-zero window, NaN when the front-end has fewer
     FFT bins than ``bands`` between fmin and fmax (or no spectrum).
     """
-    spec = SpectrumBands.between(frontend, bands)
-    if spec is None:
-        return float("nan")
-    pooled = LogMel(frontend).with_bands(np.ascontiguousarray(x, dtype=np.float32), spec)[1]
-    return _flatness(pooled.sum(axis=0).tolist())
+    return window_quality(x, frontend, QualityConfig(flatness_bands=bands)).flatness
 
 
 class BlockQuality:
