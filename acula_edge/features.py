@@ -36,49 +36,46 @@ class LogMel:
         # float64, see frames_to_logmel. Only the win_length non-zero taps are kept: zero-padding at the end instead
         # of centred is a circular shift of the FFT input, which leaves the power spectrum unchanged.
         self.window = analysis_window(cfg)[left:left + cfg.win_length].copy()
-        # Sparse form of the filterbank (each band covers a few bins): gather the bins of every band, weight them and
-        # sum each band's run with reduceat. No BLAS call: a multi-threaded BLAS on a small matrix product was seen
-        # to cost 50x more than the product itself on a loaded 2-core device.
-        bank = mel_filterbank(cfg) if cfg.representation == "logmel" else np.zeros((cfg.n_freqs, 0))
-        cols, weights, starts = [], [], []
-        for band in range(bank.shape[1]):
-            nz = np.flatnonzero(bank[:, band])
-            if nz.size == 0:  # an empty band (Kaldi-style banks keep them): one zero-weight bin gives it energy 0
-                nz = np.array([0])
-            starts.append(len(cols))
-            cols.extend(nz.tolist())
-            weights.extend(bank[nz, band].tolist())
-        self._cols = np.asarray(cols, dtype=np.intp)
-        self._weights = np.asarray(weights, dtype=np.float64)
-        self._starts = np.asarray(starts, dtype=np.intp)
+        # The filterbank as a dense (n_freqs, n_mels) matrix: one matrix product per batch of frames. For a stream's
+        # hop (50 frames x 129 bins x 32 bands) it is a third of the cost of gathering each band's bins and summing
+        # them with reduceat, and far below OpenBLAS's threading threshold.
+        self._bank = mel_filterbank(cfg) if cfg.representation == "logmel" else np.zeros((cfg.n_freqs, 0))
 
     def frames_to_logmel(self, frames: np.ndarray) -> np.ndarray:
         """Log-mel of framed audio, shape (n, win_length) -> (n, n_mels). The waveform representation returns the
         frames themselves (float32)."""
-        return self._frames(frames, None)[0]
+        return self.frames_with_bands(frames, None)[0]
 
     def frames_with_bands(self, frames: np.ndarray, bands: SpectrumBands | None,
                           out: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray,
                                                                                            np.ndarray | None]:
         """:meth:`frames_to_logmel` and, from the same power spectra, each frame's power pooled into ``bands``
         (n, bands.count) float64 (None without ``bands``, and for the waveform representation, which computes no
-        spectrum). The quality checks take a window's spectral flatness from these, so the stream runs no FFT of its
-        own. ``out``: arrays of at least n rows (float32 frames, float64 pooled power or None) to write the results
-        into (a stream's own buffers, so nothing is copied there); the results are then views of them."""
-        return self._frames(frames, bands, out)
+        spectrum). The quality checks take a window's spectral flatness from these, so no FFT of their own is run.
+        ``out``: arrays of at least n rows (float32 frames, float64 pooled power or None) to write the results
+        into; the results are then views of them."""
+        power = self.power(frames)
+        pooled = None
+        if bands is not None and power is not None:
+            pooled = bands.pool(power, None if out is None else out[1][:frames.shape[0]])
+        return self.logmel_of(frames, power, None if out is None else out[0]), pooled
 
-    def correct(self, logmel: np.ndarray) -> np.ndarray:
-        """A correction applied to the finished log-mel frames (none here; see site_shift.CorrectedLogMel)."""
-        return logmel
+    def frames_with_power(self, frames: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray,
+                                                                                            np.ndarray | None]:
+        """:meth:`frames_to_logmel` (written into ``out``, float32 of at least n rows, when given) and the frames'
+        power spectra (n, n_freqs) float64, a new array (None for the waveform representation). A stream's quality
+        checks reduce these over frames before pooling them into bands."""
+        power = self.power(frames)
+        if power is not None and self.cfg.power == 1.0:  # the log-mel takes the magnitude: keep the power intact
+            return self.logmel_of(frames, np.sqrt(power), out, magnitude=True), power
+        return self.logmel_of(frames, power, out), power
 
-    def _frames(self, frames: np.ndarray, bands: SpectrumBands | None,
-                out: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        cfg, n = self.cfg, frames.shape[0]
+    def power(self, frames: np.ndarray) -> np.ndarray | None:
+        """Power spectra (n, n_freqs) float64 of framed audio (n, win_length); None for the waveform
+        representation."""
+        cfg = self.cfg
         if cfg.representation == "waveform":
-            if out is None:
-                return np.array(frames, dtype=np.float32), None
-            out[0][:n] = frames
-            return out[0][:n], None
+            return None
         if cfg.remove_dc or cfg.preemphasis:
             frames = frames.astype(np.float64)
             if cfg.remove_dc:
@@ -91,22 +88,38 @@ class LogMel:
         spec = np.fft.rfft(frames * self.window, n=cfg.n_fft, axis=1)
         power = spec.real * spec.real
         power += spec.imag * spec.imag
-        pooled = None if bands is None else bands.pool(power, None if out is None else out[1][:n])
-        if cfg.power == 1.0:
+        return power
+
+    def logmel_of(self, frames: np.ndarray, power: np.ndarray | None, out: np.ndarray | None = None,
+                  magnitude: bool = False) -> np.ndarray:
+        """The finished float32 frames (n, n_mels) of ``frames`` from their :meth:`power` (written into ``out`` when
+        given). ``power`` may be overwritten (the magnitude is taken in place for cfg.power == 1.0, unless
+        ``magnitude``: it is one already)."""
+        cfg, n = self.cfg, frames.shape[0]
+        if power is None:  # the waveform representation: the frames themselves
+            if out is None:
+                return np.array(frames, dtype=np.float32)
+            out[:n] = frames
+            return out[:n]
+        if cfg.power == 1.0 and not magnitude:
             np.sqrt(power, out=power)
-        mel = np.add.reduceat(power[:, self._cols] * self._weights, self._starts, axis=1)
+        mel = power @ self._bank
         if cfg.log_offset:
             mel += cfg.log_offset
         np.maximum(mel, cfg.log_floor, out=mel)
         # the log in float64, rounded to float32 as it is written
-        dest = np.log(mel, out=np.empty(mel.shape, dtype=np.float32) if out is None else out[0][:n])
-        if cfg.normalisation == "global":
+        dest = np.log(mel, out=np.empty(mel.shape, dtype=np.float32) if out is None else out[:n])
+        if cfg.normalisation == "global" and (cfg.norm_mean, cfg.norm_std) != (0.0, 1.0):  # (0, 1): identity
             dest -= np.float32(cfg.norm_mean)
             dest /= np.float32(cfg.norm_std)
         logmel = self.correct(dest)
         if logmel is not dest:
             dest[...] = logmel
-        return dest, pooled
+        return dest
+
+    def correct(self, logmel: np.ndarray) -> np.ndarray:
+        """A correction applied to the finished log-mel frames (none here; see site_shift.CorrectedLogMel)."""
+        return logmel
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         return self.with_bands(samples, None)[0]
@@ -127,12 +140,12 @@ class LogMel:
             x, shape=(n, self.cfg.win_length), strides=(x.strides[0] * self.cfg.hop_length, x.strides[0]),
             writeable=False)
         if n <= FRAMES_PER_BATCH:
-            return self._frames(frames, bands)
+            return self.frames_with_bands(frames, bands)
         out = np.empty((n, self.cfg.n_mels), dtype=np.float32)
         pooled = None if bands is None or self.cfg.representation == "waveform" else np.empty((n, bands.count))
         for start in range(0, n, FRAMES_PER_BATCH):
             stop = start + FRAMES_PER_BATCH
-            out[start:stop], part = self._frames(frames[start:stop], bands)
+            out[start:stop], part = self.frames_with_bands(frames[start:stop], bands)
             if pooled is not None:
                 pooled[start:stop] = part
         return out, pooled
@@ -158,7 +171,7 @@ class SpectrumBands:
         return cls(lo, per_band, count) if per_band > 0 else None
 
     @functools.cached_property
-    def _pooling(self) -> np.ndarray:
+    def pooling(self) -> np.ndarray:
         """(count * per_band, count) float64: 1 where a bin belongs to a band (each bin in one band)."""
         return np.kron(np.eye(self.count), np.ones((self.per_band, 1)))
 
@@ -170,7 +183,7 @@ class SpectrumBands:
         the bins of each band (a reduction over a short inner axis) and stays below OpenBLAS's threading threshold
         (50 x 96 x 16 multiply-adds for the heart preset). A whole recording's batch of 2,048 frames may run
         threaded: 0.40 ms instead of 0.25 ms measured with both cores busy, per 41 s of heart audio."""
-        return np.matmul(power[:, self.lo:self.lo + self.per_band * self.count], self._pooling, out=out)
+        return np.matmul(power[:, self.lo:self.lo + self.per_band * self.count], self.pooling, out=out)
 
 
 def normalise_window(window: np.ndarray, cfg: FrontendConfig, out: np.ndarray | None = None) -> np.ndarray:
@@ -245,6 +258,28 @@ class LogMelStream:
                                                                                           np.ndarray | None]:
         """:meth:`push`, and (``bands`` given) the new frames' pooled power (:meth:`LogMel.frames_with_bands`,
         which also says what ``out`` is: buffers of at least :meth:`frames_for` rows)."""
+        frames = self._new_frames(samples)
+        if frames is None:
+            empty = None if bands is None or self.cfg.representation == "waveform" else np.zeros((0, bands.count))
+            return np.zeros((0, self.cfg.n_mels), dtype=np.float32), empty
+        result = self.logmel.frames_with_bands(frames, bands, out)
+        self._consume(frames.shape[0])
+        return result
+
+    def push_with_power(self, samples: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray,
+                                                                                           np.ndarray | None]:
+        """:meth:`push` (written into ``out`` when given, float32 of at least :meth:`frames_for` rows) and the new
+        frames' power spectra (:meth:`LogMel.frames_with_power`; None for the waveform representation)."""
+        frames = self._new_frames(samples)
+        if frames is None:
+            none = None if self.cfg.representation == "waveform" else np.zeros((0, self.cfg.n_freqs))
+            return np.zeros((0, self.cfg.n_mels), dtype=np.float32), none
+        result = self.logmel.frames_with_power(frames, out)
+        self._consume(frames.shape[0])
+        return result
+
+    def _new_frames(self, samples: np.ndarray) -> np.ndarray | None:
+        """Append ``samples``; the complete frames now held (a view of the buffer), or None when there is none."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         need = self._len + x.shape[0]
         if need > self._buf.shape[0]:
@@ -254,16 +289,13 @@ class LogMelStream:
             self._framed = self._frame_view()
         self._buf[self._len:need] = x
         self._len = need
-        cfg = self.cfg
-        n = cfg.num_frames(self._len)
-        if n == 0:
-            empty = None if bands is None or cfg.representation == "waveform" else np.zeros((0, bands.count))
-            return np.zeros((0, cfg.n_mels), dtype=np.float32), empty
-        buf = self._buf
-        logmel, pooled = self.logmel.frames_with_bands(self._framed[:n], bands, out)
-        consumed = n * cfg.hop_length
+        n = self.cfg.num_frames(self._len)
+        return self._framed[:n] if n else None
+
+    def _consume(self, n: int) -> None:
+        """Drop the samples that only the ``n`` frames just computed needed."""
+        consumed = n * self.cfg.hop_length
         remaining = self._len - consumed
-        buf[:remaining] = buf[consumed:self._len]  # numpy copies overlapping ranges correctly
+        self._buf[:remaining] = self._buf[consumed:self._len]  # numpy copies overlapping ranges correctly
         self._len = remaining
         self.frames_emitted += n
-        return logmel, pooled

@@ -66,8 +66,9 @@ def test_block_quality_level_checks_equal_the_whole_window_ones():
     assert len(blocks) == n == 6
     for k, q in enumerate(blocks):
         whole = window_quality(x[k * H:k * H + W], FE, QualityConfig())
-        assert q.rms_dbfs == pytest.approx(whole.rms_dbfs, abs=1e-9)
-        assert q.dc_offset == pytest.approx(whole.dc_offset, abs=1e-12)
+        # block sums are float32 dot products (relative rounding ~1e-7): a dB level agrees far below 1e-5 dB
+        assert q.rms_dbfs == pytest.approx(whole.rms_dbfs, abs=1e-5)
+        assert q.dc_offset == pytest.approx(whole.dc_offset, abs=1e-8)
         assert q.clip_fraction == whole.clip_fraction
         # flatness: the same frames' spectra, from the whole recording's front-end or from the window's own
         assert q.flatness == pytest.approx(whole.flatness, rel=1e-9)
@@ -111,7 +112,7 @@ def test_streamed_quality_equals_offline_for_any_chunking():
         assert len(streamed.windows) == len(offline.windows) == 6
         for a, b in zip(streamed.windows, offline.windows):
             assert a.quality.flags == b.quality.flags
-            assert a.quality.rms_dbfs == pytest.approx(b.quality.rms_dbfs, abs=1e-9)
+            assert a.quality.rms_dbfs == pytest.approx(b.quality.rms_dbfs, abs=1e-5)
             assert a.quality.flatness == pytest.approx(b.quality.flatness, rel=1e-5)
 
 
@@ -295,7 +296,6 @@ def test_a_session_refuses_a_second_thread_clearly():
     from acula_edge.errors import ConfigError
 
     model = acula_edge.load(rf.bundle_or_skip("onnx-fp32"), num_threads=1)
-    session = model.stream(source="shared")
     inside, release = threading.Event(), threading.Event()
     score = model.score_window
 
@@ -305,6 +305,7 @@ def test_a_session_refuses_a_second_thread_clearly():
         return score(*args, **kwargs)
 
     model.score_window = slow_score
+    session = model.stream(source="shared")  # a session takes its model's scoring method when it is made
     x = _recording(4.0)
     results = []
     worker = threading.Thread(target=lambda: results.append(session.push(x, FE.sample_rate)))

@@ -25,14 +25,15 @@ def decide_scores(scores: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64) >= threshold
 
 
-def decide(probabilities: np.ndarray, threshold: float | None) -> bool:
+def decide(probabilities: np.ndarray | list[float], threshold: float | None) -> bool:
     """The decision for one recording's probabilities (C,): binary tasks compare the last label's probability with
     ``threshold`` (:func:`decide_scores`); multi-class tasks (or ``threshold`` None) answer whether the last label
     is the most probable one (rule "argmax")."""
-    p = probabilities
+    # on Python floats: for the few classes of a head, several times faster than numpy's per-call cost
+    p = probabilities.tolist() if isinstance(probabilities, np.ndarray) else [float(v) for v in probabilities]
     if len(p) == 2 and threshold is not None:
-        return float(p[-1]) >= threshold  # decide_scores of one value, without numpy's per-call cost
-    return bool(int(np.argmax(p)) == len(p) - 1)
+        return p[-1] >= threshold  # decide_scores of one value
+    return p.index(max(p)) == len(p) - 1  # np.argmax's answer: the first of equal maxima
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class Hysteresis:
 
     def update(self, p: float) -> bool | None:
         if self.state is None:
-            self.state = bool(decide_scores(p, self.threshold))
+            self.state = p >= self.threshold  # decide_scores of one value, without numpy's per-call cost
             return self.state
         beyond = p < self.threshold - self.cfg.margin if self.state else p >= self.threshold + self.cfg.margin
         self._streak = self._streak + 1 if beyond else 0
@@ -173,18 +174,23 @@ class RecordingAccumulator:
             self.windows.append(event)
         values = event.probabilities.tolist()
         self._all.add(values)
-        if event.included:
+        included = event.included
+        if included:
             self._included.add(values)
             self._emb_included = _add_into(self._emb_included, event.embedding)
         else:
             self._emb_excluded = _add_into(self._emb_excluded, event.embedding)
-        p, raw = self._current()
+        # The running aggregate (float32, as result() gives it), its raw decision and the debounced one; the
+        # decisions on its values as Python floats, as decide() makes them (a head has a few classes).
+        p = (self._included if self._included.count else self._all).value
+        values = p.tolist()
+        raw = decide(values, self.threshold) if self._included.count else None
         if self.threshold is None:  # multi-class: the most probable label, no hysteresis on one probability
             stable = raw
         else:
-            stable = self._hysteresis.update(float(p[-1])) if event.included else self._hysteresis.state
+            stable = self._hysteresis.update(values[-1]) if included else self._hysteresis.state
         return RecordingUpdate(time_s=event.end_s, labels=self.labels, probabilities=p, n_windows=self.n_windows,
-                               n_excluded=self.n_excluded, decision=stable, raw_decision=raw)
+                               n_excluded=self.n_windows - self._included.count, decision=stable, raw_decision=raw)
 
     def result(self, duration_s: float, source: str = "<buffer>") -> ClassificationResult:
         if not self.n_windows:

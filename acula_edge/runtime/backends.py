@@ -105,6 +105,7 @@ class Backend:
         self._lock = threading.Lock()
         # Integer inputs are quantized into these buffers (under the lock), so a call allocates no window-sized array.
         self._quantizer = _Quantizer(self.input_spec) if self.input_spec.dtype != "float32" else None
+        self._float_outputs = self.embedding_spec.dtype == self.logits_spec.dtype == "float32"
 
     def check_io(self, inputs: Sequence[tuple[Sequence[Any], str]],
                  outputs: Sequence[tuple[str, Sequence[Any], str]]) -> tuple[int, int]:
@@ -153,6 +154,8 @@ class Backend:
 
     def _outputs(self, emb: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         fresh = self.fresh_outputs
+        if fresh and self._float_outputs:  # new float32 arrays already: nothing to convert or copy
+            return emb.reshape(-1), logits.reshape(-1)
         return (dequantize(emb, self.embedding_spec, fresh).reshape(-1),
                 dequantize(logits, self.logits_spec, fresh).reshape(-1))
 

@@ -55,7 +55,7 @@ class LiteRTBackend(Backend):
                               f"or not a TFLite flatbuffer; re-export the bundle") from e
         e, lg = self.check_io([(i["shape"], np.dtype(i["dtype"]).name) for i in ins],
                               [(o["name"], o["shape"], np.dtype(o["dtype"]).name) for o in outs])
-        self._in = ins[0]
+        self._in_idx, self._in_shape = ins[0]["index"], tuple(ins[0]["shape"])
         self._emb_idx, self._log_idx = outs[e]["index"], outs[lg]["index"]
 
     @property
@@ -63,6 +63,6 @@ class LiteRTBackend(Backend):
         return self._version
 
     def _invoke(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self._it.set_tensor(self._in["index"], x.reshape(self._in["shape"]))
+        self._it.set_tensor(self._in_idx, x.reshape(self._in_shape))
         self._it.invoke()
         return self._it.get_tensor(self._emb_idx), self._it.get_tensor(self._log_idx)

@@ -19,6 +19,7 @@ from acula_edge.frontend import FrontendConfig
 from acula_edge.runtime.results import WindowQuality
 
 FLAGS = ("silence", "clipping", "too_loud", "dc_offset", "noise")
+_NAN = float("nan")
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class BlockQuality:
     """Window quality from statistics computed once per sample and once per front-end frame.
 
     Level checks: blocks are ``block = gcd(window, hop)`` samples from the start of the recording, so every window is
-    a whole number of blocks; per block the sum, sum of squares and clipped-sample count (float64), so a window's
+    a whole number of blocks; per block the sum, sum of squares and clipped-sample count, so a window's
     RMS, DC offset and clip fraction are exact sums of its blocks. Spectral flatness: the front-end already computes
     every frame's power spectrum; each frame's power pooled into ``flatness_bands`` equal-width bands between fmin
     and fmax (:class:`~acula_edge.features.SpectrumBands`) comes with its log-mel frame, and a window's flatness is
@@ -83,7 +84,7 @@ class BlockQuality:
         self.bands = SpectrumBands.between(frontend, int(cfg.flatness_bands))  # None: flatness not measured
         self.flatness_available = self.bands is not None
         self._ones = np.ones(self.frames_per_window)
-        self._block_ones = np.ones(self.block)
+        self._block_ones = np.ones(self.block, dtype=np.float32)
 
     def _frame_sum(self, frame_bands: np.ndarray) -> np.ndarray:
         """The sum over a window's frames of their pooled power (bands,): a vector-matrix product, a third of the
@@ -91,35 +92,36 @@ class BlockQuality:
         n = frame_bands.shape[0]
         return (self._ones if n == self._ones.shape[0] else np.ones(n)) @ frame_bands
 
-    def stats(self, x: np.ndarray) -> list[tuple[float, float, float]]:
-        """Per block of ``x`` (float32, a whole number of blocks): (sum, sum of squares, clipped-sample count), as
-        Python floats (float64). One block at a time, the same arithmetic for a stream's hop and a whole recording;
-        four numpy reductions per block and no array allocated but the block in float64."""
-        clip, g, ones = self.cfg.clip_level, self.block, self._block_ones
-        out = []
-        for i in range(0, x.shape[0] - g + 1, g):
-            block = x[i:i + g]
-            wide = block.astype(np.float64)
-            clipped = 0.0
-            if block.max() >= clip or block.min() <= -clip:  # rare: count only in a block that reaches full scale
-                clipped = float(np.count_nonzero(np.abs(block) >= clip))
-            # sums as float64 dot products (BLAS): a third of the cost of numpy's pairwise sum of a block
-            out.append((float(ones @ wide), float(wide @ wide), clipped))
-        return out
+    def block_stats(self, block: np.ndarray) -> tuple[float, float, float]:
+        """(sum, sum of squares, clipped-sample count) of one block (float32, ``self.block`` samples), as Python
+        floats. The sums are float32 dot products (BLAS: a fraction of the cost of numpy's pairwise sum, and of a
+        float64 copy; relative rounding ~1e-6, far below what a level in dB or a DC offset needs). Samples reach
+        full scale only if the sum of squares does (|x| >= clip implies sum x^2 >= clip^2), so quiet blocks skip
+        the search for clipped samples."""
+        sq = float(np.vdot(block, block))  # vdot: no overflow warning for absurd magnitudes (they give inf)
+        clipped = 0.0
+        clip = self.cfg.clip_level
+        if sq >= clip * clip and (block.max() >= clip or block.min() <= -clip):
+            clipped = float(np.count_nonzero(np.abs(block) >= clip))
+        return float(np.vdot(self._block_ones, block)), sq, clipped
 
-    def quality(self, rows: Sequence[tuple[float, float, float]], frame_bands: np.ndarray | None) -> WindowQuality:
+    def stats(self, x: np.ndarray) -> list[tuple[float, float, float]]:
+        """:meth:`block_stats` of each block of ``x`` (float32, a whole number of blocks): the same arithmetic for
+        a stream's hop and a whole recording."""
+        g = self.block
+        return [self.block_stats(x[i:i + g]) for i in range(0, x.shape[0] - g + 1, g)]
+
+    def quality(self, rows: Sequence[tuple[float, float, float]], band_power: list[float] | None) -> WindowQuality:
         """The quality of the window made of the blocks whose statistics are ``rows`` (blocks_per_window of
-        :meth:`stats`' tuples) and of the frames whose pooled power is ``frame_bands`` (the window's frames, each
-        row one frame's bands; None: flatness not measured)."""
+        :meth:`stats`' tuples) and whose frames' power, summed over the window and pooled into bands, is
+        ``band_power`` (None: flatness not measured)."""
         total = total_sq = clipped = 0.0
         for s, sq, c in rows:
             total += s
             total_sq += sq
             clipped += c
         n = len(rows) * self.block
-        flat = float("nan")
-        if frame_bands is not None and self.flatness_available:
-            flat = _flatness(self._frame_sum(frame_bands).tolist())
+        flat = _NAN if band_power is None or not self.flatness_available else _flatness(band_power)
         return assess(total_sq / n, clipped / n, total / n, flat, self.cfg)
 
     def windows(self, x: np.ndarray, n_windows: int, frame_bands: np.ndarray | None) -> list[WindowQuality]:
@@ -130,8 +132,82 @@ class BlockQuality:
         n_blocks = (n_windows - 1) * self.blocks_per_hop + self.blocks_per_window
         rows = self.stats(np.ascontiguousarray(x[:n_blocks * self.block], dtype=np.float32))
         bh, bw, fh, fw = self.blocks_per_hop, self.blocks_per_window, self.frames_per_hop, self.frames_per_window
-        return [self.quality(rows[k * bh:k * bh + bw], None if frame_bands is None else frame_bands[k * fh:k * fh + fw])
+        return [self.quality(rows[k * bh:k * bh + bw],
+                             None if frame_bands is None else self._frame_sum(frame_bands[k * fh:k * fh + fw]).tolist())
                 for k in range(n_windows)]
+
+
+class WindowBandPower:
+    """A stream's windows' band power (:class:`BlockQuality`'s flatness input) from per-block sums of its frames'
+    power spectra.
+
+    Window ``k`` holds frames ``[k h, k h + F)`` (``h`` frames per hop, ``F`` per window). With ``F = q h + r``
+    (``0 <= r < h``), each hop block of frames ``[m h, (m + 1) h)`` is kept as two sums: its head (the first ``r``
+    frames) at row ``2 m`` and its tail (the rest) at row ``2 m + 1``. Window ``k`` is then rows ``[2 k, 2 k + 2 q]``
+    (``2 q`` rows when ``r == 0``). Each batch of new frames is reduced to its rows by one 0/1 matrix product, and
+    only those few rows are pooled into bands: per hop, a handful of rows instead of pooling every frame and summing
+    the window's ~200 frames again (the same sum, in another order: agreement to ~1e-15). Memory: a few rows.
+    """
+
+    def __init__(self, bands: SpectrumBands, frames_per_hop: int, frames_per_window: int) -> None:
+        self.bands = bands
+        self.h = int(frames_per_hop)
+        self.q, self.r = divmod(int(frames_per_window), self.h)
+        self.rows_per_window = 2 * self.q + (1 if self.r else 0)
+        self._sums = np.zeros((self.rows_per_window + 16, bands.count))  # rows from _row0 on
+        self._ones = np.ones(self.rows_per_window)
+        self._parts: dict[tuple[int, int], np.ndarray] = {}  # (first frame's place in its block, n) -> 0/1 matrix
+        self.reset()
+
+    def reset(self) -> None:
+        self._row0 = 0
+
+    def _row(self, frame: int) -> int:
+        return 2 * (frame // self.h) + (frame % self.h >= self.r)
+
+    def _partition(self, first: int, n: int) -> np.ndarray:
+        """(rows, n) 0/1: which row each of the frames ``first .. first + n - 1`` adds to (rows from the first
+        frame's); it depends only on ``first``'s place in its block and ``n``, so a stream reuses a few."""
+        key = (first % self.h, n)
+        a = self._parts.get(key)
+        if a is None:
+            rows = [self._row(first + i) - self._row(first) for i in range(n)]
+            a = np.zeros((rows[-1] + 1, n))
+            a[rows, np.arange(n)] = 1.0
+            self._parts[key] = a
+        return a
+
+    def add(self, first: int, power: np.ndarray, keep_from_window: int) -> None:
+        """Add the power spectra (n, n_freqs) of frames ``first .. first + n - 1`` (the stream's next frames);
+        rows before window ``keep_from_window``'s may be forgotten."""
+        n = power.shape[0]
+        if not n:
+            return
+        b = self.bands
+        pooled = (self._partition(first, n) @ power)[:, b.lo:b.lo + b.per_band * b.count] @ b.pooling
+        lo = self._row(first) - self._row0
+        pos = first % self.h
+        begun = pos != 0 and pos != self.r  # the first row was begun by the previous batch: add to it
+        if lo + pooled.shape[0] > self._sums.shape[0]:  # out of room: the rows still needed back to the start
+            keep, have = min(max(2 * keep_from_window - self._row0, 0), lo), lo + begun
+            if lo + pooled.shape[0] - keep > self._sums.shape[0]:
+                grown = np.zeros((lo + pooled.shape[0] - keep + 16, b.count))
+                grown[:have - keep] = self._sums[keep:have]
+                self._sums = grown
+            else:
+                self._sums[:have - keep] = self._sums[keep:have]
+            self._row0 += keep
+            lo -= keep
+        if begun:
+            self._sums[lo] += pooled[0]
+            self._sums[lo + 1:lo + pooled.shape[0]] = pooled[1:]
+        else:
+            self._sums[lo:lo + pooled.shape[0]] = pooled
+
+    def window(self, k: int) -> list[float]:
+        """Window ``k``'s band power (its frames' power summed, pooled into bands), as Python floats."""
+        lo = 2 * k - self._row0
+        return (self._ones @ self._sums[lo:lo + self.rows_per_window]).tolist()
 
 
 def assess(mean_square: float, clip: float, dc: float, flat: float, cfg: QualityConfig) -> WindowQuality:

@@ -19,11 +19,10 @@ agree for any chunking.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
-from typing import Iterator, Protocol, Union
+from typing import Protocol, Union
 
 import numpy as np
 
@@ -32,7 +31,7 @@ from acula_edge.errors import AudioError, ConfigError
 from acula_edge.features import LogMel, LogMelStream, normalise_window
 from acula_edge.frontend import FrontendConfig
 from acula_edge.runtime.aggregation import DecisionConfig, RecordingAccumulator
-from acula_edge.runtime.quality import BlockQuality
+from acula_edge.runtime.quality import BlockQuality, WindowBandPower
 from acula_edge.runtime.resampling import StreamResampler
 from acula_edge.runtime.site_shift import FeatureAccumulator, SiteDescription
 from acula_edge.runtime.results import ClassificationResult, RecordingUpdate, WindowEvent, WindowQuality
@@ -98,15 +97,18 @@ class StreamSession:
         self._frames = np.zeros((self._wf + (2 + FRAME_ROOM_HOPS) * self._hf + 2, m.frontend.n_mels),
                                 dtype=np.float32)
         self._window = np.zeros((self._wf, m.frontend.n_mels), dtype=np.float32)  # the normalised window
-        # each frame's pooled power (quality: spectral flatness), row for row beside _frames
-        self._spectrum = m.meter.bands
-        self._bands = None if self._spectrum is None else np.zeros((self._frames.shape[0], self._spectrum.count))
+        # the windows' band power (quality: spectral flatness), from per-block sums of the frames' power spectra
+        self._band_power = None if m.meter.bands is None else WindowBandPower(m.meter.bands, self._hf, self._wf)
         # Level checks from per-block statistics (BlockQuality): a partial block, and a ring of the last blocks' rows.
         meter = self._meter = m.meter
         self._block = np.zeros(meter.block, dtype=np.float32)
         self._ring = meter.blocks_per_window + meter.blocks_per_hop + 1
         self._rows: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * self._ring
         self._busy = threading.Lock()
+        # the stages a window goes through (time_stages() wraps them with timers)
+        self._normalise = normalise_window
+        self._score = m.score_window
+        self._aggregate = self._acc.add
         # per-stage time, accumulated while on (time_stages): the latency benchmark's breakdown of a hop
         self.stage_ns: dict[str, int] | None = None
         self.reset()
@@ -114,18 +116,26 @@ class StreamSession:
     def time_stages(self) -> dict[str, int]:
         """Accumulate from now on the time spent per stage, in nanoseconds, into the returned dict (the caller may
         zero it between hops), per :data:`STAGES`, in wall time and in CPU time of the process ("..._cpu")."""
-        self.stage_ns = {f"{stage}{clock}": 0 for stage in STAGES for clock in ("", "_cpu")}
-        return self.stage_ns
+        timing = self.stage_ns = {f"{stage}{clock}": 0 for stage in STAGES for clock in ("", "_cpu")}
 
-    @contextlib.contextmanager
-    def _stage(self, name: str) -> Iterator[None]:
-        timing = self.stage_ns
-        t0, c0 = time.perf_counter_ns(), time.process_time_ns()
-        try:
-            yield
-        finally:
-            timing[name] += time.perf_counter_ns() - t0
-            timing[name + "_cpu"] += time.process_time_ns() - c0
+        def timed(stage: str, fn):
+            def run(*args):
+                t0, c0 = time.perf_counter_ns(), time.process_time_ns()
+                try:
+                    return fn(*args)
+                finally:
+                    timing[stage] += time.perf_counter_ns() - t0
+                    timing[stage + "_cpu"] += time.process_time_ns() - c0
+            return run
+
+        # the session calls its stages through these attributes; untimed, they are the plain methods (no wrapper)
+        self._quality_blocks = timed("quality", self._quality_blocks)
+        self._window_quality = timed("quality", self._window_quality)
+        self._frontend = timed("frontend", self._frontend)
+        self._normalise = timed("frontend", self._normalise)
+        self._score = timed("model", self._score)
+        self._aggregate = timed("aggregate", self._aggregate)
+        return timing
 
     def _guarded(self, what: str, call, *args):
         """``call(*args)`` holding the session's guard; a second thread gets a clear error, not corrupt state. (A
@@ -148,6 +158,8 @@ class StreamSession:
         self._acc.reset()
         if self._shift is not None:
             self._shift.reset()
+        if self._band_power is not None:
+            self._band_power.reset()
         self._total = 0  # samples pushed (absolute index of the next sample)
         self._blen = 0  # samples in the partial quality block
         self._nblocks = 0  # quality blocks completed (absolute index of the next one)
@@ -199,10 +211,14 @@ class StreamSession:
             x = samples  # the common case (mono float32), already what to_mono_float would give
         else:
             x = to_mono_float(samples, self.source)
-        # one sum finds a NaN or Inf (float32 samples cannot overflow a float64 sum); the search runs only then
-        if x.shape[0] and not math.isfinite(x.sum(dtype=np.float64)):
-            bad = int(np.flatnonzero(~np.isfinite(x))[0])
-            raise AudioError(f"{self.source}: sample {self._n_in + bad} is NaN or Inf; the input is corrupt")
+        # One dot product finds a NaN or Inf (it makes x.x non-finite); the search runs only then, and lets through
+        # finite samples so large that their squares overflow (the front-end reports those). np.vdot: numpy's dot
+        # products that raise no overflow warning.
+        if x.shape[0] and not math.isfinite(np.vdot(x, x)):
+            bad = np.flatnonzero(~np.isfinite(x))
+            if bad.size:
+                raise AudioError(f"{self.source}: sample {self._n_in + int(bad[0])} is NaN or Inf; the input is "
+                                 f"corrupt")
         self._n_in += x.shape[0]
         if self._resampler is not None:
             x = self._resampler.push(x)
@@ -254,20 +270,13 @@ class StreamSession:
     def _feed(self, piece: np.ndarray, events: list[Event]) -> None:
         """Append at most one hop of samples; score every window now complete."""
         n = piece.shape[0]
-        self._timed("quality", self._quality_blocks, piece)
+        self._quality_blocks(piece)
         self._pending[self._plen:self._plen + n] = piece
         self._plen += n
         self._total += n
         while self._total >= self._next * self._hs + self._ws:
-            self._timed("frontend", self._frontend)
+            self._frontend()
             self._emit(events)
-
-    def _timed(self, stage: str, fn, *args):
-        """``fn(*args)``, its time added to ``stage`` when stage timing is on (:meth:`time_stages`)."""
-        if self.stage_ns is None:
-            return fn(*args)
-        with self._stage(stage):
-            return fn(*args)
 
     def _quality_blocks(self, piece: np.ndarray) -> None:
         """Add ``piece`` to the quality statistics: one stats row per completed block."""
@@ -280,11 +289,16 @@ class StreamSession:
                 return
             self._store(self._meter.stats(self._block))
             self._blen = 0
+        if n - i == g:  # the common case: a piece that is one whole block (a hop of a block's length)
+            self._rows[self._nblocks % self._ring] = self._meter.block_stats(piece[i:] if i else piece)
+            self._nblocks += 1
+            return
         full = (n - i) // g
         if full:
             self._store(self._meter.stats(piece[i:i + full * g]))
             i += full * g
-        self._block[:n - i] = piece[i:]
+        if i < n:
+            self._block[:n - i] = piece[i:]
         self._blen = n - i
 
     def _store(self, rows: list[tuple[float, float, float]]) -> None:
@@ -300,14 +314,14 @@ class StreamSession:
             # out of room: the valid frames back to the start
             self._flush_shift()
             self._frames[:self._flen] = self._frames[self._fs:self._fs + self._flen]
-            if self._bands is not None:
-                self._bands[:self._flen] = self._bands[self._fs:self._fs + self._flen]
             self._fs = 0
             self._shifted = self._flen
         end = self._fs + self._flen
-        # the front-end writes the new frames (and their pooled power) straight into the buffers, after the valid ones
-        new, _ = self._fe.push_with_bands(self._pending[:self._plen], self._spectrum,
-                                          (self._frames[end:], None if self._bands is None else self._bands[end:]))
+        first = self._fe.frames_emitted
+        # the front-end writes the new frames straight into the buffer, after the valid ones
+        new, power = self._fe.push_with_power(self._pending[:self._plen], self._frames[end:])
+        if self._band_power is not None and power is not None:
+            self._band_power.add(first, power, self._next)
         self._plen = 0
         # Frames before the next window's first (a hop longer than the window) are dropped at once; being in the
         # buffer, they still count in the site-shift statistics (_flush_shift). Only possible with no valid frame.
@@ -326,19 +340,18 @@ class StreamSession:
 
     def _window_quality(self, k: int, f: int) -> WindowQuality:
         """Quality of window ``k`` (its frames start at ``_frames[f]``) from the blocks' and frames' statistics."""
-        first = k * self._meter.blocks_per_hop
-        rows = [self._rows[(first + j) % self._ring] for j in range(self._meter.blocks_per_window)]
-        return self._meter.quality(rows, None if self._bands is None else self._bands[f:f + self._wf])
+        meter, ring = self._meter, self._ring
+        start, end = k * meter.blocks_per_hop % ring, k * meter.blocks_per_hop % ring + meter.blocks_per_window
+        rows = self._rows[start:end] if end <= ring else self._rows[start:] + self._rows[:end - ring]
+        return meter.quality(rows, None if self._band_power is None else self._band_power.window(k))
 
     def _emit(self, events: list[Event]) -> None:
         k = self._next
         f = self._fs + k * self._hf - self._f0
-        window = self._timed("frontend", normalise_window, self._frames[f:f + self._wf], self.model.frontend,
-                             self._window)
-        quality = self._timed("quality", self._window_quality, k, f)
-        event = self._timed("model", self.model.score_window, k, window, quality)
+        window = self._normalise(self._frames[f:f + self._wf], self.model.frontend, self._window)
+        event = self._score(k, window, self._window_quality(k, f))
         events.append(event)
-        events.append(self._timed("aggregate", self._acc.add, event))
+        events.append(self._aggregate(event))
         self._next = k + 1
         # Drop the frames the next window no longer needs.
         fdrop = min(self._next * self._hf - self._f0, self._flen)
