@@ -18,7 +18,7 @@ from acula_edge.frontend import preset  # noqa: E402
 from acula_edge.manifest import TensorSpec  # noqa: E402
 from acula_edge.runtime import backends  # noqa: E402
 from acula_edge.runtime.model import softmax  # noqa: E402
-from acula_edge.runtime.quality import BlockQuality, QualityConfig, window_quality  # noqa: E402
+from acula_edge.runtime.quality import BlockQuality, QualityConfig, WindowBandPower, window_quality  # noqa: E402
 
 FE, WIN = preset("heart")
 W, H = WIN.window_samples(FE), WIN.hop_samples(FE)
@@ -55,6 +55,35 @@ def test_flatness_bands_come_from_the_front_end_spectrum():
     lo, k = bands.lo, bands.per_band
     assert np.allclose(pooled[0], [power[lo + b * k:lo + (b + 1) * k].sum() for b in range(16)], rtol=1e-9)
     assert SpectrumBands.between(FE, 1000) is None  # fewer bins than bands: flatness not measured
+
+
+@pytest.mark.parametrize("per_hop, per_window", [(50, 196), (50, 200), (50, 30), (7, 23), (1, 5)])
+@pytest.mark.parametrize("batches", ["hops", "random"])
+def test_window_band_power_equals_the_sum_over_the_window_frames(per_hop, per_window, batches):
+    """A stream's window band power (per-block sums of the frames' power, then pooled) equals pooling each frame
+    and summing the window's frames, for windows longer or shorter than a hop and for frames arriving in any
+    batches (first the first window's frames, then a hop's; or random sizes)."""
+    rng = np.random.default_rng(per_hop * 1000 + per_window)
+    bands = BlockQuality(FE, W, H, QualityConfig()).bands
+    power = rng.gamma(0.5, 1.0, size=(40 * per_hop + per_window, FE.n_freqs)) * 10.0 ** rng.uniform(-6, 2)
+    pooled = bands.pool(power)
+    blocks = WindowBandPower(bands, per_hop, per_window, FE.n_freqs)
+    if batches == "hops":
+        sizes = [per_window] + [per_hop] * 40
+    else:
+        sizes = list(rng.integers(1, 3 * per_hop + 2, size=200))
+    done = nxt = 0
+    for size in sizes:
+        size = min(int(size), power.shape[0] - done)
+        if size <= 0:
+            break
+        blocks.add(done, power[done:done + size], nxt)
+        done += size
+        while nxt * per_hop + per_window <= done:  # every window now complete, as a session scores them
+            want = pooled[nxt * per_hop:nxt * per_hop + per_window].sum(axis=0)
+            assert np.allclose(blocks.window(nxt), want, rtol=1e-12, atol=0)
+            nxt += 1
+    assert nxt >= 30
 
 
 def test_block_quality_level_checks_equal_the_whole_window_ones():

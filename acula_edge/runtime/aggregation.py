@@ -8,6 +8,7 @@ in the same order, so both give the same recording result.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -25,12 +26,12 @@ def decide_scores(scores: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64) >= threshold
 
 
-def decide(probabilities: np.ndarray | list[float], threshold: float | None) -> bool:
+def decide(probabilities: np.ndarray | Sequence[float], threshold: float | None) -> bool:
     """The decision for one recording's probabilities (C,): binary tasks compare the last label's probability with
     ``threshold`` (:func:`decide_scores`); multi-class tasks (or ``threshold`` None) answer whether the last label
     is the most probable one (rule "argmax")."""
     # on Python floats: for the few classes of a head, several times faster than numpy's per-call cost
-    p = probabilities.tolist() if isinstance(probabilities, np.ndarray) else [float(v) for v in probabilities]
+    p = probabilities.tolist() if isinstance(probabilities, np.ndarray) else probabilities
     if len(p) == 2 and threshold is not None:
         return p[-1] >= threshold  # decide_scores of one value
     return p.index(max(p)) == len(p) - 1  # np.argmax's answer: the first of equal maxima

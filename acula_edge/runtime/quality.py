@@ -92,13 +92,14 @@ class BlockQuality:
         n = frame_bands.shape[0]
         return (self._ones if n == self._ones.shape[0] else np.ones(n)) @ frame_bands
 
-    def block_stats(self, block: np.ndarray) -> tuple[float, float, float]:
+    def block_stats(self, block: np.ndarray, sq: float | None = None) -> tuple[float, float, float]:
         """(sum, sum of squares, clipped-sample count) of one block (float32, ``self.block`` samples), as Python
         floats. The sums are float32 dot products (BLAS: a fraction of the cost of numpy's pairwise sum, and of a
         float64 copy; relative rounding ~1e-6, far below what a level in dB or a DC offset needs). Samples reach
         full scale only if the sum of squares does (|x| >= clip implies sum x^2 >= clip^2), so quiet blocks skip
-        the search for clipped samples."""
-        sq = float(np.vdot(block, block))  # vdot: no overflow warning for absurd magnitudes (they give inf)
+        the search for clipped samples. ``sq``: the block's ``np.vdot(block, block)``, when the caller has it."""
+        if sq is None:
+            sq = float(np.vdot(block, block))  # vdot: no overflow warning for absurd magnitudes (they give inf)
         clipped = 0.0
         clip = self.cfg.clip_level
         if sq >= clip * clip and (block.max() >= clip or block.min() <= -clip):
@@ -142,40 +143,47 @@ class WindowBandPower:
     power spectra.
 
     Window ``k`` holds frames ``[k h, k h + F)`` (``h`` frames per hop, ``F`` per window). With ``F = q h + r``
-    (``0 <= r < h``), each hop block of frames ``[m h, (m + 1) h)`` is kept as two sums: its head (the first ``r``
-    frames) at row ``2 m`` and its tail (the rest) at row ``2 m + 1``. Window ``k`` is then rows ``[2 k, 2 k + 2 q]``
-    (``2 q`` rows when ``r == 0``). Each batch of new frames is reduced to its rows by one 0/1 matrix product, and
-    only those few rows are pooled into bands: per hop, a handful of rows instead of pooling every frame and summing
-    the window's ~200 frames again (the same sum, in another order: agreement to ~1e-15). Memory: a few rows.
+    (``0 <= r < h``), each hop block of frames ``[m h, (m + 1) h)`` is kept as two sums, its head (the first ``r``
+    frames) and its tail (the rest), at rows ``2 m`` and ``2 m + 1``: window ``k`` is rows ``[2 k, 2 k + 2 q]``.
+    When ``r == 0`` a block is one row (``m``) and window ``k`` rows ``[k, k + q)``. Each batch of new frames is
+    reduced to its rows by one 0/1 matrix product, and only those few rows are pooled into bands: per hop, a
+    handful of rows instead of pooling every frame and summing the window's ~200 frames again (the same sum, in
+    another order: agreement to ~1e-15). Memory: a few rows.
     """
 
-    def __init__(self, bands: SpectrumBands, frames_per_hop: int, frames_per_window: int) -> None:
+    def __init__(self, bands: SpectrumBands, frames_per_hop: int, frames_per_window: int, n_freqs: int) -> None:
         self.bands = bands
         self.h = int(frames_per_hop)
         self.q, self.r = divmod(int(frames_per_window), self.h)
-        self.rows_per_window = 2 * self.q + (1 if self.r else 0)
+        self.rows_per_block = 2 if self.r else 1
+        self.rows_per_window = 2 * self.q + 1 if self.r else self.q
         self._sums = np.zeros((self.rows_per_window + 16, bands.count))  # rows from _row0 on
         self._ones = np.ones(self.rows_per_window)
-        self._parts: dict[tuple[int, int], np.ndarray] = {}  # (first frame's place in its block, n) -> 0/1 matrix
+        self._plans: dict[tuple[int, int], tuple[np.ndarray, int, bool]] = {}  # see _plan
+        # (n_freqs, count): the band pooling of a whole power spectrum (zero outside the bands' bins)
+        self._pooling = np.zeros((n_freqs, bands.count))
+        self._pooling[bands.lo:bands.lo + bands.per_band * bands.count] = bands.pooling
         self.reset()
 
     def reset(self) -> None:
         self._row0 = 0
 
     def _row(self, frame: int) -> int:
-        return 2 * (frame // self.h) + (frame % self.h >= self.r)
+        return self.rows_per_block * (frame // self.h) + (0 < self.r <= frame % self.h)
 
-    def _partition(self, first: int, n: int) -> np.ndarray:
-        """(rows, n) 0/1: which row each of the frames ``first .. first + n - 1`` adds to (rows from the first
-        frame's); it depends only on ``first``'s place in its block and ``n``, so a stream reuses a few."""
+    def _plan(self, first: int, n: int) -> tuple[np.ndarray, int, bool]:
+        """For frames ``first .. first + n - 1``: a (rows, n) 0/1 matrix saying which row each frame adds to (rows
+        from the first frame's), that first row's offset from its block's first row, and whether the previous batch
+        began it. It depends only on ``first``'s place in its block and on ``n``, so a stream reuses a few."""
         key = (first % self.h, n)
-        a = self._parts.get(key)
-        if a is None:
+        plan = self._plans.get(key)
+        if plan is None:
             rows = [self._row(first + i) - self._row(first) for i in range(n)]
             a = np.zeros((rows[-1] + 1, n))
             a[rows, np.arange(n)] = 1.0
-            self._parts[key] = a
-        return a
+            pos = first % self.h
+            plan = self._plans[key] = (a, int(0 < self.r <= pos), pos != 0 and pos != self.r)
+        return plan
 
     def add(self, first: int, power: np.ndarray, keep_from_window: int) -> None:
         """Add the power spectra (n, n_freqs) of frames ``first .. first + n - 1`` (the stream's next frames);
@@ -183,15 +191,14 @@ class WindowBandPower:
         n = power.shape[0]
         if not n:
             return
-        b = self.bands
-        pooled = (self._partition(first, n) @ power)[:, b.lo:b.lo + b.per_band * b.count] @ b.pooling
-        lo = self._row(first) - self._row0
-        pos = first % self.h
-        begun = pos != 0 and pos != self.r  # the first row was begun by the previous batch: add to it
-        if lo + pooled.shape[0] > self._sums.shape[0]:  # out of room: the rows still needed back to the start
-            keep, have = min(max(2 * keep_from_window - self._row0, 0), lo), lo + begun
-            if lo + pooled.shape[0] - keep > self._sums.shape[0]:
-                grown = np.zeros((lo + pooled.shape[0] - keep + 16, b.count))
+        parts, offset, begun = self._plan(first, n)
+        pooled = (parts @ power) @ self._pooling  # frames summed per row, then pooled into bands
+        rows = pooled.shape[0]
+        lo = self.rows_per_block * (first // self.h) + offset - self._row0
+        if lo + rows > self._sums.shape[0]:  # out of room: the rows still needed back to the start
+            keep, have = min(max(self.rows_per_block * keep_from_window - self._row0, 0), lo), lo + begun
+            if lo + rows - keep > self._sums.shape[0]:
+                grown = np.zeros((lo + rows - keep + 16, self.bands.count))
                 grown[:have - keep] = self._sums[keep:have]
                 self._sums = grown
             else:
@@ -200,13 +207,13 @@ class WindowBandPower:
             lo -= keep
         if begun:
             self._sums[lo] += pooled[0]
-            self._sums[lo + 1:lo + pooled.shape[0]] = pooled[1:]
+            self._sums[lo + 1:lo + rows] = pooled[1:]
         else:
-            self._sums[lo:lo + pooled.shape[0]] = pooled
+            self._sums[lo:lo + rows] = pooled
 
     def window(self, k: int) -> list[float]:
         """Window ``k``'s band power (its frames' power summed, pooled into bands), as Python floats."""
-        lo = 2 * k - self._row0
+        lo = self.rows_per_block * k - self._row0
         return (self._ones @ self._sums[lo:lo + self.rows_per_window]).tolist()
 
 

@@ -98,7 +98,8 @@ class StreamSession:
                                 dtype=np.float32)
         self._window = np.zeros((self._wf, m.frontend.n_mels), dtype=np.float32)  # the normalised window
         # the windows' band power (quality: spectral flatness), from per-block sums of the frames' power spectra
-        self._band_power = None if m.meter.bands is None else WindowBandPower(m.meter.bands, self._hf, self._wf)
+        self._band_power = None if m.meter.bands is None else WindowBandPower(m.meter.bands, self._hf, self._wf,
+                                                                             m.frontend.n_freqs)
         # Level checks from per-block statistics (BlockQuality): a partial block, and a ring of the last blocks' rows.
         meter = self._meter = m.meter
         self._block = np.zeros(meter.block, dtype=np.float32)
@@ -214,7 +215,8 @@ class StreamSession:
         # One dot product finds a NaN or Inf (it makes x.x non-finite); the search runs only then, and lets through
         # finite samples so large that their squares overflow (the front-end reports those). np.vdot: numpy's dot
         # products that raise no overflow warning.
-        if x.shape[0] and not math.isfinite(np.vdot(x, x)):
+        sq = float(np.vdot(x, x))
+        if not math.isfinite(sq):
             bad = np.flatnonzero(~np.isfinite(x))
             if bad.size:
                 raise AudioError(f"{self.source}: sample {self._n_in + int(bad[0])} is NaN or Inf; the input is "
@@ -223,6 +225,9 @@ class StreamSession:
         if self._resampler is not None:
             x = self._resampler.push(x)
         events: list[Event] = []
+        if self._resampler is None and x.shape[0] == self._hs:  # one hop as it came: its sum of squares is known
+            self._feed(x, events, sq)
+            return events
         for start in range(0, x.shape[0], self._hs):
             self._feed(x[start:start + self._hs], events)
         return events
@@ -267,10 +272,11 @@ class StreamSession:
 
     # -- internals ------------------------------------------------------------------------------------------------
 
-    def _feed(self, piece: np.ndarray, events: list[Event]) -> None:
-        """Append at most one hop of samples; score every window now complete."""
+    def _feed(self, piece: np.ndarray, events: list[Event], sq: float | None = None) -> None:
+        """Append at most one hop of samples (``sq``: their sum of squares, np.vdot, when known); score every
+        window now complete."""
         n = piece.shape[0]
-        self._quality_blocks(piece)
+        self._quality_blocks(piece, sq)
         self._pending[self._plen:self._plen + n] = piece
         self._plen += n
         self._total += n
@@ -278,8 +284,9 @@ class StreamSession:
             self._frontend()
             self._emit(events)
 
-    def _quality_blocks(self, piece: np.ndarray) -> None:
-        """Add ``piece`` to the quality statistics: one stats row per completed block."""
+    def _quality_blocks(self, piece: np.ndarray, sq: float | None = None) -> None:
+        """Add ``piece`` to the quality statistics: one stats row per completed block (``sq``: the piece's sum of
+        squares, when known)."""
         g, i, n = self._block.shape[0], 0, piece.shape[0]
         if self._blen:
             i = min(g - self._blen, n)
@@ -290,7 +297,8 @@ class StreamSession:
             self._store(self._meter.stats(self._block))
             self._blen = 0
         if n - i == g:  # the common case: a piece that is one whole block (a hop of a block's length)
-            self._rows[self._nblocks % self._ring] = self._meter.block_stats(piece[i:] if i else piece)
+            self._rows[self._nblocks % self._ring] = (self._meter.block_stats(piece, sq) if i == 0 else
+                                                      self._meter.block_stats(piece[i:]))
             self._nblocks += 1
             return
         full = (n - i) // g
