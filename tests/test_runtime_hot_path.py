@@ -348,3 +348,27 @@ def test_a_session_refuses_a_second_thread_clearly():
     model.score_window = score
     assert len(results) == 1 and len(results[0]) == 2  # the first thread's window and update, undisturbed
     assert session.finish().n_windows == 1
+
+
+def test_stage_timers_wrap_each_stage_once():
+    """time_stages() times the session's stages; a second call zeroes the same timers instead of wrapping the
+    stages again (which would count each stage twice: more stage time than the push took)."""
+    import time
+
+    from acula_edge.runtime.streaming import STAGES
+
+    model = acula_edge.load(rf.bundle_or_skip("onnx-fp32"), num_threads=1)
+    session = model.stream()
+    x = _recording(9.0)
+    first = session.time_stages()
+    session.push(x[:W], FE.sample_rate)
+    assert all(first[stage] > 0 for stage in STAGES)
+    again = session.time_stages()
+    assert again is first and not any(again.values())
+    for k in range(5):
+        t0 = time.perf_counter_ns()
+        session.push(x[W + k * H:W + (k + 1) * H], FE.sample_rate)
+        wall = time.perf_counter_ns() - t0
+        assert 0 < sum(again[stage] for stage in STAGES) <= wall
+        for name in again:
+            again[name] = 0

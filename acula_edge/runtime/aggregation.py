@@ -120,14 +120,6 @@ class Hysteresis:
         return self.state
 
 
-def _add_into(total: np.ndarray | None, embedding: np.ndarray) -> np.ndarray:
-    """``total + embedding`` in float64, in place after the first window (no allocation per window)."""
-    if total is None:
-        return embedding.astype(np.float64)
-    np.add(total, embedding, out=total)
-    return total
-
-
 class RecordingAccumulator:
     """Consumes :class:`WindowEvent` s in order; gives running updates and the final recording result.
 
@@ -178,9 +170,14 @@ class RecordingAccumulator:
         included = event.included
         if included:
             self._included.add(values)
-            self._emb_included = _add_into(self._emb_included, event.embedding)
+            if self._emb_included is None:
+                self._emb_included = event.embedding.astype(np.float64)
+            else:  # in place: no allocation per window
+                np.add(self._emb_included, event.embedding, out=self._emb_included)
+        elif self._emb_excluded is None:
+            self._emb_excluded = event.embedding.astype(np.float64)
         else:
-            self._emb_excluded = _add_into(self._emb_excluded, event.embedding)
+            np.add(self._emb_excluded, event.embedding, out=self._emb_excluded)
         # The running aggregate (float32, as result() gives it), its raw decision and the debounced one; the
         # decisions on its values as Python floats, as decide() makes them (a head has a few classes).
         p = (self._included if self._included.count else self._all).value

@@ -116,7 +116,12 @@ class StreamSession:
 
     def time_stages(self) -> dict[str, int]:
         """Accumulate from now on the time spent per stage, in nanoseconds, into the returned dict (the caller may
-        zero it between hops), per :data:`STAGES`, in wall time and in CPU time of the process ("..._cpu")."""
+        zero it between hops), per :data:`STAGES`, in wall time and in CPU time of the process ("..._cpu"). A second
+        call zeroes and returns the same dict."""
+        if self.stage_ns is not None:  # the stages are timed already
+            for name in self.stage_ns:
+                self.stage_ns[name] = 0
+            return self.stage_ns
         timing = self.stage_ns = {f"{stage}{clock}": 0 for stage in STAGES for clock in ("", "_cpu")}
 
         def timed(stage: str, fn):
@@ -277,11 +282,15 @@ class StreamSession:
         window now complete."""
         n = piece.shape[0]
         self._quality_blocks(piece, sq)
-        self._pending[self._plen:self._plen + n] = piece
-        self._plen += n
         self._total += n
+        if self._plen or self._total < self._next * self._hs + self._ws:
+            self._pending[self._plen:self._plen + n] = piece
+            self._plen += n
+        else:  # the piece alone completes a window (a hop pushed whole): it goes to the front-end as it is
+            self._frontend(piece)
+            self._emit(events)
         while self._total >= self._next * self._hs + self._ws:
-            self._frontend()
+            self._frontend(self._pending[:self._plen])
             self._emit(events)
 
     def _quality_blocks(self, piece: np.ndarray, sq: float | None = None) -> None:
@@ -314,11 +323,12 @@ class StreamSession:
             self._rows[self._nblocks % self._ring] = row
             self._nblocks += 1
 
-    def _frontend(self) -> None:
-        """Run the incremental front-end on the pending samples; keep the frames the next windows need."""
-        if not self._plen:
+    def _frontend(self, samples: np.ndarray) -> None:
+        """Run the incremental front-end on ``samples`` (the pending ones, or a piece that was never pending); keep
+        the frames the next windows need."""
+        if not samples.shape[0]:
             return
-        if self._fs + self._flen + self._fe.frames_for(self._plen) > self._frames.shape[0]:
+        if self._fs + self._flen + self._fe.frames_for(samples.shape[0]) > self._frames.shape[0]:
             # out of room: the valid frames back to the start
             self._flush_shift()
             self._frames[:self._flen] = self._frames[self._fs:self._fs + self._flen]
@@ -327,7 +337,7 @@ class StreamSession:
         end = self._fs + self._flen
         first = self._fe.frames_emitted
         # the front-end writes the new frames straight into the buffer, after the valid ones
-        new, power = self._fe.push_with_power(self._pending[:self._plen], self._frames[end:])
+        new, power = self._fe.push_with_power(samples, self._frames[end:])
         if self._band_power is not None and power is not None:
             self._band_power.add(first, power, self._next)
         self._plen = 0
