@@ -200,11 +200,12 @@ def test_dequantize_returns_a_new_array():
     assert q.dtype == np.float32
 
 
-@pytest.mark.parametrize("kind", ["onnx-fp32", "tflite-fp32", "executorch-fp32"])
-def test_runtimes_said_to_return_fresh_outputs_do(kind):
-    """Float outputs of these runtimes are not copied again: the next call must not change what one returned."""
+@pytest.mark.parametrize("kind, fresh", [("onnx-fp32", False), ("tflite-fp32", True), ("executorch-fp32", True)])
+def test_outputs_are_not_changed_by_the_next_call(kind, fresh):
+    """Float outputs of runtimes that return new arrays are not copied again; onnxruntime writes into the calling
+    thread's bound buffers, so those are copied. Either way the next call must not change what one returned."""
     model = acula_edge.load(rf.bundle_or_skip(kind), num_threads=1)
-    assert model.backend.fresh_outputs
+    assert model.backend.fresh_outputs is fresh
     rng = np.random.default_rng(0)
     first = rng.standard_normal(model.manifest.inputs[0].shape).astype(np.float32)
     emb, logits = model.backend.run(first)
@@ -248,8 +249,9 @@ def test_a_non_finite_window_is_blamed_on_the_audio():
 
 
 def test_huge_finite_values_are_not_taken_for_nan_and_stay_quiet():
-    """The finiteness checks sum in float64, which float32 values cannot overflow: a finite window or chunk of
-    absurd magnitude is not refused as NaN or Inf, and no overflow warning reaches the user."""
+    """The finiteness checks are float32 dot products, which such values overflow: a finite window or chunk of
+    absurd magnitude is still not refused as NaN or Inf (the full check tells them apart), and no overflow warning
+    reaches the user."""
     import warnings
 
     model = acula_edge.load(rf.bundle_or_skip("onnx-fp32"), num_threads=1)
@@ -290,6 +292,32 @@ def test_stream_front_end_writes_into_given_buffers():
         at += n
     np.testing.assert_array_equal(frames[:at], LogMel(FE)(x)[:at])
     assert np.isnan(frames[at:]).all()  # nothing written beyond the new frames
+
+
+@pytest.mark.parametrize("power", [2.0, 1.0])
+def test_stream_front_end_gives_the_frames_power_spectra(power):
+    """push_with_power: the same frames as push (written into the given buffer), and each new frame's power spectrum
+    (squared magnitude, also for a magnitude front-end) equal to the offline front-end's."""
+    import dataclasses
+
+    from acula_edge.features import LogMel, LogMelStream
+
+    fe = dataclasses.replace(FE, power=power)
+    x = _recording(3.0, seed=2)
+    plain, into = LogMelStream(fe), LogMelStream(fe)
+    frames = np.full((200, fe.n_mels), np.nan, np.float32)
+    offline = LogMel(fe)
+    at = 0
+    for chunk in (x[:700], x[700:3000], x[3000:]):
+        want = plain.push(chunk)
+        first = into.frames_emitted
+        got, spectra = into.push_with_power(chunk, frames[at:])
+        assert np.shares_memory(got, frames)
+        np.testing.assert_array_equal(got, want)
+        framed = np.lib.stride_tricks.sliding_window_view(x, fe.win_length)[::fe.hop_length]
+        np.testing.assert_array_equal(spectra, offline.power(framed[first:first + got.shape[0]]))
+        at += got.shape[0]
+    np.testing.assert_allclose(frames[:at], offline(x)[:at], rtol=1e-6, atol=1e-6)
 
 
 def test_executorch_num_threads_sizes_the_threadpool_once_per_process():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,8 +18,8 @@ from acula_edge.runtime.backends import Backend
 class OnnxBackend(Backend):
     """``onnxruntime.InferenceSession``; ``num_threads`` sets ``intra_op_num_threads`` (inter-op stays 1)."""
 
-    thread_safe = True  # InferenceSession.run may be called from several threads
-    fresh_outputs = True  # run() returns new arrays
+    thread_safe = True  # InferenceSession.run may be called from several threads (each has its own binding)
+    fresh_outputs = False  # the outputs are the calling thread's bound buffers, overwritten by its next call
 
     def __init__(self, path: Path, manifest: Manifest, num_threads: int | None = None,
                  data: bytes | None = None) -> None:
@@ -44,14 +46,32 @@ class OnnxBackend(Backend):
         self._names = [o.name for o in outs]
         self._emb_i, self._log_i = self.check_io([(i.shape, _dtype(i.type)) for i in inputs],
                                                  [(o.name, o.shape, _dtype(o.type)) for o in outs])
+        self._bound = threading.local()  # per thread: an I/O binding to preallocated input and output buffers
+
+    def _binding(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+        """This thread's I/O binding, made on its first call: the input and both outputs bound to buffers of the
+        manifest's shapes, so a call allocates nothing and skips run()'s per-call conversions (~7 µs a window)."""
+        spec = self.input_spec
+        x = np.zeros(spec.shape, dtype=spec.dtype)
+        emb = np.zeros(self.embedding_spec.shape, dtype=self.embedding_spec.dtype)
+        logits = np.zeros(self.logits_spec.shape, dtype=self.logits_spec.dtype)
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(self._input_name, x)
+        for i, out in ((self._emb_i, emb), (self._log_i, logits)):
+            binding.bind_output(self._names[i], "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
+        bound = self._bound.io = (binding, x, emb, logits)
+        return bound
 
     @property
     def name(self) -> str:
         return f"onnxruntime {self._version}"
 
     def _invoke(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self._session.run(None, {self._input_name: x})
-        return out[self._emb_i], out[self._log_i]
+        bound = getattr(self._bound, "io", None) or self._binding()
+        binding, into, emb, logits = bound
+        into[...] = x.reshape(into.shape)
+        self._session.run_with_iobinding(binding)
+        return emb, logits
 
 
 def _dtype(onnx_type: str) -> str:
