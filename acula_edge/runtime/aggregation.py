@@ -178,17 +178,13 @@ class RecordingAccumulator:
             self._emb_excluded = event.embedding.astype(np.float64)
         else:
             np.add(self._emb_excluded, event.embedding, out=self._emb_excluded)
-        # The running aggregate (float32, as result() gives it), its raw decision and the debounced one; the
-        # decisions on its values as Python floats, as decide() makes them (a head has a few classes).
-        p = (self._included if self._included.count else self._all).value
-        values = p.tolist()
-        raw = decide(values, self.threshold) if self._included.count else None
+        p, raw = self._current()
         if self.threshold is None:  # multi-class: the most probable label, no hysteresis on one probability
             stable = raw
         else:
-            stable = self._hysteresis.update(values[-1]) if included else self._hysteresis.state
+            stable = self._hysteresis.update(float(p[-1])) if included else self._hysteresis.state
         return RecordingUpdate(time_s=event.end_s, labels=self.labels, probabilities=p, n_windows=self.n_windows,
-                               n_excluded=self.n_windows - self._included.count, decision=stable, raw_decision=raw)
+                               n_excluded=self.n_excluded, decision=stable, raw_decision=raw)
 
     def result(self, duration_s: float, source: str = "<buffer>") -> ClassificationResult:
         if not self.n_windows:

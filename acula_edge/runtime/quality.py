@@ -69,7 +69,8 @@ class BlockQuality:
     RMS, DC offset and clip fraction are exact sums of its blocks. Spectral flatness: the front-end already computes
     every frame's power spectrum; each frame's power pooled into ``flatness_bands`` equal-width bands between fmin
     and fmax (:class:`~acula_edge.features.SpectrumBands`) comes with its log-mel frame, and a window's flatness is
-    taken on the sum over its frames (Welch's averaged periodogram). Why: a separate FFT of each hop's samples cost
+    taken on the sum over its frames (Welch's averaged periodogram); a stream sums its frames' spectra per hop block
+    before pooling them (:class:`WindowBandPower`, the same sum). Why: a separate FFT of each hop's samples cost
     more than the rest of the per-hop bookkeeping together. Front-ends without enough bins per band (or without a
     spectrum) report flatness NaN and the "noise" check is not made.
     """

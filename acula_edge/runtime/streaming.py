@@ -356,8 +356,8 @@ class StreamSession:
             self._shift.push(self._frames[self._shifted:end])
         self._shifted = end
 
-    def _window_quality(self, k: int, f: int) -> WindowQuality:
-        """Quality of window ``k`` (its frames start at ``_frames[f]``) from the blocks' and frames' statistics."""
+    def _window_quality(self, k: int) -> WindowQuality:
+        """Quality of window ``k`` from its blocks' level statistics and its frames' band power."""
         meter, ring = self._meter, self._ring
         start, end = k * meter.blocks_per_hop % ring, k * meter.blocks_per_hop % ring + meter.blocks_per_window
         rows = self._rows[start:end] if end <= ring else self._rows[start:] + self._rows[:end - ring]
@@ -367,7 +367,7 @@ class StreamSession:
         k = self._next
         f = self._fs + k * self._hf - self._f0
         window = self._normalise(self._frames[f:f + self._wf], self.model.frontend, self._window)
-        event = self._score(k, window, self._window_quality(k, f))
+        event = self._score(k, window, self._window_quality(k))
         events.append(event)
         events.append(self._aggregate(event))
         self._next = k + 1
