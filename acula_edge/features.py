@@ -46,19 +46,14 @@ class LogMel:
         frames themselves (float32)."""
         return self.frames_with_bands(frames, None)[0]
 
-    def frames_with_bands(self, frames: np.ndarray, bands: SpectrumBands | None,
-                          out: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray,
-                                                                                           np.ndarray | None]:
+    def frames_with_bands(self, frames: np.ndarray, bands: SpectrumBands | None) -> tuple[np.ndarray,
+                                                                                         np.ndarray | None]:
         """:meth:`frames_to_logmel` and, from the same power spectra, each frame's power pooled into ``bands``
         (n, bands.count) float64 (None without ``bands``, and for the waveform representation, which computes no
-        spectrum). The quality checks take a window's spectral flatness from these, so no FFT of their own is run.
-        ``out``: arrays of at least n rows (float32 frames, float64 pooled power or None) to write the results
-        into; the results are then views of them."""
+        spectrum). The quality checks take a window's spectral flatness from these, so no FFT of their own is run."""
         power = self.power(frames)
-        pooled = None
-        if bands is not None and power is not None:
-            pooled = bands.pool(power, None if out is None else out[1][:frames.shape[0]])
-        return self.logmel_of(frames, power, None if out is None else out[0]), pooled
+        pooled = None if bands is None or power is None else bands.pool(power)
+        return self.logmel_of(frames, power), pooled
 
     def frames_with_power(self, frames: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray,
                                                                                             np.ndarray | None]:
@@ -180,15 +175,14 @@ class SpectrumBands:
         """(count * per_band, count) float64: 1 where a bin belongs to a band (each bin in one band)."""
         return np.kron(np.eye(self.count), np.ones((self.per_band, 1)))
 
-    def pool(self, power: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """(n, n_fft // 2 + 1) power -> (n, count) float64 (written into ``out`` when given): the summed power of
-        each band.
+    def pool(self, power: np.ndarray) -> np.ndarray:
+        """(n, n_fft // 2 + 1) power -> (n, count) float64: the summed power of each band.
 
-        One matrix product with the 0/1 band matrix: for a hop's frames it costs a fifth of a reshape and a sum over
-        the bins of each band (a reduction over a short inner axis) and stays below OpenBLAS's threading threshold
-        (50 x 96 x 16 multiply-adds for the heart preset). A whole recording's batch of 2,048 frames may run
-        threaded: 0.40 ms instead of 0.25 ms measured with both cores busy, per 41 s of heart audio."""
-        return np.matmul(power[:, self.lo:self.lo + self.per_band * self.count], self.pooling, out=out)
+        One matrix product with the 0/1 band matrix: for 50 frames it cost a fifth of a reshape and a sum over the
+        bins of each band (a reduction over a short inner axis). A whole recording's batch of 2,048 frames may run
+        threaded: 0.40 ms instead of 0.25 ms measured with both cores busy, per 41 s of heart audio. (A stream sums
+        its frames' spectra before pooling them: runtime.quality.WindowBandPower.)"""
+        return power[:, self.lo:self.lo + self.per_band * self.count] @ self.pooling
 
 
 def normalise_window(window: np.ndarray, cfg: FrontendConfig, out: np.ndarray | None = None) -> np.ndarray:
@@ -252,24 +246,11 @@ class LogMelStream:
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Append float samples (at cfg.sample_rate); return the new frames, shape (k, n_mels), k >= 0."""
-        return self.push_with_bands(samples, None)[0]
+        return self.push_with_power(samples)[0]
 
     def frames_for(self, n_samples: int) -> int:
         """How many frames a push of ``n_samples`` samples would return."""
         return self.cfg.num_frames(self._len + n_samples)
-
-    def push_with_bands(self, samples: np.ndarray, bands: SpectrumBands | None,
-                        out: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray,
-                                                                                          np.ndarray | None]:
-        """:meth:`push`, and (``bands`` given) the new frames' pooled power (:meth:`LogMel.frames_with_bands`,
-        which also says what ``out`` is: buffers of at least :meth:`frames_for` rows)."""
-        frames = self._new_frames(samples)
-        if frames is None:
-            empty = None if bands is None or self.cfg.representation == "waveform" else np.zeros((0, bands.count))
-            return np.zeros((0, self.cfg.n_mels), dtype=np.float32), empty
-        result = self.logmel.frames_with_bands(frames, bands, out)
-        self._consume(frames.shape[0])
-        return result
 
     def push_with_power(self, samples: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray,
                                                                                            np.ndarray | None]:

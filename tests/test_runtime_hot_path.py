@@ -271,24 +271,21 @@ def test_huge_finite_values_are_not_taken_for_nan_and_stay_quiet():
 
 
 def test_stream_front_end_writes_into_given_buffers():
-    """A session's front-end writes new frames and their band power into the session's own buffers (no copy); the
-    values equal those it returns without buffers."""
+    """A session's front-end writes new frames into the session's own buffer (no copy); the values equal those it
+    returns without a buffer."""
     from acula_edge.features import LogMel, LogMelStream
 
-    meter = BlockQuality(FE, W, H, QualityConfig())
     x = _recording(3.0, seed=1)
     plain, into = LogMelStream(FE), LogMelStream(FE)
     frames = np.full((200, FE.n_mels), np.nan, np.float32)
-    bands = np.full((200, meter.bands.count), np.nan)
     at = 0
     for chunk in (x[:700], x[700:3000], x[3000:]):
-        want, want_bands = plain.push_with_bands(chunk, meter.bands)
+        want = plain.push(chunk)
         n = into.frames_for(chunk.shape[0])
-        got, got_bands = into.push_with_bands(chunk, meter.bands, (frames[at:], bands[at:]))
+        got, _ = into.push_with_power(chunk, frames[at:])
         assert got.shape[0] == n == want.shape[0]
-        assert np.shares_memory(got, frames) and np.shares_memory(got_bands, bands)
+        assert np.shares_memory(got, frames)
         np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(got_bands, want_bands)
         at += n
     np.testing.assert_array_equal(frames[:at], LogMel(FE)(x)[:at])
     assert np.isnan(frames[at:]).all()  # nothing written beyond the new frames

@@ -107,10 +107,13 @@ class BlockQuality:
             clipped = float(np.count_nonzero(np.abs(block) >= clip))
         return float(np.vdot(self._block_ones, block)), sq, clipped
 
-    def stats(self, x: np.ndarray) -> list[tuple[float, float, float]]:
+    def stats(self, x: np.ndarray, sq: float | None = None) -> list[tuple[float, float, float]]:
         """:meth:`block_stats` of each block of ``x`` (float32, a whole number of blocks): the same arithmetic for
-        a stream's hop and a whole recording."""
+        a stream's hop and a whole recording. ``sq``: ``np.vdot(x, x)`` when the caller has it (used when ``x`` is
+        one block)."""
         g = self.block
+        if x.shape[0] == g:
+            return [self.block_stats(x, sq)]
         return [self.block_stats(x[i:i + g]) for i in range(0, x.shape[0] - g + 1, g)]
 
     def quality(self, rows: Sequence[tuple[float, float, float]], band_power: list[float] | None) -> WindowQuality:

@@ -230,11 +230,9 @@ class StreamSession:
         if self._resampler is not None:
             x = self._resampler.push(x)
         events: list[Event] = []
-        if self._resampler is None and x.shape[0] == self._hs:  # one hop as it came: its sum of squares is known
-            self._feed(x, events, sq)
-            return events
+        whole = self._resampler is None and x.shape[0] <= self._hs  # one piece, as it came: its x.x is known
         for start in range(0, x.shape[0], self._hs):
-            self._feed(x[start:start + self._hs], events)
+            self._feed(x[start:start + self._hs], events, sq if whole else None)
         return events
 
     def finish(self) -> ClassificationResult:
@@ -305,14 +303,9 @@ class StreamSession:
                 return
             self._store(self._meter.stats(self._block))
             self._blen = 0
-        if n - i == g:  # the common case: a piece that is one whole block (a hop of a block's length)
-            self._rows[self._nblocks % self._ring] = (self._meter.block_stats(piece, sq) if i == 0 else
-                                                      self._meter.block_stats(piece[i:]))
-            self._nblocks += 1
-            return
         full = (n - i) // g
         if full:
-            self._store(self._meter.stats(piece[i:i + full * g]))
+            self._store(self._meter.stats(piece[i:i + full * g], sq if i == 0 and full * g == n else None))
             i += full * g
         if i < n:
             self._block[:n - i] = piece[i:]
