@@ -21,7 +21,9 @@ one step of every row, starting at a rotating row, so the load of a shared machi
   the incremental front-end on the same hop + window assembly + the model call with the runtime's own API
   (the window quantized when the model takes int8, the logits read back and turned into probabilities: the least
   any streaming implementation must do to give a probability per hop; ``window_runner``); once right after the
-  round's other rows, and in a second run as bursts of consecutive hops (``hop:steady``, ``floor:steady``), see HopPair.
+  round's other rows, and in a second run as bursts of consecutive hops (``hop:steady``, ``floor:steady``), see HopPair;
+  and against the ``checked`` floor: the floor plus the session's checks and statistics written by hand in numpy
+  (CheckedFloor), so the report tells what the SDK's machinery costs apart from what its features cost.
 
 Times are CPU time of the process (``time.process_time_ns``), medians over rounds; the report also gives the 90 %
 interval of each ratio from a bootstrap over rounds.
@@ -37,6 +39,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -109,10 +112,11 @@ def raw_runner(path: Path, x: np.ndarray) -> Callable[[], Any]:
     return lambda: handle.execute([t])
 
 
-def window_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def window_runner(path: Path, embedding: bool = False) -> Callable[[np.ndarray], Any]:
     """What a hand-written streaming loop must do per window, with the runtime's own API, 1 thread: the float
     window (1, 1, frames, n_mels) quantized when the model takes int8, one call, the logits read back (dequantized
-    when int8) and turned into probabilities. The floor of a streaming hop (HopPair) uses it."""
+    when int8) and turned into probabilities. The floor of a streaming hop (HopPair) uses it. ``embedding``: return
+    (embedding, probabilities), the embedding read back too (dequantized when int8; the checked floor's)."""
     def softmax(z: np.ndarray) -> np.ndarray:
         e = np.exp(z - z.max())
         return e / e.sum()
@@ -120,23 +124,42 @@ def window_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     handle = _open(path)
     if path.suffix == ".onnx":
         name = handle.get_inputs()[0].name
+        if embedding:
+            def run_onnx(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                emb, z = handle.run(["embedding", "logits"], {name: w})
+                return emb[0], softmax(z[0])
+            return run_onnx
         return lambda w: softmax(handle.run(["logits"], {name: w})[0][0])
     if path.suffix == ".tflite":
         d = handle.get_input_details()[0]
         outs = handle.get_output_details()
         out = min(outs, key=lambda o: o["shape"][-1])  # the logits: the narrower output
+        emb_out = max(outs, key=lambda o: o["shape"][-1])
+
+        def read(o: dict) -> np.ndarray:
+            z = handle.get_tensor(o["index"])[0]
+            if o["dtype"] != np.float32:
+                scale, zp = o["quantization"]
+                z = (z.astype(np.float32) - zp) * scale
+            return z
 
         def run(w: np.ndarray) -> np.ndarray:
             handle.set_tensor(d["index"], _litert_input(d, w))
             handle.invoke()
-            z = handle.get_tensor(out["index"])[0]
-            if out["dtype"] != np.float32:
-                scale, zp = out["quantization"]
-                z = (z.astype(np.float32) - zp) * scale
-            return softmax(z)
-        return run
+            return softmax(read(out))
+
+        def run_both(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            handle.set_tensor(d["index"], _litert_input(d, w))
+            handle.invoke()
+            return read(emb_out), softmax(read(out))
+        return run_both if embedding else run
     import torch
 
+    if embedding:
+        def run_pte(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            emb, z = handle.execute([torch.from_numpy(w)])
+            return emb.numpy()[0], softmax(z.numpy()[0])
+        return run_pte
     return lambda w: softmax(handle.execute([torch.from_numpy(w)])[1].numpy()[0])
 
 
@@ -227,8 +250,84 @@ def paired(**fns: Callable[[], Any]) -> Callable[[], dict[str, int]]:
     return step
 
 
+class CheckedFloor:
+    """The floor plus, written by hand in plain numpy, every check and statistic a :class:`StreamSession` hop gives:
+    what a user would write to get the same answers without the SDK (the session's figures against it say what the
+    SDK's own machinery costs, beside what its features cost).
+
+    Per 1 s hop (one quality block = one hop, as in the device presets): the input's finiteness, sum, sum of
+    squares and clipped samples; the window's level, DC offset and clip fraction from its blocks; each new frame's
+    power pooled into the quality bands, the window's band power summed over its frames and its spectral flatness;
+    the flags (thresholds from the loaded model's QualityConfig); the model's embedding and probabilities; the
+    running mean of the usable windows' probabilities and embeddings and the decision at the bundle's threshold;
+    the site-shift statistics (per-band sum and sum of squares of the log-mel frames). The same facts the session
+    reports, each computed the direct way."""
+
+    def __init__(self, model: Any, run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 stream: Any, first: np.ndarray) -> None:
+        from collections import deque
+        from acula_edge.features import normalise_window
+
+        meter = model.meter
+        if meter.block != model.hop_samples or meter.bands is None:
+            raise ValueError("the checked floor is written for one quality block per hop and a measured flatness")
+        self.model, self.run, self.stream, self.cfg, self.bands = model, run, stream, model.quality, meter.bands
+        self.normalise = normalise_window
+        fe = model.frontend
+        frames, power = stream.push_with_power(first)
+        self.frames = np.array(frames)
+        self.pooled = self.bands.pool(power)
+        self.blocks = deque(([float(b.sum()), float(np.vdot(b, b)), 0.0] for b in first.reshape(-1, meter.block)),
+                            maxlen=meter.blocks_per_window)
+        self.n = model.window_samples
+        self.site_sum, self.site_sq = frames.sum(0, dtype=np.float64), (frames.astype(np.float64) ** 2).sum(0)
+        self.p_sum, self.e_sum, self.count = None, None, 0
+        self.threshold, self.fe = model.threshold, fe
+        self.decision = self._window()  # the first window, as a session scores it on the first push
+
+    def hop(self, x: np.ndarray) -> bool | None:
+        cfg = self.cfg
+        sq = float(np.vdot(x, x))
+        if not math.isfinite(sq):
+            raise ValueError("non-finite input")
+        clipped = float(np.count_nonzero(np.abs(x) >= cfg.clip_level))
+        self.blocks.append((float(x.sum()), sq, clipped))
+        new, power = self.stream.push_with_power(x)
+        k = new.shape[0]
+        self.frames[:-k] = self.frames[k:]
+        self.frames[-k:] = new
+        self.pooled[:-k] = self.pooled[k:]
+        self.pooled[-k:] = self.bands.pool(power)
+        f = new.astype(np.float64)
+        self.site_sum += f.sum(0)
+        self.site_sq += (f * f).sum(0)
+        return self._window()
+
+    def _window(self) -> bool | None:
+        """Score the window now held: model, quality flags, running mean and decision."""
+        cfg = self.cfg
+        emb, probs = self.run(self.normalise(self.frames, self.fe).reshape(1, 1, *self.frames.shape))
+        total, total_sq, total_clip = (sum(c) for c in zip(*self.blocks))
+        rms_db = 10.0 * math.log10(max(total_sq / self.n, 1e-24))
+        band = np.maximum(self.pooled.sum(0), 1e-300)
+        flat = float(np.exp(np.log(band).mean()) / band.mean())
+        ok = cfg.silence_dbfs <= rms_db <= cfg.max_rms_dbfs and total_clip / self.n <= cfg.max_clip_fraction \
+            and abs(total / self.n) <= cfg.max_dc_offset and flat <= cfg.max_flatness
+        if ok:
+            self.count += 1
+            if self.p_sum is None:
+                self.p_sum, self.e_sum = probs.astype(np.float64), emb.astype(np.float64)
+            else:
+                self.p_sum += probs
+                self.e_sum += emb
+        if not self.count:
+            return None
+        return bool(self.p_sum[-1] / self.count >= self.threshold)
+
+
 class HopPair:
-    """A StreamSession hop and its floor on the same loaded bundle, alternating inside one step.
+    """A StreamSession hop and its floor (and, given ``checked_run``, its :class:`CheckedFloor`) on the same loaded
+    bundle, in rotating order inside one step.
 
     :meth:`step` times one hop of each right after the other rows of the round ran (``hop``, ``floor``: the caches
     hold other models' data, as on a device that does other work between hops); :meth:`steady_step` a burst of
@@ -236,7 +335,8 @@ class HopPair:
     hop, a device streaming one recording with nothing else running), measured in a run of its own so the bursts
     do not change what the other rows find in the caches."""
 
-    def __init__(self, model: Any, raw: Callable[[np.ndarray], np.ndarray], burst: int = 4) -> None:
+    def __init__(self, model: Any, raw: Callable[[np.ndarray], np.ndarray], burst: int = 4,
+                 checked_run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         self.burst = burst
         from acula_edge.bench.latency import test_signal
         from acula_edge.features import LogMelStream, normalise_window
@@ -257,7 +357,37 @@ class HopPair:
         self.timed = model.stream(source="bench-stages", keep_windows=False)
         self.timed.push(self.signal[:self.window], self.rate)
         self.stages = self.timed.time_stages()
+        # the checked floor (CheckedFloor): the floor plus the session's checks and statistics written by hand
+        self.checked_run = checked_run
+        self.checked = self._new_checked()
         self.k = 0
+
+    def _new_checked(self) -> CheckedFloor | None:
+        from acula_edge.features import LogMelStream
+
+        if self.checked_run is None:
+            return None
+        return CheckedFloor(self.model, self.checked_run, LogMelStream(self.model.frontend, self.model.logmel),
+                            self.signal[:self.window])
+
+    def agreement(self) -> int:
+        """Hops on which a fresh session's raw decision and usable-window count equal a fresh checked floor's, over
+        the whole test signal (the two compute the same facts); raises when any differs."""
+        from acula_edge.features import LogMelStream
+
+        session = self.model.stream(source="agreement", keep_windows=False)
+        session.push(self.signal[:self.window], self.rate)
+        floor = CheckedFloor(self.model, self.checked_run, LogMelStream(self.model.frontend, self.model.logmel),
+                             self.signal[:self.window])
+        for k in range(self.n_hops):
+            s = self.window + k * self.hop
+            update = session.push(self.signal[s:s + self.hop], self.rate)[-1]
+            decision = floor.hop(self.signal[s:s + self.hop])
+            if (update.raw_decision, update.n_windows - update.n_excluded) != (decision, floor.count):
+                raise RuntimeError(f"{self.model.bundle_dir}: hop {k}: the checked floor decides {decision} on "
+                                   f"{floor.count} usable windows, the session {update.raw_decision} on "
+                                   f"{update.n_windows - update.n_excluded}; the comparison would be meaningless")
+        return self.n_hops
 
     def _piece(self) -> np.ndarray:
         k = self.k % self.n_hops
@@ -267,6 +397,7 @@ class HopPair:
                 session.push(self.signal[:self.window], self.rate)
             self.stream.reset()
             self.frames[:] = self.stream.push(self.signal[:self.window])
+            self.checked = self._new_checked()
         self.k += 1
         s = self.window + k * self.hop
         return self.signal[s:s + self.hop]
@@ -279,6 +410,11 @@ class HopPair:
         self.frames[-k:] = new
         window = self.normalise(self.frames, self.model.frontend)
         self.raw(window.reshape(1, 1, *window.shape))
+        return clock() - t0
+
+    def _checked(self, piece: np.ndarray) -> int:
+        t0 = clock()
+        self.checked.hop(piece)
         return clock() - t0
 
     def _session(self, piece: np.ndarray) -> int:
@@ -303,19 +439,21 @@ class HopPair:
 
     def step(self) -> dict[str, int]:
         piece = self._piece()
-        if self.k % 2:  # alternate which of the two runs first (the second finds the model's weights in cache)
-            floor = self._floor(piece)
-            out = {"floor": floor, "hop": self._session(piece)}
-        else:
-            hop = self._session(piece)
-            out = {"floor": self._floor(piece), "hop": hop}
+        runs = [("floor", self._floor), ("hop", self._session)]
+        if self.checked is not None:
+            runs.append(("checked", self._checked))
+        shift = self.k % len(runs)  # rotate which runs first (the later ones find the model's weights in cache)
+        out = {name: run(piece) for name, run in runs[shift:] + runs[:shift]}
         return {**out, **self._breakdown(piece)}
 
     def steady_step(self) -> dict[str, int]:
         k, out = self.k, {}
         order = [("floor:steady", self._floor), ("hop:steady", self._session)]
-        for name, run in order if k % 2 else order[::-1]:  # alternate which burst runs first
-            self.k = k  # the same stretch of the signal for both
+        if self.checked is not None:
+            order.append(("checked:steady", self._checked))
+        shift = k % len(order)
+        for name, run in order[shift:] + order[:shift]:  # rotate which burst runs first
+            self.k = k  # the same stretch of the signal for each
             out[name] = self._steady(run)
         return out
 
@@ -435,6 +573,26 @@ def report(doc: dict) -> str:
                           else "— | — | —")
                 lines.append(f"| {v} | {runtime.get(t, t)} | {med[k + '|floor']:.0f} | {med[k + '|hop']:.0f} | "
                              f"{ratio(k + '|hop', k + '|floor')} | {steady} |")
+    checked = [(v, t) for v in variants for t in TARGETS if f"{v}|{t}|int8|stream|checked" in s]
+    if checked:
+        counts = sorted({m["checked_floor_agreeing_hops"] for m in doc["meta"] if "checked_floor_agreeing_hops" in m})
+        agree = f"{'/'.join(map(str, counts))} hops per bundle" if counts else "not recorded"
+        lines += ["", "The same hops against the *checked floor* (`CheckedFloor`): the floor plus every check and "
+                  "statistic a session hop gives, written by hand in plain numpy (input finiteness; level, DC and "
+                  "clip fraction from per-hop sums; per-frame band power and the window's flatness; the flags at "
+                  "the model's thresholds; embedding and probabilities; the running mean and decision; site-shift "
+                  "sums), timed in the same steps (order rotating). Its decisions and usable-window counts equal the "
+                  f"session's on every hop ({agree}, checked before timing). `features` = checked floor minus floor: what "
+                  "the product's checks cost per hop however they are written:", "",
+                  "| model | runtime | checked floor µs | features µs | hop / checked floor (after other rows) | "
+                  "steady checked floor µs | hop / checked floor (steady) |", "|---|---|---|---|---|---|---|"]
+        for v, t in checked:
+            k = f"{v}|{t}|int8|stream"
+            steady = (f"{med[k + '|checked:steady']:.0f} | {ratio(k + '|hop:steady', k + '|checked:steady')}"
+                      if f"{k}|checked:steady" in s else "— | —")
+            lines.append(f"| {v} | {runtime.get(t, t)} | {med[k + '|checked']:.0f} | "
+                         f"{med[k + '|checked'] - med[k + '|floor']:.0f} | {ratio(k + '|hop', k + '|checked')} | "
+                         f"{steady} |")
     lines += ["", "Where a session hop's CPU time goes (a twin session with its stage timers on, same rounds; medians "
               "in µs; `other` = the timed push minus its stages: input checks, buffers, events, timer calls):", "",
               "| model | runtime | front-end | quality | model | aggregate | other | timed push |",
@@ -478,6 +636,10 @@ def verdicts(med: dict, s: dict, variants: list[str]) -> list[str]:
         if hop:
             out.append(f"session hop <= 1.15 x floor ({kind}): {'met' if max(hop) <= 1.15 else 'NOT met'} "
                        f"({min(hop):.2f}-{max(hop):.2f})")
+        vs_checked = [med[f"{v}|{t}|int8|stream|hop{suffix}"] / med[f"{v}|{t}|int8|stream|checked{suffix}"]
+                      for v in variants for t in TARGETS if f"{v}|{t}|int8|stream|checked{suffix}" in med]
+        if vs_checked:
+            out.append(f"session hop / checked floor ({kind}): {min(vs_checked):.2f}-{max(vs_checked):.2f}")
     return out
 
 
@@ -558,7 +720,9 @@ def main() -> None:
             meta.append({"variant": v, "target": target, "precision": precision, "runtime": model.backend.name,
                          "model_bytes": mfile.stat().st_size, **student_size(v)})
             if precision == "int8":
-                hops[(v, target)] = HopPair(model, window_runner(mfile))
+                hops[(v, target)] = pair = HopPair(model, window_runner(mfile),
+                                                   checked_run=window_runner(mfile, embedding=True))
+                meta[-1]["checked_floor_agreeing_hops"] = pair.agreement()
     for (target, precision), path in reference.items():
         names.append(f"reference|{target}|{precision}")
         ref = raw_runner(path, x)

@@ -85,6 +85,7 @@ class EdgeModel:
         self.site = site_shift.description_of(manifest.extra, str(bundle_dir))  # training audio, for the warning
         self.meter = BlockQuality(fe, self.window_samples, self.hop_samples, self.quality)  # read-only too
         self._input_shape = want
+        self._hop_s, self._window_s = win.hop_s, win.window_s  # a window's times (score_window, every hop)
         self.operating_point = bundle_operating_point(manifest, threshold)
 
     @property
@@ -140,9 +141,8 @@ class EdgeModel:
         """Run window ``index`` (normalised log-mel ``window`` from the SDK's front-end) and return its event with
         ``quality``."""
         emb, probs = self._run(window.reshape(self._input_shape))
-        start = index * self.windowing.hop_s
-        return WindowEvent(index=index, start_s=start, end_s=start + self.windowing.window_s, labels=self.labels,
-                           probabilities=probs, embedding=emb, quality=quality)
+        start = index * self._hop_s
+        return WindowEvent(index, start, start + self._window_s, self.labels, probs, emb, quality)
 
     def accumulator(self, aggregation: str = "mean", ema_alpha: float = 0.3, decision: DecisionConfig | None = None,
                     keep_windows: bool = True) -> RecordingAccumulator:

@@ -230,9 +230,11 @@ class StreamSession:
         if self._resampler is not None:
             x = self._resampler.push(x)
         events: list[Event] = []
-        whole = self._resampler is None and x.shape[0] <= self._hs  # one piece, as it came: its x.x is known
+        if self._resampler is None and 0 < x.shape[0] <= self._hs:  # one piece, as it came: its x.x is known
+            self._feed(x, events, sq)
+            return events
         for start in range(0, x.shape[0], self._hs):
-            self._feed(x[start:start + self._hs], events, sq if whole else None)
+            self._feed(x[start:start + self._hs], events)
         return events
 
     def finish(self) -> ClassificationResult:
@@ -295,6 +297,10 @@ class StreamSession:
         """Add ``piece`` to the quality statistics: one stats row per completed block (``sq``: the piece's sum of
         squares, when known)."""
         g, i, n = self._block.shape[0], 0, piece.shape[0]
+        if n == g and not self._blen:  # exactly one block, aligned (a hop pushed whole, when block = hop)
+            self._rows[self._nblocks % self._ring] = self._meter.block_stats(piece, sq)
+            self._nblocks += 1
+            return
         if self._blen:
             i = min(g - self._blen, n)
             self._block[self._blen:self._blen + i] = piece[:i]
