@@ -201,3 +201,40 @@ def test_makefile_links_the_reference_transpose_for_models_with_one(bundle, tmp_
         "conv transpose"
     assert _make_value(project.folder, "LINKED_REFERENCE_KERNELS", "OPTIMIZED_KERNEL_DIR=") == ""
     assert "build/cortex-m4-cmsis_nn-float/reference_transpose.o" in _make_value(project.folder, "OBJS").split()
+
+
+def _tar_with(path: Path, links: dict[str, str]) -> Path:
+    """A tarball holding one file and the given symlinks (name -> target)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as t:
+        data = b"all:\n"
+        info = tarfile.TarInfo("tflm-cortex-m-kit/tflite-micro/Makefile")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+        for name, target in links.items():
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            t.addfile(link)
+    return path
+
+
+def test_kit_extraction_keeps_only_the_documented_toolchain_links(tmp_path):
+    import tarfile
+
+    from acula_edge.export.firmware.toolchain import kit_member_filter
+
+    bin_dir = "tflm-cortex-m-kit/tflite-micro/tensorflow/lite/micro/tools/make/downloads/gcc_embedded/bin/"
+    good = _tar_with(tmp_path / "good.tar", {bin_dir + "arm-none-eabi-gcc": "/usr/bin/arm-none-eabi-gcc"})
+    with tarfile.open(good) as t:
+        t.extractall(tmp_path / "out", filter=kit_member_filter)
+    assert (tmp_path / "out" / bin_dir / "arm-none-eabi-gcc").readlink() == Path("/usr/bin/arm-none-eabi-gcc")
+    assert (tmp_path / "out" / "tflm-cortex-m-kit/tflite-micro/Makefile").read_bytes() == b"all:\n"
+    # an absolute link anywhere else, or from that folder to anything but the arm tools, is refused
+    for name, target in (("tflm-cortex-m-kit/evil", "/usr/bin/arm-none-eabi-gcc"),
+                         (bin_dir + "sh", "/bin/sh"), (bin_dir + "arm-none-eabi-gcc", "/etc/passwd"),
+                         ("../" + bin_dir + "arm-none-eabi-gcc", "/usr/bin/arm-none-eabi-gcc")):
+        bad = _tar_with(tmp_path / "bad.tar", {name: target})
+        with tarfile.open(bad) as t, pytest.raises(tarfile.FilterError):
+            t.extractall(tmp_path / "refused", filter=kit_member_filter)

@@ -31,6 +31,10 @@ ARCHS = ("cortex-m4", "cortex-m7", "cortex-m55")  # what the kit's cortex_m_qemu
 MIN_QEMU = (8, 0)  # 7.2 aborts at load time on Cortex-M ("page_set_flags: Assertion ... GUEST_ADDR_MAX")
 KIT_TOP = "tflm-cortex-m-kit"  # top folder inside the kit tarball
 TFLM_MAKEFILE = "tensorflow/lite/micro/tools/make/Makefile"
+# The kit's documented links to the system's arm-none-eabi tools: TFLM's makefile puts this folder first on PATH and
+# skips its own toolchain download when it exists (the kit README). The only absolute links a kit may hold.
+TOOLCHAIN_LINK_DIR = "/tensorflow/lite/micro/tools/make/downloads/gcc_embedded/bin/"
+TOOLCHAIN_LINK_TARGET = re.compile(r"/usr/bin/arm-none-eabi-[\w.+-]+")
 INSTALL_HINT = ("on Debian 12: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
                 "libstdc++-arm-none-eabi-newlib, and qemu-user from bookworm-backports "
                 "(apt-get install -t bookworm-backports qemu-user)")
@@ -84,6 +88,17 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def kit_member_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """tarfile's "data" filter (no absolute or escaping paths, no device files, safe modes), which lets through only
+    one kind of absolute link: the kit's links from ``gcc_embedded/bin/`` to the system's ``/usr/bin/arm-none-eabi-*``
+    tools. The member itself is still checked by the data filter (its name must stay inside ``dest``)."""
+    if (member.issym() and TOOLCHAIN_LINK_DIR in f"/{member.name}"
+            and TOOLCHAIN_LINK_TARGET.fullmatch(member.linkname)):
+        checked = tarfile.data_filter(member.replace(linkname=os.path.basename(member.linkname), deep=False), dest)
+        return checked.replace(linkname=member.linkname, deep=False)
+    return tarfile.data_filter(member, dest)
+
+
 def extract_kit(tarball: str | Path) -> Path:
     """The ``tflite-micro`` folder of the kit ``tarball``, extracted (once) into the cache; returns its path.
 
@@ -102,7 +117,7 @@ def extract_kit(tarball: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         with tarfile.open(tar) as t:
-            t.extractall(tmp, filter="data")
+            t.extractall(tmp, filter=kit_member_filter)
         if not (tmp / KIT_TOP / "tflite-micro" / TFLM_MAKEFILE).is_file():
             raise ExportError(f"{tar} is not a TFLM kit: {KIT_TOP}/tflite-micro/{TFLM_MAKEFILE} is not inside")
         if root.exists():  # a half-extracted folder from an older version of this function
