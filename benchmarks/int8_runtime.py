@@ -264,34 +264,35 @@ class CheckedFloor:
     reports, each computed the direct way."""
 
     def __init__(self, model: Any, run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                 stream: Any, first: np.ndarray) -> None:
+                 first: np.ndarray) -> None:
         from collections import deque
-        from acula_edge.features import normalise_window
+        from acula_edge.features import LogMelStream, normalise_window
 
         meter = model.meter
         if meter.block != model.hop_samples or meter.bands is None:
             raise ValueError("the checked floor is written for one quality block per hop and a measured flatness")
-        self.model, self.run, self.stream, self.cfg, self.bands = model, run, stream, model.quality, meter.bands
-        self.normalise = normalise_window
-        fe = model.frontend
-        frames, power = stream.push_with_power(first)
+        self.run, self.cfg, self.bands, self.fe = run, model.quality, meter.bands, model.frontend
+        self.normalise, self.threshold, self.n = normalise_window, model.threshold, model.window_samples
+        self.stream = LogMelStream(model.frontend, model.logmel)
+        frames, power = self.stream.push_with_power(first)
         self.frames = np.array(frames)
         self.pooled = self.bands.pool(power)
-        self.blocks = deque(([float(b.sum()), float(np.vdot(b, b)), 0.0] for b in first.reshape(-1, meter.block)),
-                            maxlen=meter.blocks_per_window)
-        self.n = model.window_samples
-        self.site_sum, self.site_sq = frames.sum(0, dtype=np.float64), (frames.astype(np.float64) ** 2).sum(0)
+        self.blocks = deque((self._block(b) for b in first.reshape(-1, meter.block)), maxlen=meter.blocks_per_window)
+        f = frames.astype(np.float64)
+        self.site_sum, self.site_sq = f.sum(0), (f * f).sum(0)
         self.p_sum, self.e_sum, self.count = None, None, 0
-        self.threshold, self.fe = model.threshold, fe
-        self.decision = self._window()  # the first window, as a session scores it on the first push
+        self._window()  # the first window, as a session scores it on the first push
 
-    def hop(self, x: np.ndarray) -> bool | None:
-        cfg = self.cfg
+    def _block(self, x: np.ndarray) -> tuple[float, float, float]:
+        """A block's sum, sum of squares and clipped-sample count, after checking it is finite."""
         sq = float(np.vdot(x, x))
         if not math.isfinite(sq):
             raise ValueError("non-finite input")
-        clipped = float(np.count_nonzero(np.abs(x) >= cfg.clip_level))
-        self.blocks.append((float(x.sum()), sq, clipped))
+        return float(x.sum()), sq, float(np.count_nonzero(np.abs(x) >= self.cfg.clip_level))
+
+    def hop(self, x: np.ndarray) -> bool | None:
+        """One hop of samples in; the running decision (None before a usable window) out."""
+        self.blocks.append(self._block(x))
         new, power = self.stream.push_with_power(x)
         k = new.shape[0]
         self.frames[:-k] = self.frames[k:]
@@ -363,22 +364,16 @@ class HopPair:
         self.k = 0
 
     def _new_checked(self) -> CheckedFloor | None:
-        from acula_edge.features import LogMelStream
-
         if self.checked_run is None:
             return None
-        return CheckedFloor(self.model, self.checked_run, LogMelStream(self.model.frontend, self.model.logmel),
-                            self.signal[:self.window])
+        return CheckedFloor(self.model, self.checked_run, self.signal[:self.window])
 
     def agreement(self) -> int:
         """Hops on which a fresh session's raw decision and usable-window count equal a fresh checked floor's, over
         the whole test signal (the two compute the same facts); raises when any differs."""
-        from acula_edge.features import LogMelStream
-
         session = self.model.stream(source="agreement", keep_windows=False)
         session.push(self.signal[:self.window], self.rate)
-        floor = CheckedFloor(self.model, self.checked_run, LogMelStream(self.model.frontend, self.model.logmel),
-                             self.signal[:self.window])
+        floor = self._new_checked()
         for k in range(self.n_hops):
             s = self.window + k * self.hop
             update = session.push(self.signal[s:s + self.hop], self.rate)[-1]

@@ -297,10 +297,6 @@ class StreamSession:
         """Add ``piece`` to the quality statistics: one stats row per completed block (``sq``: the piece's sum of
         squares, when known)."""
         g, i, n = self._block.shape[0], 0, piece.shape[0]
-        if n == g and not self._blen:  # exactly one block, aligned (a hop pushed whole, when block = hop)
-            self._rows[self._nblocks % self._ring] = self._meter.block_stats(piece, sq)
-            self._nblocks += 1
-            return
         if self._blen:
             i = min(g - self._blen, n)
             self._block[self._blen:self._blen + i] = piece[:i]
